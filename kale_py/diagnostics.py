@@ -1,0 +1,129 @@
+"""Diagnostics and the exception hierarchy.
+
+Every problem kale_py finds in a notebook is a :class:`Diagnostic`: what is wrong,
+where (cell and line, both counted from 1), and in which step. Cells are numbered in
+notebook order, markdown cells included, as JupyterLab shows them.
+
+Errors that stop a stage are raised as a :class:`KalePyError` subclass carrying the
+diagnostics; the command line turns them into text and exit code 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Severity = Literal["error", "warning", "info"]
+
+#: Every diagnostic code with a one-line summary (also documented in the README).
+CODES: dict[str, str] = {
+    "NB001": "the notebook file cannot be read (missing, not JSON, not a notebook)",
+    "NB002": "the notebook's structure is broken (a cell without a type or a source)",
+    "NB003": "unknown key in the notebook's kubeflow_notebook metadata",
+    "NB004": "invalid value in the notebook's kubeflow_notebook metadata",
+    "NB005": "deprecated metadata key (docker_image): use base_image",
+    "NB101": "syntax error in a cell",
+    "NB102": "star import: names it brings in cannot be tracked between steps",
+    "NB103": "a name is used but no earlier step defines it",
+    "NB104": "a step whose name repeats would need a value from a step placed between its parts",
+    "NB105": "state outside Python variables may not reach a later step",
+    "NB106": "an IPython magic or shell line that a pipeline step cannot run the same way",
+    "NB201": "unknown tag (ignored)",
+    "NB202": "malformed tag value",
+    "NB203": "prev: names a step that does not exist",
+    "NB204": "prev: names a step that is not earlier in the notebook",
+    "NB205": "more than one step name on one cell",
+    "NB206": "invalid step name",
+    "NB207": "two step names become the same name in Kubeflow",
+    "NB208": "conflicting settings for one step",
+    "NB209": "untagged cells above the first step run as a step of their own",
+    "NB301": "a pipeline parameter is not a literal value",
+    "NB302": "a pipeline-parameters cell holds something other than simple assignments",
+    "NB303": "a pipeline parameter is defined twice",
+    "NB304": "a pipeline-metrics line is not understood",
+    "NB305": "a pipeline metric names a variable that no earlier step defines",
+    "NB401": "the notebook has no code to run",
+}
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding about a notebook.
+
+    ``cell`` and ``line`` are 1-based; ``line`` counts within the cell. Either may be
+    ``None`` for problems of the whole notebook.
+    """
+
+    severity: Severity
+    code: str
+    message: str
+    cell: int | None = None
+    line: int | None = None
+    step: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+
+def error(code: str, message: str, cell: int | None = None, line: int | None = None,
+          step: str | None = None) -> Diagnostic:
+    return Diagnostic("error", code, message, cell, line, step)
+
+
+def warning(code: str, message: str, cell: int | None = None, line: int | None = None,
+            step: str | None = None) -> Diagnostic:
+    return Diagnostic("warning", code, message, cell, line, step)
+
+
+def info(code: str, message: str, cell: int | None = None, line: int | None = None,
+         step: str | None = None) -> Diagnostic:
+    return Diagnostic("info", code, message, cell, line, step)
+
+
+def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
+    return any(d.is_error for d in diagnostics)
+
+
+def sort_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Notebook order: by cell, then line; notebook-wide findings first."""
+    return sorted(diagnostics, key=lambda d: (d.cell or 0, d.line or 0, d.code))
+
+
+class KalePyError(Exception):
+    """Root of every error kale_py raises on bad input or a failed run.
+
+    It carries the diagnostics that explain it. Anything else escaping kale_py is a bug.
+    """
+
+    def __init__(self, diagnostics: Sequence[Diagnostic] | Diagnostic | str):
+        if isinstance(diagnostics, str):
+            diagnostics = [Diagnostic("error", "NB000", diagnostics)]
+        elif isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        super().__init__("; ".join(d.message for d in self.diagnostics))
+
+
+class NotebookError(KalePyError):
+    """The notebook cannot be read."""
+
+
+class CheckError(KalePyError):
+    """The notebook has errors in its tags, code or dependencies."""
+
+
+class RunError(KalePyError):
+    """A local pipeline run failed or could not start."""
+
+
+class CompileError(KalePyError):
+    """A pipeline could not be compiled for Kubeflow Pipelines."""
+
+
+class SubmitError(KalePyError):
+    """A KFP endpoint refused or could not be reached."""

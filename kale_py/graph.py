@@ -1,0 +1,362 @@
+"""The step graph: which variables each step loads, from which step, and what it saves.
+
+The provider of a name ``x`` for step S is the latest step before S, in notebook order,
+that binds ``x`` or may mutate it. One pass over the steps with a "last writer" map makes
+this linear in the size of the notebook.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .analysis import (
+    CodeAnalysis,
+    CodeSyntaxError,
+    FunctionInfo,
+    analyse_source,
+    function_closure,
+    function_writes,
+)
+from .diagnostics import Diagnostic, error, has_errors, sort_diagnostics, warning
+from .notebook import Cell, Notebook
+from .parameters import Metric, Parameter
+from .pipeline import Blocks, Step, split_notebook
+from .settings import NotebookSettings
+
+# Names a step can use without any provider: builtins and what Jupyter's kernel defines.
+AMBIENT_NAMES = frozenset(dir(builtins)) | {
+    "display", "get_ipython", "In", "Out", "_", "__", "___", "exit", "quit", "__name__",
+    "__builtins__", "__file__", "__doc__",
+}
+
+PARAMETER = "<parameter>"  # provider marker for pipeline parameters
+
+
+@dataclass(frozen=True)
+class StepIO:
+    """What a step exchanges with the others."""
+
+    loads: Mapping[str, str]  # variable -> providing step
+    parameters: tuple[str, ...]  # pipeline parameters it reads
+    saves: tuple[str, ...]  # variables later steps load from it
+    metrics: tuple[Metric, ...]  # metrics it reports
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    variables: tuple[str, ...]
+    kind: str  # "data" (carries variables; also orders) | "order" (prev: only)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A checked notebook: steps in notebook order, their inputs and outputs, and the DAG."""
+
+    notebook: Notebook
+    settings: NotebookSettings
+    blocks: Blocks
+    steps: tuple[Step, ...]
+    io: Mapping[str, StepIO]
+    edges: tuple[Edge, ...]
+    levels: tuple[tuple[str, ...], ...]
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def parameters(self) -> tuple[Parameter, ...]:
+        return self.blocks.parameters
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        return self.blocks.metrics
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.diagnostics)
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def predecessors(self, name: str) -> tuple[str, ...]:
+        return tuple(e.source for e in self.edges if e.target == name)
+
+
+def build_pipeline(notebook: Notebook) -> Pipeline:
+    """Split, analyse and connect a notebook. Problems are in ``Pipeline.diagnostics``."""
+    blocks = split_notebook(notebook)
+    builder = _GraphBuilder(blocks)
+    builder.run()
+    diagnostics = sort_diagnostics([*blocks.diagnostics, *builder.problems])
+    edges = builder.edges()
+    return Pipeline(
+        notebook=notebook, settings=blocks.settings, blocks=blocks, steps=blocks.steps,
+        io=builder.io(), edges=edges, levels=_levels(blocks.steps, edges),
+        diagnostics=tuple(diagnostics),
+    )
+
+
+# --- analysis of cell groups --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Located:
+    """An analysis of several cells joined together, with a map back to cells."""
+
+    analysis: CodeAnalysis
+    starts: tuple[tuple[int, int], ...]  # (first joined line, cell index)
+
+    def where(self, line: int) -> tuple[int, int]:
+        cell, first = self.starts[0][1], 1
+        for start, index in self.starts:
+            if start > line:
+                break
+            cell, first = index, start
+        return cell, line - first + 1
+
+
+def _analyse_cells(cells: list[Cell], step: str | None,
+                   problems: list[Diagnostic]) -> _Located | None:
+    """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
+    sources: list[str] = []
+    starts: list[tuple[int, int]] = []
+    line = 1
+    for cell in cells:
+        text = cell.source if cell.source.endswith("\n") or not cell.source else cell.source + "\n"
+        sources.append(text)
+        starts.append((line, cell.index))
+        line += text.count("\n")
+    try:
+        return _Located(analyse_source("".join(sources)), tuple(starts))
+    except CodeSyntaxError:
+        pass
+    found = False
+    for cell in cells:  # find the culprit cell, giving the cell-relative line
+        try:
+            analyse_source(cell.source)
+        except CodeSyntaxError as exc:
+            found = True
+            problems.append(error("NB101", f"syntax error: {exc.message}", cell=cell.index,
+                                  line=exc.line, step=step))
+    if not found:  # valid cells that are invalid together: a late `from __future__` import
+        problems.append(error("NB101", "a `from __future__ import` must be in the first cell of "
+                              "the imports block", cell=starts[0][1], step=step))
+    return None
+
+
+# --- the provider rule ---------------------------------------------------------------------
+
+
+@dataclass
+class _StepState:
+    loads: dict[str, str] = field(default_factory=dict)
+    parameters: list[str] = field(default_factory=list)
+    saves: set[str] = field(default_factory=set)
+    metrics: list[Metric] = field(default_factory=list)
+    writes: frozenset[str] = frozenset()
+    reads: frozenset[str] = frozenset()
+
+
+class _GraphBuilder:
+    def __init__(self, blocks: Blocks):
+        self.blocks = blocks
+        self.problems: list[Diagnostic] = []
+        self.state: dict[str, _StepState] = {s.name: _StepState() for s in blocks.steps}
+        self.last_writer: dict[str, str] = {}
+        self.functions: dict[str, FunctionInfo] = {}
+        self.deleted_by: dict[str, str] = {}
+        self.prelude_names: frozenset[str] = frozenset()
+        self.star_prelude = False
+
+    def run(self) -> None:
+        self._prelude()
+        params = {p.name: p for p in self.blocks.parameters}
+        for name in params:
+            self.last_writer[name] = PARAMETER
+        events: list[tuple[int, Step | Cell]] = [(s.position, s) for s in self.blocks.steps]
+        events += [(c.index, c) for c in self.blocks.metric_cells]
+        for _, item in sorted(events, key=lambda e: e[0]):
+            if isinstance(item, Step):
+                self._step(item)
+            else:
+                self._metrics_cell(item)
+        _check_split_steps(self.blocks.steps, self.state, self.problems)
+
+    def _prelude(self) -> None:
+        cells = [*self.blocks.imports, *self.blocks.functions]
+        if not cells:
+            return
+        located = _analyse_cells(cells, None, self.problems)
+        if located is None:
+            return
+        a = located.analysis
+        self.prelude_names = a.binds
+        self.functions.update(a.functions)
+        self.star_prelude = bool(a.star_imports)
+        for use in a.star_imports:
+            cell, line = located.where(use.line)
+            self.problems.append(warning(
+                "NB102", f"`from {use.name} import *`: the names it brings in cannot be checked; "
+                "names no step defines are assumed to come from it", cell=cell, line=line))
+
+    def _step(self, step: Step) -> None:
+        located = _analyse_cells(list(step.cells), step.name, self.problems)
+        if located is None:
+            return
+        a = located.analysis
+        state = self.state[step.name]
+        needed, called = self._needed(a)
+        for name, line in needed.items():
+            self._resolve(step, state, name, located.where(line))
+        for use in a.star_imports:
+            cell, line = located.where(use.line)
+            self.problems.append(warning(
+                "NB102", f"`from {use.name} import *` in a step: the names it brings in cannot be "
+                "passed to later steps; move the import to an imports cell", cell=cell, line=line,
+                step=step.name))
+        writes = a.binds | a.mutates | function_writes(called, self.functions)
+        state.writes, state.reads = writes, frozenset(needed)
+        for name in writes:
+            self.last_writer[name] = step.name
+            self.deleted_by.pop(name, None)
+        for name in a.deletes:
+            self.last_writer.pop(name, None)
+            self.deleted_by[name] = step.name
+        self.functions.update(a.functions)
+
+    def _needed(self, a: CodeAnalysis) -> tuple[dict[str, int], list[str]]:
+        """Names the step reads from outside (with the joined-source line of the first use),
+        and the functions defined outside the step that it uses.
+
+        A function defined in an earlier cell reads its globals when called: a step using
+        it needs them too.
+        """
+        needed = {use.name: use.line for use in a.free}
+        called = [name for name in needed if name in self.functions]
+        for name in called:
+            for global_name in sorted(function_closure([name], self.functions)):
+                needed.setdefault(global_name, needed[name])
+        return needed, called
+
+    def _resolve(self, step: Step, state: _StepState, name: str, where: tuple[int, int]) -> None:
+        provider = self.last_writer.get(name)
+        if provider == PARAMETER:
+            state.parameters.append(name)
+        elif provider is not None:
+            state.loads[name] = provider
+            self.state[provider].saves.add(name)
+        elif name in self.prelude_names or name in AMBIENT_NAMES or self.star_prelude:
+            return
+        else:
+            cell, line = where
+            self.problems.append(error("NB103", self._undefined_message(step, name), cell=cell,
+                                       line=line, step=step.name))
+
+    def _undefined_message(self, step: Step, name: str) -> str:
+        if name in self.deleted_by:
+            return (f"{name!r} is used but step {self.deleted_by[name]!r} deleted it (del {name}); "
+                    "keep the variable or recompute it in this step")
+        later = _later_definer(self.blocks.steps, step, name)
+        if later is not None:
+            return (f"{name!r} is used but no earlier step defines it: step {later[0]!r} (cell "
+                    f"{later[1]}) defines it later; move that cell above, or define {name!r} here")
+        params = {p.name for p in self.blocks.parameters}
+        if name in params:
+            return f"{name!r} is used before the pipeline-parameters cell that defines it"
+        return (f"{name!r} is used but no earlier step defines it; define it in an earlier step, "
+                "or in an imports/functions cell if every step needs it")
+
+    def _metrics_cell(self, cell: Cell) -> None:
+        for metric in (m for m in self.blocks.metrics if m.cell == cell.index):
+            provider = self.last_writer.get(metric.variable)
+            if provider is None or provider == PARAMETER:
+                what = "is a pipeline parameter, not a computed value" if provider else \
+                    "is not defined by any step above the metrics cell"
+                self.problems.append(error(
+                    "NB305", f"metric {metric.name!r}: {metric.variable!r} {what}",
+                    cell=metric.cell, line=metric.line))
+            else:
+                self.state[provider].metrics.append(metric)
+
+    def io(self) -> dict[str, StepIO]:
+        return {
+            name: StepIO(loads=dict(sorted(s.loads.items())), parameters=tuple(sorted(set(s.parameters))),
+                         saves=tuple(sorted(s.saves)), metrics=tuple(s.metrics))
+            for name, s in self.state.items()
+        }
+
+    def edges(self) -> tuple[Edge, ...]:
+        data: dict[tuple[str, str], list[str]] = {}
+        for target, state in self.state.items():
+            for variable, source in state.loads.items():
+                data.setdefault((source, target), []).append(variable)
+        edges = [Edge(s, t, tuple(sorted(v)), "data") for (s, t), v in data.items()]
+        for step in self.blocks.steps:
+            edges += [Edge(p, step.name, (), "order") for p in step.prev if (p, step.name) not in data]
+        order = {s.name: i for i, s in enumerate(self.blocks.steps)}
+        return tuple(sorted(edges, key=lambda e: (order[e.target], order[e.source])))
+
+
+def _later_definer(steps: tuple[Step, ...], step: Step, name: str) -> tuple[str, int] | None:
+    """The first later step that binds ``name`` (only computed on the error path)."""
+    for other in steps:
+        if other.position <= step.position:
+            continue
+        for cell in other.cells:
+            try:
+                if name in analyse_source(cell.source).binds:
+                    return other.name, cell.index
+            except CodeSyntaxError:
+                continue
+    return None
+
+
+def _check_split_steps(steps: tuple[Step, ...], state: Mapping[str, _StepState],
+                       problems: list[Diagnostic]) -> None:
+    """A step whose cells are interleaved with another step's must not exchange values with it.
+
+    The step runs all its cells at its first cell's position; if a step placed between its
+    parts writes a value a later part reads, or reads a value a later part writes, the
+    pipeline would compute something else than the notebook: a cycle.
+    """
+    for step in steps:
+        for cell in step.cells[1:]:
+            between = [s for s in steps if step.position < s.position < cell.index]
+            if not between:
+                continue
+            try:
+                a = analyse_source(cell.source)
+            except CodeSyntaxError:
+                continue
+            reads = {u.name for u in a.free}
+            writes = a.binds | a.mutates
+            for other in between:
+                o = state[other.name]
+                clash = sorted((o.writes & reads) | (o.reads & writes))
+                if clash:
+                    problems.append(error(
+                        "NB104", f"cell {cell.index} belongs to step {step.name!r}, which runs at "
+                        f"cell {step.position}, before step {other.name!r} (cell {other.position}); "
+                        f"both use {', '.join(repr(c) for c in clash)}, so the pipeline would "
+                        f"differ from the notebook: give cell {cell.index} its own step name",
+                        cell=cell.index, step=step.name))
+                    break
+
+
+def _levels(steps: tuple[Step, ...], edges: tuple[Edge, ...]) -> tuple[tuple[str, ...], ...]:
+    """Steps grouped by depth in the DAG: each level's steps can run in parallel."""
+    preds: dict[str, list[str]] = {s.name: [] for s in steps}
+    for edge in edges:
+        preds[edge.target].append(edge.source)
+    depth: dict[str, int] = {}
+    for step in steps:  # notebook order is a topological order
+        depth[step.name] = 1 + max((depth[p] for p in preds[step.name]), default=-1)
+    levels: dict[int, list[str]] = {}
+    for step in steps:
+        levels.setdefault(depth[step.name], []).append(step.name)
+    return tuple(tuple(levels[d]) for d in sorted(levels))
