@@ -1,0 +1,575 @@
+"""Kubeflow Pipelines v2 IR (PipelineSpec + kfp-kubernetes PlatformSpec), built as plain data.
+
+The KFP SDK is not imported: ``import kfp`` alone costs seconds, and the IR is a documented
+protobuf schema. :mod:`kale_py.kubeflow.validate` checks the result against KFP's own protobufs.
+
+Every step is a *container component*: the step pod needs nothing but ``python3``. The command is
+``python3 -c BOOTSTRAP <payload> <runtime args>``; :data:`BOOTSTRAP` base64-decodes the payload
+(a zip with ``kale_py/runtime.py`` and the step program), puts the zip on ``sys.path`` and calls
+``kale_py.runtime.main(runtime_args)``. The runtime's command line::
+
+    --step <display name>
+    --state-in <producer>=<dir>          one per producer whose state this step loads
+    --state-out <dir>                    if the step saves state
+    --metrics-out <file>                 if the step reports metrics (system.Metrics)
+    --report-out <file>                  if the step writes an HTML report (system.HTML)
+    --param <name>=<value>               one per pipeline parameter, rendered by KFP:
+    --param-type <name>=<type>             strings as-is, numbers (an int may arrive as "3.0"),
+                                           booleans as true/false, lists and dicts as JSON
+    --executor-output <file>             the runtime writes KFP's ExecutorOutput JSON here
+    --workdir <dir>                      if the notebook has a working directory
+
+A ``None``-valued parameter is declared ``STRING`` with the default ``""`` (KFP has no null
+parameter); the runtime reads an empty value of declared type ``none`` as ``None``.
+
+ExecutorOutput: ``kfp.local`` registers an output artifact only if the step lists it in
+``--executor-output`` (``{"artifacts": {"state": {"artifacts": [{"name": "state", "uri": U}]}}}``).
+On a cluster the launcher *replaces* the artifact's URI with ``U`` when it is given, so ``U`` must
+be the artifact's real URI: the output path with the launcher's mount prefix turned back into a
+scheme (``/minio/b/k`` -> ``minio://b/k``, ``/s3/`` -> ``s3://``, ``/gcs/`` -> ``gs://``), and the
+path itself when it has none of these prefixes (``kfp.local``, whose URIs are local paths).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kale_py.diagnostics import CompileError, Diagnostic
+from kale_py.settings import StepSettings, Volume
+
+Json = dict[str, Any]
+
+SCHEMA_VERSION = "2.1.0"
+# The IR follows the layout of this SDK release; the backend reads sdkVersion for display only.
+SDK_VERSION = "kfp-2.17.3"
+
+#: Runs inside the step container as ``python3 -c BOOTSTRAP``. The payload may be split over
+#: several arguments (Linux caps one at 128 KiB); base64 never starts with "--" as runtime args do.
+BOOTSTRAP = "; ".join([
+    "import atexit, base64, os, sys, tempfile",
+    "a = sys.argv[1:]",
+    "n = next(i for i, s in enumerate(a) if s.startswith('--'))",
+    "fd, z = tempfile.mkstemp(prefix='kale-py-', suffix='.zip')",
+    "f = os.fdopen(fd, 'wb')",
+    "f.write(base64.b64decode(''.join(a[:n])))",
+    "f.close()",
+    "atexit.register(os.unlink, z)",
+    "sys.path.insert(0, z)",
+    "from kale_py.runtime import main",
+    "sys.exit(main(a[n:]))",
+])
+PAYLOAD_CHUNK = 96 * 1024
+
+PARAMETER_TYPES = {
+    "int": "NUMBER_INTEGER", "float": "NUMBER_DOUBLE", "str": "STRING", "bool": "BOOLEAN",
+    "list": "LIST", "dict": "STRUCT", "none": "STRING",
+}
+_COMMENT_TYPES = {
+    "NUMBER_INTEGER": "int", "NUMBER_DOUBLE": "float", "STRING": "str", "BOOLEAN": "bool",
+    "LIST": "list", "STRUCT": "dict",
+}
+_ACCESS_MODES = {"rom": "ReadOnlyMany", "rwo": "ReadWriteOnce", "rwm": "ReadWriteMany",
+                 "rwop": "ReadWriteOncePod"}
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+_CPU = re.compile(r"^([0-9]*\.)?[0-9]+m?$")
+_MEMORY = re.compile(r"^([0-9]*\.)?[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+                 "E": 10**18, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+                 "Pi": 1 << 50, "Ei": 1 << 60}
+_SNAPSHOT_SOURCE = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot"}
+
+
+@dataclass(frozen=True)
+class PipelineParam:
+    """A typed pipeline parameter: ``type`` is int, float, str, bool, list, dict or none."""
+
+    name: str
+    type: str
+    default: object
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    """One step as a KFP task. ``name`` is already KFP-normalised; ``payload`` is opaque."""
+
+    name: str
+    display_name: str
+    payload: bytes
+    inputs: tuple[str, ...]
+    after: tuple[str, ...]
+    parameters: tuple[str, ...]
+    has_state_output: bool
+    has_metrics: bool
+    has_report: bool
+    settings: StepSettings
+    image: str
+
+
+@dataclass(frozen=True)
+class PipelineDef:
+    """A whole pipeline: parameters, tasks in notebook order, notebook volumes."""
+
+    name: str
+    description: str | None
+    params: tuple[PipelineParam, ...]
+    tasks: tuple[TaskDef, ...]
+    volumes: tuple[Volume, ...]
+    working_dir: str | None
+    enable_caching: bool
+
+
+@dataclass(frozen=True)
+class _Clone:
+    """A volume restored from a snapshot by a CreatePVC task and deleted after the last step."""
+
+    volume: Volume
+    create_task: str
+    delete_task: str
+
+
+def build_ir(p: PipelineDef) -> tuple[Json, Json | None]:
+    """The PipelineSpec and the kfp-kubernetes PlatformSpec (``None`` if no step needs one).
+
+    Raises :class:`CompileError` when a setting cannot be expressed in KFP.
+    """
+    _check_pipeline(p)
+    params = {q.name: q for q in p.params}
+    clones = _plan_clones(p)
+    components: Json = {}
+    executors: Json = {}
+    tasks: Json = {}
+    k8s_executors: Json = {}
+    for t in p.tasks:
+        components[f"comp-{t.name}"] = _component_spec(t, params)
+        executors[f"exec-{t.name}"] = {"container": _container_spec(t, p)}
+        tasks[t.name] = _task_spec(t, p, clones)
+        k8s = _kubernetes_config(t, p, clones)
+        if k8s:
+            k8s_executors[f"exec-{t.name}"] = k8s
+    if clones:
+        _add_clone_tasks(clones, [t.name for t in p.tasks], components, executors, tasks)
+    root: Json = {"dag": {"tasks": tasks}}
+    if p.params:
+        root["inputDefinitions"] = {"parameters": {q.name: _root_input(q) for q in p.params}}
+    info: Json = {"name": p.name}
+    if p.description:
+        info["description"] = p.description
+    spec = {
+        "components": components,
+        "deploymentSpec": {"executors": executors},
+        "pipelineInfo": info,
+        "root": root,
+        "schemaVersion": SCHEMA_VERSION,
+        "sdkVersion": SDK_VERSION,
+    }
+    if not k8s_executors:
+        return spec, None
+    platform = {"platforms": {"kubernetes": {"deploymentSpec": {"executors": k8s_executors}}}}
+    return spec, platform
+
+
+def ir_to_yaml(pipeline_spec: Json, platform_spec: Json | None) -> str:
+    """The pipeline file as the KFP compiler writes it: a header comment, the PipelineSpec and,
+    after ``---``, the PlatformSpec."""
+    yaml = importlib.import_module("yaml")  # lazily, and untyped: only compiling needs it
+
+    documents = [pipeline_spec] if platform_spec is None else [pipeline_spec, platform_spec]
+    # The C emitter writes the same text as KFP's pure-Python one, several times faster.
+    base = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    dumper = type("IrDumper", (base,), {"ignore_aliases": lambda self, data: True})
+    body: str = yaml.dump_all(documents, Dumper=dumper, sort_keys=True)
+    return _header_comment(pipeline_spec) + body
+
+
+def payload_args(payload: bytes) -> list[str]:
+    """The payload as base64 arguments, none longer than the kernel's per-argument limit."""
+    text = base64.b64encode(payload).decode("ascii")
+    return [text[i:i + PAYLOAD_CHUNK] for i in range(0, len(text), PAYLOAD_CHUNK)] or [""]
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+def _fail(message: str, step: str | None = None) -> CompileError:
+    return CompileError(Diagnostic("error", "KF001", message, step=step))
+
+
+def _check_pipeline(p: PipelineDef) -> None:
+    if not _PIPELINE_NAME.match(p.name):
+        raise _fail(f"pipeline name {p.name!r} is not valid in Kubeflow: use lowercase letters, "
+                    "digits and '-' (at most 128 characters, starting with a letter or digit)")
+    params = {q.name for q in p.params}
+    for q in p.params:
+        if q.type not in PARAMETER_TYPES:
+            raise _fail(f"pipeline parameter {q.name!r} has unsupported type {q.type!r}")
+    seen: dict[str, TaskDef] = {}
+    for t in p.tasks:
+        if not _NAME.match(t.name) or len(t.name) > 63 or t.name in seen:
+            raise _fail(f"step {t.display_name!r} has an invalid or duplicate Kubeflow name "
+                        f"{t.name!r}", t.display_name)
+        for producer in t.inputs + t.after:
+            if producer not in seen:
+                raise _fail(f"step {t.display_name!r} depends on {producer!r}, which is not an "
+                            "earlier step", t.display_name)
+        for producer in t.inputs:
+            if not seen[producer].has_state_output:
+                raise _fail(f"step {t.display_name!r} loads the state of {producer!r}, which "
+                            "saves none", t.display_name)
+        unknown = sorted(set(t.parameters) - params)
+        if unknown:
+            raise _fail(f"step {t.display_name!r} uses unknown pipeline parameters {unknown}",
+                        t.display_name)
+        seen[t.name] = t
+
+
+# --- PipelineSpec pieces ----------------------------------------------------------------------
+
+def _protobuf_value(value: object) -> object:
+    """``value`` as KFP writes a protobuf Value: every number is a double."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_protobuf_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _protobuf_value(v) for k, v in value.items()}
+    raise _fail(f"pipeline parameter default {value!r} is not a JSON value")
+
+
+def _root_input(q: PipelineParam) -> Json:
+    default = "" if q.type == "none" else _protobuf_value(q.default)
+    return {"defaultValue": default, "isOptional": True,
+            "parameterType": PARAMETER_TYPES[q.type]}
+
+
+def _component_spec(t: TaskDef, params: dict[str, PipelineParam]) -> Json:
+    spec: Json = {"executorLabel": f"exec-{t.name}"}
+    inputs: Json = {}
+    if t.inputs:
+        inputs["artifacts"] = {f"state-{src}": _artifact_type("system.Artifact")
+                               for src in t.inputs}
+    if t.parameters:
+        inputs["parameters"] = {name: {"parameterType": PARAMETER_TYPES[params[name].type]}
+                                for name in t.parameters}
+    if inputs:
+        spec["inputDefinitions"] = inputs
+    outputs = {name: _artifact_type(kind) for name, kind, wanted in (
+        ("state", "system.Artifact", t.has_state_output),
+        ("metrics", "system.Metrics", t.has_metrics),
+        ("report", "system.HTML", t.has_report)) if wanted}
+    if outputs:
+        spec["outputDefinitions"] = {"artifacts": outputs}
+    return spec
+
+
+def _artifact_type(schema_title: str) -> Json:
+    return {"artifactType": {"schemaTitle": schema_title, "schemaVersion": "0.0.1"}}
+
+
+def _runtime_args(t: TaskDef, p: PipelineDef) -> list[str]:
+    params = {q.name: q for q in p.params}
+    args = ["--step", t.display_name]
+    for src in t.inputs:
+        args += ["--state-in", f"{src}={{{{$.inputs.artifacts['state-{src}'].path}}}}"]
+    for name, wanted in (("state", t.has_state_output), ("metrics", t.has_metrics),
+                         ("report", t.has_report)):
+        if wanted:
+            args += [f"--{name}-out", f"{{{{$.outputs.artifacts['{name}'].path}}}}"]
+    for name in t.parameters:
+        args += ["--param", f"{name}={{{{$.inputs.parameters['{name}']}}}}",
+                 "--param-type", f"{name}={params[name].type}"]
+    args += ["--executor-output", "{{$.outputs.output_file}}"]
+    if p.working_dir:
+        args += ["--workdir", p.working_dir]
+    return args
+
+
+def _container_spec(t: TaskDef, p: PipelineDef) -> Json:
+    container: Json = {
+        "args": payload_args(t.payload) + _runtime_args(t, p),
+        "command": ["python3", "-c", BOOTSTRAP],
+        "env": [{"name": k, "value": v} for k, v in _environment(t, p)],
+        "image": t.image,
+    }
+    resources = _resources(t)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _environment(t: TaskDef, p: PipelineDef) -> list[tuple[str, str]]:
+    env = [("KALE_PY_STEP", t.display_name)]
+    home = _home_volume(p)
+    if home:
+        # As in the notebook pod, where the volume holding the working directory is $HOME.
+        env.append(("HOME", home))
+    env += [(f"KALE_VOLUME_{re.sub('[^A-Z0-9]', '_', v.name.upper())}", v.mount_point)
+            for v in p.volumes if v.expose_as_env_var]
+    return env
+
+
+def _home_volume(p: PipelineDef) -> str | None:
+    if not p.working_dir:
+        return None
+    wd = p.working_dir.rstrip("/") + "/"
+    mounts = [v.mount_point.rstrip("/") for v in p.volumes
+              if wd.startswith(v.mount_point.rstrip("/") + "/")]
+    return max(mounts, key=len) if mounts else None
+
+
+def _task_spec(t: TaskDef, p: PipelineDef, clones: list[_Clone]) -> Json:
+    cache = t.settings.cache if t.settings.cache is not None else p.enable_caching
+    depends = set(t.inputs) | set(t.after) | {c.create_task for c in clones}
+    task: Json = {
+        "cachingOptions": {"enableCache": True} if cache else {},
+        "componentRef": {"name": f"comp-{t.name}"},
+        "taskInfo": {"name": t.display_name},
+    }
+    if depends:
+        task["dependentTasks"] = sorted(depends)
+    inputs: Json = {}
+    if t.inputs:
+        inputs["artifacts"] = {
+            f"state-{src}": {"taskOutputArtifact": {"outputArtifactKey": "state",
+                                                    "producerTask": src}}
+            for src in t.inputs}
+    if t.parameters:
+        inputs["parameters"] = {name: {"componentInputParameter": name}
+                                for name in t.parameters}
+    if inputs:
+        task["inputs"] = inputs
+    if t.settings.retry:
+        task["retryPolicy"] = {"backoffDuration": "0s", "backoffFactor": 2.0,
+                               "backoffMaxDuration": "3600s",
+                               "maxRetryCount": t.settings.retry}
+    return task
+
+
+# --- resources ------------------------------------------------------------------------------
+
+def _resources(t: TaskDef) -> Json:
+    """cpu/memory in both forms the 2.17 compiler writes; any other resource is the accelerator."""
+    s, step = t.settings, t.display_name
+    limits, requests = dict(s.limits), dict(s.requests)
+    out: Json = {}
+    for kind, values in (("Limit", limits), ("Request", requests)):
+        if "cpu" in values:
+            _add_quantity(out, f"cpu{kind}", values["cpu"], _cpu_to_float(values["cpu"], step))
+        if "memory" in values:
+            out_value = _memory_to_float(values["memory"], step)
+            _add_quantity(out, f"memory{kind}", values["memory"], out_value)
+    others = {k: v for k, v in {**requests, **limits}.items() if k not in ("cpu", "memory")}
+    if len(others) > 1:
+        raise _fail(f"step {step!r} asks for several accelerator types {sorted(others)}; "
+                    "Kubeflow Pipelines allows one per step", step)
+    for kind, count in others.items():
+        if not count.isdigit():
+            raise _fail(f"step {step!r}: {kind} count {count!r} is not a whole number", step)
+        out["accelerator"] = {"count": str(int(count)), "resourceCount": count,
+                              "resourceType": kind, "type": kind}
+    return out
+
+
+def _add_quantity(out: Json, field: str, text: str, value: float) -> None:
+    resource_field = "resource" + field[0].upper() + field[1:]
+    out[resource_field] = text
+    if value:  # protobuf leaves a zero double out, and KFP's YAML with it
+        out[field] = value
+
+
+def _cpu_to_float(cpu: str, step: str) -> float:
+    if not _CPU.match(cpu):
+        raise _fail(f"step {step!r}: cpu {cpu!r} is not a Kubernetes quantity "
+                    "(a number, or millicores like 500m)", step)
+    return float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+
+
+def _memory_to_float(memory: str, step: str) -> float:
+    """Gigabytes, computed as the KFP compiler does (same float for the same text)."""
+    match = _MEMORY.match(memory)
+    if not match:
+        raise _fail(f"step {step!r}: memory {memory!r} is not a Kubernetes quantity "
+                    "(e.g. 512Mi, 2Gi, 1G)", step)
+    unit = match.group(2) or ""
+    number = float(memory[:len(memory) - len(unit)])
+    if unit == "G":
+        return number
+    return number * _MEMORY_UNITS[unit] / 10**9
+
+
+# --- kfp-kubernetes executor config ------------------------------------------------------------
+
+def _kubernetes_config(t: TaskDef, p: PipelineDef, clones: list[_Clone]) -> Json:
+    s = t.settings
+    config: Json = {}
+    if s.timeout:
+        config["activeDeadlineSeconds"] = str(s.timeout)  # int64: a string in protobuf JSON
+    if s.node_selector:
+        config["nodeSelector"] = {"labels": dict(s.node_selector)}
+    metadata = {k: dict(v) for k, v in (("annotations", s.annotations), ("labels", s.labels)) if v}
+    if metadata:
+        config["podMetadata"] = metadata
+    mounts = _pvc_mounts(p.volumes, clones)
+    if mounts:
+        config["pvcMount"] = mounts
+    secrets = _secrets_as_env(s)
+    if secrets:
+        config["secretAsEnv"] = secrets
+    if s.tolerations:
+        config["tolerations"] = [_toleration(x.key, x.value, x.effect) for x in s.tolerations]
+    return config
+
+
+def _pvc_mounts(volumes: Iterable[Volume], clones: list[_Clone]) -> list[Json]:
+    cloned = {c.volume.name: c for c in clones}
+    mounts = []
+    for v in volumes:
+        if v.name in cloned:
+            source = {"outputParameterKey": "name", "producerTask": cloned[v.name].create_task}
+            # The current field and its deprecated twin, as kfp-kubernetes writes them.
+            mounts.append({"mountPath": v.mount_point,
+                           "pvcNameParameter": {"taskOutputParameter": dict(source)},
+                           "taskOutputParameter": dict(source)})
+        else:
+            mounts.append({"constant": v.name, "mountPath": v.mount_point,
+                           "pvcNameParameter": {"runtimeValue": {"constant": v.name}}})
+    return mounts
+
+
+def _secrets_as_env(s: StepSettings) -> list[Json]:
+    by_secret: dict[str, list[Json]] = {}
+    for x in s.secrets:
+        by_secret.setdefault(x.secret, []).append({"envVar": x.env, "secretKey": x.key})
+    return [{"keyToEnv": keys, "optional": False, "secretName": name,
+             "secretNameParameter": {"runtimeValue": {"constant": name}}}
+            for name, keys in by_secret.items()]
+
+
+def _toleration(key: str, value: str, effect: str) -> Json:
+    toleration = {"effect": effect, "key": key, "operator": "Equal" if value else "Exists",
+                  "value": value}
+    return {k: v for k, v in toleration.items() if v}  # protobuf JSON leaves empty strings out
+
+
+# --- volumes restored from snapshots ------------------------------------------------------------
+
+def _plan_clones(p: PipelineDef) -> list[_Clone]:
+    taken = {t.name for t in p.tasks}
+    clones = []
+    for v in p.volumes:
+        if v.type == "pvc":
+            continue
+        if v.type != "clone":
+            raise _fail(f"volume {v.name!r}: type {v.type!r} is not supported on Kubeflow "
+                        "Pipelines; use an existing claim (pvc) or a snapshot (clone)")
+        if not v.size:
+            raise _fail(f"volume {v.name!r}: a clone needs a size (e.g. 10Gi)")
+        create, delete = _unique("createpvc", taken), _unique("deletepvc", taken)
+        clones.append(_Clone(v, create, delete))
+    return clones
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    """``base``, ``base-2``, ... as the KFP compiler names repeated tasks, avoiding step names."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
+
+
+def _add_clone_tasks(clones: list[_Clone], steps: list[str], components: Json,
+                     executors: Json, tasks: Json) -> None:
+    taken = set(components)
+    create_comp, delete_comp = _unique("comp-createpvc", taken), _unique("comp-deletepvc", taken)
+    create_exec = _unique("exec-createpvc", set(executors))
+    delete_exec = _unique("exec-deletepvc", set(executors) | {create_exec})
+    components[create_comp] = _create_pvc_component(create_exec)
+    components[delete_comp] = {"executorLabel": delete_exec, "inputDefinitions": {
+        "parameters": {"pvc_name": {"parameterType": "STRING"}}}}
+    executors[create_exec] = {"container": {"image": "argostub/createpvc"}}
+    executors[delete_exec] = {"container": {"image": "argostub/deletepvc"}}
+    for c in clones:
+        v = c.volume
+        constants: Json = {
+            "access_modes": [_ACCESS_MODES.get(v.access_mode or "rwo", v.access_mode)],
+            "data_source": {**_SNAPSHOT_SOURCE, "name": v.name},
+            "pvc_name_suffix": f"-{re.sub('[^a-z0-9]+', '-', v.name.lower()).strip('-')}",
+            "size": v.size,
+        }
+        if v.annotations:
+            constants["annotations"] = dict(v.annotations)
+        if v.storage_class:
+            constants["storage_class_name"] = v.storage_class
+        tasks[c.create_task] = {
+            "cachingOptions": {},  # a cached CreatePVC would hand out a claim deleted since
+            "componentRef": {"name": create_comp},
+            "inputs": {"parameters": {k: {"runtimeValue": {"constant": x}}
+                                      for k, x in constants.items()}},
+            "taskInfo": {"name": c.create_task},
+        }
+        tasks[c.delete_task] = {
+            "cachingOptions": {},
+            "componentRef": {"name": delete_comp},
+            "dependentTasks": sorted([c.create_task, *steps]),
+            "inputs": {"parameters": {"pvc_name": {"taskOutputParameter": {
+                "outputParameterKey": "name", "producerTask": c.create_task}}}},
+            "taskInfo": {"name": c.delete_task},
+        }
+
+
+def _create_pvc_component(executor: str) -> Json:
+    """kfp-kubernetes 2.17's CreatePVC interface (its docstrings left out)."""
+    def param(kind: str, optional: bool = True) -> Json:
+        return {"isOptional": True, "parameterType": kind} if optional else {"parameterType": kind}
+
+    parameters = {
+        "access_modes": param("LIST", optional=False),
+        "annotations": param("STRUCT"),
+        "data_source": param("STRUCT"),
+        "pvc_name": param("STRING"),
+        "pvc_name_suffix": param("STRING"),
+        "size": param("STRING", optional=False),
+        "storage_class_name": {**param("STRING"), "defaultValue": ""},
+        "volume_name": param("STRING"),
+    }
+    return {"executorLabel": executor, "inputDefinitions": {"parameters": parameters},
+            "outputDefinitions": {"parameters": {"name": {"parameterType": "STRING"}}}}
+
+
+# --- YAML header ---------------------------------------------------------------------------------
+
+def _header_comment(spec: Json) -> str:
+    """The ``# PIPELINE DEFINITION`` comment, as the KFP compiler writes it."""
+    lines = ["# PIPELINE DEFINITION", f"# Name: {spec['pipelineInfo']['name']}"]
+    description = spec["pipelineInfo"].get("description")
+    if description:
+        lines.append("# Description: " + "\n#              ".join(description.splitlines()))
+    inputs = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    if inputs:
+        lines.append("# Inputs:")
+    for name in sorted(inputs):
+        body = inputs[name]
+        line = f"#    {name}: {_COMMENT_TYPES[body['parameterType']]}"
+        if "defaultValue" in body:
+            default = body["defaultValue"]
+            shown = f"'{default}'" if isinstance(default, str) else str(_sorted_keys(default))
+            line += f" [Default: {shown}]"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _sorted_keys(value: object) -> object:
+    """Dicts with sorted keys (KFP shows them in protobuf map order, which varies between runs)."""
+    if isinstance(value, dict):
+        return {k: _sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(v) for v in value]
+    return value
