@@ -36,3 +36,24 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'kale_py' has no attribute {name!r}")
     return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+# --- Jupyter entry points: the REST API of the JupyterLab panel and the prebuilt extension ---
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "kale_py"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    # Used by `jupyter-builder develop` to link kale_py/labextension for live rebuilds.
+    return [{"src": "labextension", "dest": "kale-py"}]
+
+
+def _load_jupyter_server_extension(server_app: Any) -> None:
+    """Add kale_py's routes to a starting jupyter-server (enabled by jupyter_server_config.d)."""
+    # Imported here: `import kale_py` must not pull in tornado and jupyter_server.
+    from .server import setup_handlers
+
+    setup_handlers(server_app.web_app)
+    server_app.log.info("kale_py: pipeline REST API at %s", server_app.base_url + "kale-py/")

@@ -1,0 +1,343 @@
+"""The REST API of the JupyterLab panel (kale_py.server), through a real jupyter-server.
+
+Most tests replace the ``kale_py.api`` functions with fakes: they check what the handlers
+own (auth, request checks, paths, status codes, JSON shapes), not the analysis itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPResponse
+
+import kale_py
+from kale_py.diagnostics import CheckError, Diagnostic
+
+Fetch = Callable[..., Any]
+
+ANALYSIS = {
+    "pipeline": {"name": "p", "experiment": "e", "description": ""},
+    "steps": [{"name": "load", "kfp_name": "load", "cells": [2], "loads": {}, "saves": ["x"],
+               "prev": [], "level": 0}],
+    "edges": [],
+    "levels": [["load"]],
+    "parameters": [],
+    "metrics": [],
+    "diagnostics": [],
+}
+RUN = {
+    "run_id": "r1",
+    "status": "running",
+    "steps": {"load": {"status": "running", "started": "t0", "ended": None, "error": None}},
+    "metrics": {},
+}
+
+
+class FakeAPI:
+    """Stands in for the kale_py.api module and records the calls the handlers make."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.error: Exception | None = None
+
+    def _record(self, name: str, result: Any) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            if self.error is not None:
+                raise self.error
+            return result
+        return call
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        results = {
+            "analyse": ANALYSIS,
+            "compile": {"path": "/x/p.yaml", "bytes": 10, "steps": 1},
+            "start_local_run": {"run_id": "r1", "run_dir": "/x/.nb2pipe/runs/r1"},
+            "list_runs": [{"run_id": "r1", "status": "running", "started": "t0", "ended": None}],
+            "get_run": RUN,
+            "get_log": "load | hello\n",
+            "get_report": "<html><body><p>report</p></body></html>",
+            "submit": {"run_id": "k1", "run_url": "http://kfp/#/runs/k1", "pipeline_id": "p",
+                       "version_id": "v", "experiment_id": "e"},
+            "list_experiments": [{"id": "e", "name": "Default"}],
+            "list_volumes": {"in_cluster": False, "image": None, "volumes": []},
+        }
+        module = types.ModuleType("kale_py.api")
+        for name, result in results.items():
+            setattr(module, name, self._record(name, result))
+        # The handlers run `from kale_py import api`: both lookups must find the fake.
+        monkeypatch.setitem(sys.modules, "kale_py.api", module)
+        monkeypatch.setattr(kale_py, "api", module, raising=False)
+
+
+@pytest.fixture
+def fake_api(monkeypatch: pytest.MonkeyPatch) -> FakeAPI:
+    fake = FakeAPI()
+    fake.install(monkeypatch)
+    return fake
+
+
+def post(fetch: Fetch, route: str, body: Any, **kwargs: Any) -> Any:
+    data = body if isinstance(body, str) else json.dumps(body)
+    return fetch("kale-py", route, method="POST", body=data, **kwargs)
+
+
+def body_of(response: HTTPResponse) -> Any:
+    return json.loads(response.body)
+
+
+# Every route, with a request that succeeds when authenticated.
+ROUTES = [
+    ("POST", "analyse", {"path": "nb.ipynb"}),
+    ("POST", "compile", {"path": "nb.ipynb"}),
+    ("POST", "runs", {"path": "nb.ipynb"}),
+    ("GET", "runs", None),
+    ("GET", "runs/r1", None),
+    ("GET", "runs/r1/logs/load", None),
+    ("GET", "runs/r1/report/load", None),
+    ("POST", "submit", {"path": "nb.ipynb"}),
+    ("GET", "experiments", None),
+    ("GET", "volumes", None),
+]
+ROUTE_IDS = [f"{method} {route}" for method, route, _ in ROUTES]
+
+
+@pytest.mark.parametrize(("method", "route", "body"), ROUTES, ids=ROUTE_IDS)
+async def test_every_route_refuses_requests_without_a_token(
+    jp_fetch: Fetch, fake_api: FakeAPI, method: str, route: str, body: Any
+) -> None:
+    kwargs: dict[str, Any] = {"method": method, "headers": {"Authorization": ""},
+                              "params": {"path": "nb.ipynb"}}
+    if body is not None:
+        kwargs["body"] = json.dumps(body)
+    with pytest.raises(HTTPClientError) as caught:
+        await jp_fetch("kale-py", route, **kwargs)
+    assert caught.value.code == 403
+    assert fake_api.calls == []
+
+
+@pytest.mark.parametrize(("method", "route", "body"), ROUTES, ids=ROUTE_IDS)
+async def test_every_route_answers_with_a_token(
+    jp_fetch: Fetch, fake_api: FakeAPI, method: str, route: str, body: Any
+) -> None:
+    kwargs: dict[str, Any] = {"method": method, "params": {"path": "nb.ipynb"}}
+    if body is not None:
+        kwargs["body"] = json.dumps(body)
+    response = await jp_fetch("kale-py", route, **kwargs)
+    assert response.code in (200, 201)
+    assert len(fake_api.calls) == 1
+
+
+async def test_analyse_passes_the_resolved_path_and_the_live_notebook(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    live = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    response = await post(jp_fetch, "analyse", {"path": "sub/nb.ipynb", "notebook": live})
+    assert body_of(response) == ANALYSIS
+    assert response.headers["Content-Type"].startswith("application/json")
+    [(name, args, _)] = fake_api.calls
+    assert name == "analyse"
+    assert args == (jp_root_dir / "sub" / "nb.ipynb", live)
+
+
+async def test_analyse_without_a_live_notebook_reads_the_file(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    await post(jp_fetch, "analyse", {"path": "nb.ipynb"})
+    assert fake_api.calls[0][1] == (jp_root_dir / "nb.ipynb", None)
+
+
+async def test_compile_and_run_pass_their_options(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    nb = jp_root_dir / "nb.ipynb"
+    response = await post(jp_fetch, "compile", {"path": "nb.ipynb", "params": {"lr": 0.5}})
+    assert body_of(response) == {"path": "/x/p.yaml", "bytes": 10, "steps": 1}
+    response = await post(jp_fetch, "runs", {"path": "nb.ipynb", "params": {"n": 2},
+                                             "only": ["train"], "from": "load"})
+    assert response.code == 201
+    assert body_of(response) == {"run_id": "r1", "run_dir": "/x/.nb2pipe/runs/r1"}
+    await post(jp_fetch, "runs", {"path": "nb.ipynb"})
+    assert [(n, a) for n, a, _ in fake_api.calls] == [
+        ("compile", (nb, {"lr": 0.5})),
+        ("start_local_run", (nb, {"n": 2}, ["train"], "load")),
+        ("start_local_run", (nb, {}, None, None)),
+    ]
+
+
+async def test_runs_status_logs_and_report(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    nb = jp_root_dir / "nb.ipynb"
+    query = {"path": "nb.ipynb"}
+    assert body_of(await jp_fetch("kale-py", "runs", params=query))[0]["run_id"] == "r1"
+    assert body_of(await jp_fetch("kale-py", "runs", "r1", params=query)) == RUN
+
+    log = await jp_fetch("kale-py", "runs", "r1", "logs", "load", params=query)
+    assert log.body.decode() == "load | hello\n"
+    assert log.headers["Content-Type"].startswith("text/plain")
+
+    report = await jp_fetch("kale-py", "runs", "r1", "report", "load", params=query)
+    assert b"<p>report</p>" in report.body
+    assert report.headers["Content-Type"].startswith("text/html")
+    # the notebook's outputs must not run with the server's origin and cookies
+    assert "sandbox" in report.headers["Content-Security-Policy"]
+
+    assert [(n, a) for n, a, _ in fake_api.calls] == [
+        ("list_runs", (nb,)),
+        ("get_run", (nb, "r1")),
+        ("get_log", (nb, "r1", "load")),
+        ("get_report", (nb, "r1", "load")),
+    ]
+
+
+async def test_submit_experiments_and_volumes(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    response = await post(jp_fetch, "submit", {
+        "path": "nb.ipynb", "host": "http://kfp", "experiment": "exp", "params": {"a": 1},
+        "token": "secret"})
+    assert body_of(response)["run_url"] == "http://kfp/#/runs/k1"
+    experiments = await jp_fetch("kale-py", "experiments", params={"host": "http://kfp"})
+    assert body_of(experiments) == [{"id": "e", "name": "Default"}]
+    await jp_fetch("kale-py", "experiments")
+    volumes = await jp_fetch("kale-py", "volumes")
+    assert body_of(volumes) == {"in_cluster": False, "image": None, "volumes": []}
+    assert fake_api.calls == [
+        ("submit", (jp_root_dir / "nb.ipynb",),
+         {"host": "http://kfp", "experiment": "exp", "params": {"a": 1}, "token": "secret"}),
+        ("list_experiments", ("http://kfp",), {}),
+        ("list_experiments", (None,), {}),
+        ("list_volumes", (), {}),
+    ]
+
+
+BAD_BODIES = [
+    ("analyse", {}, "'path' is required"),
+    ("analyse", {"path": ""}, "'path' is required"),
+    ("analyse", {"path": 3}, "'path' is required"),
+    ("analyse", {"path": "nb.ipynb", "notebook": "{}"}, "'notebook' must be an object"),
+    ("analyse", [], "must be a JSON object"),
+    ("analyse", "not json", "Invalid JSON"),
+    ("analyse", "", "must be a JSON object"),
+    ("analyse", {"path": "../outside.ipynb"}, "outside the server root"),
+    ("analyse", {"path": "a/../../outside.ipynb"}, "outside the server root"),
+    ("analyse", {"path": "/etc/passwd"}, "relative to the server root"),
+    ("analyse", {"path": "nb\u0000.ipynb"}, "relative to the server root"),
+    ("compile", {"path": "nb.ipynb", "params": [1]}, "'params' must be an object"),
+    ("runs", {"path": "nb.ipynb", "only": "train"}, "'only' must be an array"),
+    ("runs", {"path": "nb.ipynb", "only": [1]}, "'only' must be an array of strings"),
+    ("runs", {"path": "nb.ipynb", "from": ["load"]}, "'from' must be a string"),
+    ("runs", {"params": {}}, "'path' is required"),
+    ("submit", {"path": "nb.ipynb", "host": 1}, "'host' must be a string"),
+    ("submit", {"path": "nb.ipynb", "token": {}}, "'token' must be a string"),
+    ("submit", {"path": "../nb.ipynb"}, "outside the server root"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "message"), BAD_BODIES)
+async def test_bad_request_bodies_are_400(
+    jp_fetch: Fetch, fake_api: FakeAPI, route: str, body: Any, message: str
+) -> None:
+    with pytest.raises(HTTPClientError) as caught:
+        await post(jp_fetch, route, body)
+    assert caught.value.code == 400
+    assert caught.value.response is not None
+    assert message in body_of(caught.value.response)["message"]
+    assert fake_api.calls == []
+
+
+@pytest.mark.parametrize("parts", [
+    ("runs",),
+    ("runs", "r1"),
+    ("runs", "r1", "logs", "load"),
+    ("runs", "r1", "report", "load"),
+])
+@pytest.mark.parametrize(("query", "message"), [
+    ({}, "'path' is required"),
+    ({"path": "../../etc/nb.ipynb"}, "outside the server root"),
+])
+async def test_bad_query_paths_are_400(
+    jp_fetch: Fetch, fake_api: FakeAPI, parts: tuple[str, ...], query: dict[str, str], message: str
+) -> None:
+    with pytest.raises(HTTPClientError) as caught:
+        await jp_fetch("kale-py", *parts, params=query)
+    assert caught.value.code == 400
+    assert caught.value.response is not None
+    assert message in body_of(caught.value.response)["message"]
+    assert fake_api.calls == []
+
+
+@pytest.mark.parametrize("parts", [("runs", ".hidden"), ("runs", "r1", "logs", "a.b")])
+async def test_run_ids_and_step_names_cannot_name_other_files(
+    jp_fetch: Fetch, fake_api: FakeAPI, parts: tuple[str, ...]
+) -> None:
+    with pytest.raises(HTTPClientError) as caught:
+        await jp_fetch("kale-py", *parts, params={"path": "nb.ipynb"})
+    assert caught.value.code == 404
+    assert fake_api.calls == []
+
+
+async def test_diagnosed_problems_are_422_with_the_diagnostics(
+    jp_fetch: Fetch, fake_api: FakeAPI
+) -> None:
+    problem = Diagnostic("error", "NB103", "'x' is used but no earlier step defines it",
+                         cell=3, line=2, step="train")
+    fake_api.error = CheckError([problem])
+    for route, body in [("analyse", {"path": "nb.ipynb"}), ("runs", {"path": "nb.ipynb"}),
+                        ("compile", {"path": "nb.ipynb"}), ("submit", {"path": "nb.ipynb"})]:
+        with pytest.raises(HTTPClientError) as caught:
+            await post(jp_fetch, route, body)
+        assert caught.value.code == 422
+        assert caught.value.response is not None
+        assert body_of(caught.value.response) == {
+            "message": "'x' is used but no earlier step defines it",
+            "diagnostics": [problem.to_dict()],
+        }
+
+
+async def test_a_bug_is_a_500_without_leaking_a_traceback(
+    jp_fetch: Fetch, fake_api: FakeAPI
+) -> None:
+    fake_api.error = RuntimeError("boom")
+    with pytest.raises(HTTPClientError) as caught:
+        await jp_fetch("kale-py", "volumes")
+    assert caught.value.code == 500
+    assert caught.value.response is not None
+    assert "boom" not in caught.value.response.body.decode()
+
+
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# undefined name"},
+        {"cell_type": "code", "metadata": {"tags": ["step:load"]}, "execution_count": None,
+         "outputs": [], "source": "x = 1"},
+        {"cell_type": "code", "metadata": {"tags": ["step:train"]}, "execution_count": None,
+         "outputs": [], "source": "y = x + z"},
+    ],
+    "metadata": {"kubeflow_notebook": {"pipeline_name": "demo"}},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+async def test_analyse_with_the_real_api(jp_fetch: Fetch, jp_root_dir: Path) -> None:
+    (jp_root_dir / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
+    result = body_of(await post(jp_fetch, "analyse", {"path": "nb.ipynb"}))
+    assert [s["name"] for s in result["steps"]] == ["load", "train"]
+    assert {(e["source"], e["target"], tuple(e["variables"])) for e in result["edges"]} == {
+        ("load", "train", ("x",))}
+    [undefined] = [d for d in result["diagnostics"] if d["code"] == "NB103"]
+    assert (undefined["cell"], undefined["line"], undefined["step"]) == (3, 1, "train")
+
+    # The live notebook wins over the file: here the undefined name is gone.
+    live = json.loads(json.dumps(NOTEBOOK))
+    live["cells"][2]["source"] = "y = x + 1"
+    result = body_of(await post(jp_fetch, "analyse", {"path": "nb.ipynb", "notebook": live}))
+    assert not [d for d in result["diagnostics"] if d["code"] == "NB103"]
