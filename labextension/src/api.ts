@@ -1,0 +1,202 @@
+/**
+ * Typed calls of the kale_py REST API (see kale_py/server.py for the routes).
+ */
+import { ServerConnection } from '@jupyterlab/services';
+import { IDiagnostic, requestAPI } from './request';
+
+export type { IDiagnostic } from './request';
+
+export interface IStepInfo {
+  name: string;
+  kfp_name: string;
+  cells: number[];
+  loads: Record<string, string>;
+  saves: string[];
+  prev: string[];
+  level: number;
+}
+
+export interface IEdgeInfo {
+  source: string;
+  target: string;
+  variables: string[];
+  kind: 'data' | 'order';
+}
+
+export interface IParameterInfo {
+  name: string;
+  type: string;
+  default: unknown;
+  cell: number;
+}
+
+export interface IMetricInfo {
+  name: string;
+  variable: string;
+  step: string;
+  cell: number;
+}
+
+export interface IAnalysis {
+  pipeline: {
+    name: string | null;
+    experiment: string | null;
+    description: string | null;
+  };
+  steps: IStepInfo[];
+  edges: IEdgeInfo[];
+  levels: string[][];
+  parameters: IParameterInfo[];
+  metrics: IMetricInfo[];
+  diagnostics: IDiagnostic[];
+}
+
+export type RunStatus = 'running' | 'succeeded' | 'failed' | 'cancelled';
+export type StepStatus =
+  | 'pending'
+  | 'running'
+  | 'succeeded'
+  | 'failed'
+  | 'skipped'
+  | 'cached';
+
+export interface IStepRun {
+  status: StepStatus;
+  started: string | null;
+  ended: string | null;
+  error: { message: string; cell: number | null; line: number | null } | null;
+}
+
+export interface IRun {
+  run_id: string;
+  status: RunStatus;
+  steps: Record<string, IStepRun>;
+  metrics: Record<string, unknown>;
+}
+
+export interface IRunSummary {
+  run_id: string;
+  status: RunStatus;
+  started: string | null;
+  ended: string | null;
+}
+
+export interface ICompiled {
+  path: string;
+  bytes: number;
+  steps: number;
+}
+
+export interface ISubmitted {
+  run_id: string;
+  run_url: string;
+  pipeline_id: string;
+  version_id: string;
+  experiment_id: string;
+}
+
+export interface IVolumes {
+  in_cluster: boolean;
+  image: string | null;
+  volumes: {
+    name: string;
+    mount_point: string;
+    claim: string;
+    access_modes: string[];
+  }[];
+}
+
+export type Params = Record<string, unknown>;
+
+function post<T>(
+  endPoint: string,
+  body: unknown,
+  settings?: ServerConnection.ISettings
+): Promise<T> {
+  return requestAPI<T>(
+    endPoint,
+    { method: 'POST', body: JSON.stringify(body) },
+    settings
+  );
+}
+
+function query(params: Record<string, string>): string {
+  return '?' + new URLSearchParams(params).toString();
+}
+
+/** The REST API bound to one server. */
+export class KalePyAPI {
+  constructor(readonly settings?: ServerConnection.ISettings) {}
+
+  /** Analyse the notebook at `path`; `notebook` is the live (unsaved) content. */
+  analyse(path: string, notebook?: unknown): Promise<IAnalysis> {
+    return post('analyse', { path, notebook }, this.settings);
+  }
+
+  compile(path: string, params: Params = {}): Promise<ICompiled> {
+    return post('compile', { path, params }, this.settings);
+  }
+
+  startRun(
+    path: string,
+    params: Params = {},
+    only?: string[],
+    from?: string
+  ): Promise<{ run_id: string; run_dir: string }> {
+    return post('runs', { path, params, only, from }, this.settings);
+  }
+
+  listRuns(path: string): Promise<IRunSummary[]> {
+    return requestAPI('runs' + query({ path }), {}, this.settings);
+  }
+
+  getRun(path: string, runId: string): Promise<IRun> {
+    return requestAPI(
+      `runs/${encodeURIComponent(runId)}` + query({ path }),
+      {},
+      this.settings
+    );
+  }
+
+  getLog(path: string, runId: string, step: string): Promise<string> {
+    return requestAPI(
+      `runs/${encodeURIComponent(runId)}/logs/${encodeURIComponent(step)}` +
+        query({ path }),
+      { as: 'text' },
+      this.settings
+    );
+  }
+
+  getReport(path: string, runId: string, step: string): Promise<string> {
+    return requestAPI(
+      `runs/${encodeURIComponent(runId)}/report/${encodeURIComponent(step)}` +
+        query({ path }),
+      { as: 'text' },
+      this.settings
+    );
+  }
+
+  submit(
+    path: string,
+    options: {
+      host?: string;
+      experiment?: string;
+      params?: Params;
+      token?: string;
+    }
+  ): Promise<ISubmitted> {
+    return post('submit', { path, ...options }, this.settings);
+  }
+
+  listExperiments(host?: string): Promise<{ id: string; name: string }[]> {
+    return requestAPI(
+      'experiments' + (host ? query({ host }) : ''),
+      {},
+      this.settings
+    );
+  }
+
+  listVolumes(): Promise<IVolumes> {
+    return requestAPI('volumes', {}, this.settings);
+  }
+}

@@ -1,0 +1,787 @@
+/**
+ * The "Pipeline" side panel: settings, the selected cell's tags, the step
+ * graph, diagnostics, and run / compile / submit, for the active notebook.
+ *
+ * Rendering only: state and server calls live in PipelineModel.
+ */
+import * as React from 'react';
+import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
+import { IAnalysis, IDiagnostic, IRun } from './api';
+import { formatDiagnostic } from './diagnostics';
+import { GraphView } from './graphview';
+import { PipelineModel } from './model';
+import { formatParameter, parameterOverrides } from './parameters';
+import { INotebookSettings, IVolume } from './settings';
+import {
+  ICellTags,
+  IResources,
+  ROLES,
+  Role,
+  earlierSteps,
+  imageProblem,
+  isManagedTag,
+  parseCellTags,
+  quantityProblem,
+  stepNameProblem
+} from './tags';
+import { StepOutputKind } from './logview';
+
+export type OpenStepOutput = (
+  runId: string,
+  step: string,
+  kind: StepOutputKind
+) => void;
+
+const ROLE_LABELS: Record<Role, string> = {
+  none: 'none (continues the block above)',
+  imports: 'imports',
+  functions: 'functions',
+  'pipeline-parameters': 'pipeline parameters',
+  'pipeline-metrics': 'pipeline metrics',
+  step: 'step',
+  skip: 'skip'
+};
+
+export class PipelinePanel extends ReactWidget {
+  constructor(
+    private readonly model: PipelineModel,
+    private readonly openOutput: OpenStepOutput
+  ) {
+    super();
+    this.addClass('kale-py-panel');
+  }
+
+  render(): JSX.Element {
+    return (
+      <UseSignal signal={this.model.changed}>
+        {() => <PanelBody model={this.model} openOutput={this.openOutput} />}
+      </UseSignal>
+    );
+  }
+}
+
+interface IBodyProps {
+  model: PipelineModel;
+  openOutput: OpenStepOutput;
+}
+
+function PanelBody({ model, openOutput }: IBodyProps): JSX.Element {
+  if (!model.notebook) {
+    return (
+      <div className="kale-py-body">
+        <h2 className="kale-py-title">Pipeline</h2>
+        <p id="kale-py-no-notebook" className="kale-py-hint">
+          Open a notebook to turn it into a pipeline.
+        </p>
+      </div>
+    );
+  }
+  const settings = model.settings;
+  return (
+    <div className="kale-py-body">
+      <h2 className="kale-py-title">Pipeline</h2>
+      <div id="kale-py-notebook" className="kale-py-notebook" title={model.path}>
+        {model.path}
+      </div>
+      {settings ? (
+        <PipelineView key={model.path} model={model} openOutput={openOutput} />
+      ) : (
+        <div className="kale-py-enable">
+          <p className="kale-py-hint">
+            Tag cells as steps and run the notebook as a multi-step pipeline,
+            locally or on Kubeflow Pipelines.
+          </p>
+          <button
+            id="kale-py-enable"
+            className="jp-mod-styled jp-mod-accept"
+            onClick={() => model.enable()}
+          >
+            Enable pipeline
+          </button>
+        </div>
+      )}
+    </div>
+  );
+}
+
+/** The panel of an enabled notebook; keyed by path, so its inputs are per notebook. */
+function PipelineView({ model, openOutput }: IBodyProps): JSX.Element {
+  const [paramInputs, setParamInputs] = React.useState<Record<string, string>>(
+    {}
+  );
+  const analysis = model.state.analysis;
+  const parameters = analysis?.parameters ?? [];
+  const inputs: Record<string, string> = {};
+  for (const p of parameters) {
+    inputs[p.name] = paramInputs[p.name] ?? formatParameter(p.default);
+  }
+  const { params, errors } = parameterOverrides(parameters, inputs);
+  const paramErrors = Object.values(errors);
+
+  return (
+    <>
+      <SettingsSection model={model} settings={model.settings!} />
+      <CellSection model={model} />
+      <Section title="Steps" id="kale-py-graph-section">
+        <AnalysisStatus model={model} />
+        <div className="kale-py-graph-box">
+          <GraphView
+            graph={analysis ?? { steps: [], edges: [], levels: [] }}
+            status={runStatus(model.state.run.result)}
+            onSelectStep={name => selectStep(model, analysis, name)}
+          />
+        </div>
+      </Section>
+      <Section title="Diagnostics" id="kale-py-diagnostics-section">
+        <DiagnosticList
+          id="kale-py-diagnostics"
+          model={model}
+          diagnostics={analysis?.diagnostics ?? []}
+          empty="No problems found."
+        />
+      </Section>
+      {parameters.length > 0 && (
+        <Section title="Parameters" id="kale-py-parameters-section">
+          {parameters.map(p => (
+            <label key={p.name} className="kale-py-field">
+              <span>
+                {p.name} <small>({p.type})</small>
+              </span>
+              <input
+                className="jp-mod-styled kale-py-param"
+                data-param={p.name}
+                value={inputs[p.name]}
+                onChange={e =>
+                  setParamInputs({ ...paramInputs, [p.name]: e.target.value })
+                }
+              />
+            </label>
+          ))}
+          {paramErrors.map(e => (
+            <div key={e} className="kale-py-error">
+              {e}
+            </div>
+          ))}
+        </Section>
+      )}
+      <RunSection
+        model={model}
+        params={params}
+        blocked={paramErrors.length > 0}
+        openOutput={openOutput}
+      />
+      <CompileSection model={model} params={params} blocked={paramErrors.length > 0} />
+      <SubmitSection model={model} params={params} blocked={paramErrors.length > 0} />
+    </>
+  );
+}
+
+function Section(props: {
+  title: string;
+  id: string;
+  open?: boolean;
+  children: React.ReactNode;
+}): JSX.Element {
+  return (
+    <details className="kale-py-section" id={props.id} open={props.open ?? true}>
+      <summary>{props.title}</summary>
+      <div className="kale-py-section-body">{props.children}</div>
+    </details>
+  );
+}
+
+/**
+ * A text input whose value is committed while it is valid; an invalid draft
+ * stays in the field with its problem shown, until fixed or replaced from
+ * outside (another cell selected, undo).
+ */
+function DraftInput(props: {
+  id: string;
+  label: string;
+  value: string;
+  placeholder?: string;
+  problem?: (value: string) => string | null;
+  onCommit: (value: string) => void;
+}): JSX.Element {
+  const [text, setText] = React.useState(props.value);
+  const committed = React.useRef(props.value);
+  React.useEffect(() => {
+    if (props.value !== committed.current) {
+      committed.current = props.value;
+      setText(props.value);
+    }
+  }, [props.value]);
+  const problem = props.problem?.(text) ?? null;
+  return (
+    <label className="kale-py-field">
+      <span>{props.label}</span>
+      <input
+        id={props.id}
+        className={'jp-mod-styled' + (problem ? ' kale-py-invalid' : '')}
+        value={text}
+        placeholder={props.placeholder}
+        onChange={e => {
+          const value = e.target.value;
+          setText(value);
+          if (!props.problem?.(value)) {
+            committed.current = value.trim();
+            props.onCommit(value.trim());
+          }
+        }}
+      />
+      {problem && <div className="kale-py-error">{problem}</div>}
+    </label>
+  );
+}
+
+function SettingsSection(props: {
+  model: PipelineModel;
+  settings: INotebookSettings;
+}): JSX.Element {
+  const { model, settings } = props;
+  const [volumeNote, setVolumeNote] = React.useState('');
+  const update = (change: Partial<INotebookSettings>) =>
+    model.setSettings({ ...settings, ...change });
+  const setVolume = (i: number, change: Partial<IVolume>) =>
+    update({
+      volumes: settings.volumes.map((v, j) => (j === i ? { ...v, ...change } : v))
+    });
+  const text = (
+    id: string,
+    label: string,
+    key: 'pipeline_name' | 'experiment_name' | 'pipeline_description' | 'base_image' | 'kfp_host',
+    placeholder = ''
+  ) => (
+    <label className="kale-py-field">
+      <span>{label}</span>
+      <input
+        id={id}
+        className="jp-mod-styled"
+        value={settings[key]}
+        placeholder={placeholder}
+        onChange={e => update({ [key]: e.target.value })}
+      />
+    </label>
+  );
+  const useClusterVolumes = async () => {
+    try {
+      const found = await model.api.listVolumes();
+      if (!found.in_cluster) {
+        setVolumeNote('Not running in a Kubeflow notebook pod: add volumes by hand.');
+        return;
+      }
+      update({
+        base_image: found.image ?? settings.base_image,
+        volumes: found.volumes.map(v => ({
+          name: v.claim,
+          mount_point: v.mount_point,
+          type: 'pvc'
+        }))
+      });
+      setVolumeNote(`Found ${found.volumes.length} volume(s) of this notebook pod.`);
+    } catch (error) {
+      setVolumeNote((error as Error).message);
+    }
+  };
+  return (
+    <Section title="Settings" id="kale-py-settings" open={false}>
+      {text('kale-py-pipeline-name', 'Pipeline name', 'pipeline_name')}
+      {text('kale-py-experiment-name', 'Experiment', 'experiment_name')}
+      {text('kale-py-description', 'Description', 'pipeline_description')}
+      {text('kale-py-base-image', 'Base image', 'base_image', "the notebook's image")}
+      {text('kale-py-kfp-host', 'KFP host', 'kfp_host', 'from the environment')}
+      <label className="kale-py-checkbox">
+        <input
+          id="kale-py-caching"
+          type="checkbox"
+          checked={settings.enable_caching}
+          onChange={e => update({ enable_caching: e.target.checked })}
+        />
+        Cache step results
+      </label>
+      <div className="kale-py-volumes">
+        <span>Volumes</span>
+        {settings.volumes.map((v, i) => (
+          <div key={i} className="kale-py-volume">
+            <input
+              className="jp-mod-styled"
+              placeholder="PVC name"
+              value={v.name}
+              onChange={e => setVolume(i, { name: e.target.value })}
+            />
+            <input
+              className={
+                'jp-mod-styled' +
+                (v.mount_point && !v.mount_point.startsWith('/') ? ' kale-py-invalid' : '')
+              }
+              placeholder="/mount/point"
+              value={v.mount_point}
+              onChange={e => setVolume(i, { mount_point: e.target.value })}
+            />
+            <button
+              className="jp-mod-styled kale-py-small"
+              title="Remove this volume"
+              onClick={() =>
+                update({ volumes: settings.volumes.filter((_, j) => j !== i) })
+              }
+            >
+              ✕
+            </button>
+          </div>
+        ))}
+        <div className="kale-py-buttons">
+          <button
+            className="jp-mod-styled kale-py-small"
+            onClick={() =>
+              update({
+                volumes: [...settings.volumes, { name: '', mount_point: '', type: 'pvc' }]
+              })
+            }
+          >
+            Add volume
+          </button>
+          <button
+            className="jp-mod-styled kale-py-small"
+            onClick={() => void useClusterVolumes()}
+          >
+            Use this pod's volumes
+          </button>
+        </div>
+        {volumeNote && <div className="kale-py-hint">{volumeNote}</div>}
+      </div>
+    </Section>
+  );
+}
+
+function CellSection({ model }: { model: PipelineModel }): JSX.Element {
+  const index = model.activeCellIndex;
+  const allTags = model.allCellTags();
+  if (index < 0 || index >= allTags.length) {
+    return (
+      <Section title="Cell" id="kale-py-cell">
+        <p className="kale-py-hint">Select a cell to tag it.</p>
+      </Section>
+    );
+  }
+  const tags = allTags[index];
+  const parsed = parseCellTags(tags);
+  const commit = (change: Partial<ICellTags>) =>
+    model.setCellTags(index, { ...parsed, ...change });
+  const isCode = model.cellType(index) === 'code';
+  const choices = earlierSteps(allTags, index, parsed.step);
+  // prev: tags that are no longer valid stay visible, so they can be removed
+  const prevOptions = [...choices, ...parsed.prev.filter(p => !choices.includes(p))];
+
+  return (
+    <Section title={`Cell ${index + 1}`} id="kale-py-cell">
+      <div className="kale-py-tags" id="kale-py-cell-tags">
+        {tags.length === 0 && <span className="kale-py-hint">no tags</span>}
+        {tags.map(t => (
+          <span
+            key={t}
+            className={'kale-py-tag' + (isManagedTag(t) ? '' : ' kale-py-tag-other')}
+          >
+            {t}
+          </span>
+        ))}
+      </div>
+      {!isCode ? (
+        <p className="kale-py-hint">Only code cells are part of a pipeline.</p>
+      ) : (
+        <>
+          <label className="kale-py-field">
+            <span>Role</span>
+            <select
+              id="kale-py-role"
+              className="jp-mod-styled"
+              value={parsed.role}
+              onChange={e => {
+                const role = e.target.value as Role;
+                commit({
+                  role,
+                  step: role === 'step' ? parsed.step || suggestStepName(allTags, index) : ''
+                });
+              }}
+            >
+              {ROLES.map(r => (
+                <option key={r} value={r}>
+                  {ROLE_LABELS[r]}
+                </option>
+              ))}
+            </select>
+          </label>
+          {parsed.role === 'step' && (
+            <StepSettings
+              key={`${model.path}:${index}`}
+              parsed={parsed}
+              prevOptions={prevOptions}
+              validPrev={choices}
+              commit={commit}
+            />
+          )}
+        </>
+      )}
+    </Section>
+  );
+}
+
+/** `step_N` for cell N, or the first free variant of it. */
+function suggestStepName(allTags: string[][], index: number): string {
+  const used = new Set(allTags.map(t => parseCellTags(t).step));
+  let name = `step_${index + 1}`;
+  for (let i = 2; used.has(name); i++) {
+    name = `step_${index + 1}_${i}`;
+  }
+  return name;
+}
+
+function StepSettings(props: {
+  parsed: ICellTags;
+  prevOptions: string[];
+  validPrev: string[];
+  commit: (change: Partial<ICellTags>) => void;
+}): JSX.Element {
+  const { parsed, commit } = props;
+  const resource = (kind: 'limits' | 'requests', field: keyof IResources, label: string) => (
+    <DraftInput
+      id={`kale-py-${kind === 'limits' ? 'limit' : 'request'}-${field}`}
+      label={label}
+      value={parsed[kind][field]}
+      placeholder={field === 'gpu' ? '0' : field === 'cpu' ? '1' : '2Gi'}
+      problem={v => quantityProblem(field, v)}
+      onCommit={v => commit({ [kind]: { ...parsed[kind], [field]: v } })}
+    />
+  );
+  return (
+    <>
+      <DraftInput
+        id="kale-py-step-name"
+        label="Step name"
+        value={parsed.step}
+        problem={stepNameProblem}
+        onCommit={v => commit({ step: v })}
+      />
+      <fieldset className="kale-py-prev" id="kale-py-prev">
+        <legend>Depends on</legend>
+        {props.prevOptions.length === 0 && (
+          <span className="kale-py-hint">no earlier steps</span>
+        )}
+        {props.prevOptions.map(name => (
+          <label
+            key={name}
+            className={
+              'kale-py-checkbox' +
+              (props.validPrev.includes(name) ? '' : ' kale-py-invalid')
+            }
+          >
+            <input
+              type="checkbox"
+              data-step={name}
+              checked={parsed.prev.includes(name)}
+              onChange={e =>
+                commit({
+                  prev: e.target.checked
+                    ? [...parsed.prev, name]
+                    : parsed.prev.filter(p => p !== name)
+                })
+              }
+            />
+            {name}
+          </label>
+        ))}
+      </fieldset>
+      <div className="kale-py-resources">
+        <span>Limits</span>
+        {resource('limits', 'cpu', 'CPU')}
+        {resource('limits', 'memory', 'Memory')}
+        {resource('limits', 'gpu', 'GPUs')}
+        <span>Requests</span>
+        {resource('requests', 'cpu', 'CPU')}
+        {resource('requests', 'memory', 'Memory')}
+        {resource('requests', 'gpu', 'GPUs')}
+      </div>
+      <DraftInput
+        id="kale-py-image"
+        label="Image"
+        value={parsed.image}
+        placeholder="the pipeline's base image"
+        problem={imageProblem}
+        onCommit={v => commit({ image: v })}
+      />
+    </>
+  );
+}
+
+function AnalysisStatus({ model }: { model: PipelineModel }): JSX.Element {
+  const { analysis, analysisError } = model.state;
+  let text = '';
+  if (analysisError) {
+    text = `Analysis failed: ${analysisError}`;
+  } else if (analysis) {
+    const errors = analysis.diagnostics.filter(d => d.severity === 'error').length;
+    text =
+      `${analysis.steps.length} step(s), ${analysis.edges.length} edge(s)` +
+      (errors ? `, ${errors} error(s)` : '');
+  } else {
+    text = 'Analysing…';
+  }
+  return (
+    <div
+      id="kale-py-analysis-status"
+      className={'kale-py-status' + (analysisError ? ' kale-py-error' : '')}
+      data-busy={model.analysing ? 'true' : 'false'}
+    >
+      {text}
+      {model.analysing && analysis ? ' (updating…)' : ''}
+    </div>
+  );
+}
+
+function DiagnosticList(props: {
+  id?: string;
+  model: PipelineModel;
+  diagnostics: IDiagnostic[];
+  empty?: string;
+}): JSX.Element | null {
+  if (!props.diagnostics.length) {
+    return props.empty ? <div className="kale-py-hint">{props.empty}</div> : null;
+  }
+  return (
+    <ul id={props.id} className="kale-py-diagnostics">
+      {props.diagnostics.map((d, i) => (
+        <li
+          key={i}
+          className={`kale-py-diagnostic kale-py-${d.severity}`}
+          data-severity={d.severity}
+          data-code={d.code}
+          data-cell={d.cell ?? ''}
+          title={d.cell !== null ? 'Select the cell' : undefined}
+          onClick={() => d.cell !== null && props.model.selectCell(d.cell - 1)}
+        >
+          {formatDiagnostic(d)}
+        </li>
+      ))}
+    </ul>
+  );
+}
+
+function runStatus(run: IRun | null): Record<string, string> | undefined {
+  if (!run) {
+    return undefined;
+  }
+  const out: Record<string, string> = {};
+  for (const [name, step] of Object.entries(run.steps)) {
+    out[name] = step.status;
+  }
+  return out;
+}
+
+function selectStep(model: PipelineModel, analysis: IAnalysis | null, name: string): void {
+  const step = analysis?.steps.find(s => s.name === name);
+  if (step && step.cells.length) {
+    model.selectCell(step.cells[0] - 1);
+  }
+}
+
+interface IActionProps {
+  model: PipelineModel;
+  params: Record<string, unknown>;
+  blocked: boolean;
+}
+
+function ActionError(props: {
+  model: PipelineModel;
+  error: string | null;
+  diagnostics: IDiagnostic[];
+}): JSX.Element | null {
+  if (!props.error) {
+    return null;
+  }
+  return (
+    <div className="kale-py-action-error">
+      <div className="kale-py-error">{props.error}</div>
+      <DiagnosticList model={props.model} diagnostics={props.diagnostics} />
+    </div>
+  );
+}
+
+function RunSection(props: IActionProps & { openOutput: OpenStepOutput }): JSX.Element {
+  const { model } = props;
+  const action = model.state.run;
+  const run = action.result;
+  const order = model.state.analysis?.steps.map(s => s.name) ?? [];
+  const stepNames = run
+    ? [
+        ...order.filter(n => n in run.steps),
+        ...Object.keys(run.steps).filter(n => !order.includes(n))
+      ]
+    : [];
+  return (
+    <Section title="Run locally" id="kale-py-run-section">
+      <div className="kale-py-buttons">
+        <button
+          id="kale-py-run"
+          className="jp-mod-styled jp-mod-accept"
+          disabled={action.busy || props.blocked}
+          title="Save the notebook and run the pipeline on this machine"
+          onClick={() => void model.runLocally(props.params)}
+        >
+          {action.busy ? 'Running…' : 'Run locally'}
+        </button>
+      </div>
+      {run && (
+        <div id="kale-py-run-status" className="kale-py-status" data-status={run.status}>
+          Run {run.run_id}: <b className={`kale-py-status-${run.status}`}>{run.status}</b>
+        </div>
+      )}
+      {run && stepNames.length > 0 && (
+        <ul id="kale-py-run-steps" className="kale-py-run-steps">
+          {stepNames.map(name => {
+            const step = run.steps[name];
+            const ended = step.status !== 'pending' && step.status !== 'running';
+            return (
+              <li
+                key={name}
+                className={`kale-py-run-step kale-py-status-${step.status}`}
+                data-step={name}
+                data-status={step.status}
+              >
+                <span className="kale-py-run-step-name">{name}</span>
+                <span className="kale-py-run-step-status">{step.status}</span>
+                {step.status !== 'pending' && step.status !== 'skipped' && (
+                  <button
+                    className="jp-mod-styled kale-py-small kale-py-open-log"
+                    onClick={() => props.openOutput(run.run_id, name, 'log')}
+                  >
+                    log
+                  </button>
+                )}
+                {ended && step.status !== 'skipped' && (
+                  <button
+                    className="jp-mod-styled kale-py-small kale-py-open-report"
+                    onClick={() => props.openOutput(run.run_id, name, 'report')}
+                  >
+                    report
+                  </button>
+                )}
+                {step.error && (
+                  <div
+                    className="kale-py-error kale-py-run-step-error"
+                    onClick={() =>
+                      step.error?.cell && model.selectCell(step.error.cell - 1)
+                    }
+                  >
+                    {step.error.cell !== null
+                      ? `cell ${step.error.cell}` +
+                        (step.error.line !== null ? `:${step.error.line}` : '') +
+                        ': '
+                      : ''}
+                    {step.error.message}
+                  </div>
+                )}
+              </li>
+            );
+          })}
+        </ul>
+      )}
+      <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
+    </Section>
+  );
+}
+
+function CompileSection(props: IActionProps): JSX.Element {
+  const { model } = props;
+  const action = model.state.compile;
+  return (
+    <Section title="Compile for Kubeflow" id="kale-py-compile-section" open={false}>
+      <div className="kale-py-buttons">
+        <button
+          id="kale-py-compile"
+          className="jp-mod-styled"
+          disabled={action.busy || props.blocked}
+          title="Save the notebook and write the KFP pipeline YAML"
+          onClick={() => void model.compile(props.params)}
+        >
+          {action.busy ? 'Compiling…' : 'Compile'}
+        </button>
+      </div>
+      {action.result && (
+        <div id="kale-py-compile-result" className="kale-py-result">
+          Wrote <code>{action.result.path}</code> ({action.result.steps} step(s),{' '}
+          {formatBytes(action.result.bytes)})
+        </div>
+      )}
+      <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
+    </Section>
+  );
+}
+
+function SubmitSection(props: IActionProps): JSX.Element {
+  const { model } = props;
+  const action = model.state.submit;
+  const settings = model.settings!;
+  const [host, setHost] = React.useState(settings.kfp_host);
+  const [experiment, setExperiment] = React.useState(settings.experiment_name);
+  const [token, setToken] = React.useState('');
+  return (
+    <Section title="Submit to Kubeflow" id="kale-py-submit-section" open={false}>
+      <label className="kale-py-field">
+        <span>KFP host</span>
+        <input
+          id="kale-py-host"
+          className="jp-mod-styled"
+          value={host}
+          placeholder="in-cluster or $KF_PIPELINES_ENDPOINT"
+          onChange={e => setHost(e.target.value)}
+        />
+      </label>
+      <label className="kale-py-field">
+        <span>Experiment</span>
+        <input
+          id="kale-py-experiment"
+          className="jp-mod-styled"
+          value={experiment}
+          onChange={e => setExperiment(e.target.value)}
+        />
+      </label>
+      <label className="kale-py-field">
+        <span>Token</span>
+        <input
+          id="kale-py-token"
+          className="jp-mod-styled"
+          type="password"
+          autoComplete="off"
+          value={token}
+          placeholder="service account or kubeconfig"
+          onChange={e => setToken(e.target.value)}
+        />
+      </label>
+      <div className="kale-py-buttons">
+        <button
+          id="kale-py-submit"
+          className="jp-mod-styled"
+          disabled={action.busy || props.blocked}
+          onClick={() =>
+            void model.submit({ host, experiment, token, params: props.params })
+          }
+        >
+          {action.busy ? 'Submitting…' : 'Submit'}
+        </button>
+      </div>
+      {action.result && (
+        <div id="kale-py-submit-result" className="kale-py-result">
+          Run{' '}
+          <a href={action.result.run_url} target="_blank" rel="noopener noreferrer">
+            {action.result.run_id}
+          </a>{' '}
+          started.
+        </div>
+      )}
+      <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
+    </Section>
+  );
+}
+
+function formatBytes(bytes: number): string {
+  return bytes < 1024 ? `${bytes} B` : `${(bytes / 1024).toFixed(1)} KiB`;
+}
