@@ -47,6 +47,7 @@ def _schema_problems(spec: Json, platform: Json | None) -> list[str]:
     json_format = importlib.import_module("google.protobuf.json_format")  # lazily, untyped
 
     pb, k8s = _protobuf_modules()
+    spec = _with_short_args(spec)
     checks: list[tuple[str, Any, Any]] = [
         ("PipelineSpec", spec, pb.PipelineSpec()),
         # deploymentSpec is a Struct inside PipelineSpec: parse it as what it really is.
@@ -65,6 +66,28 @@ def _schema_problems(spec: Json, platform: Json | None) -> list[str]:
         except (json_format.ParseError, TypeError, ValueError) as e:
             problems.append(f"{where}: {e}")
     return problems
+
+
+def _with_short_args(spec: Json) -> Json:
+    """``spec`` with long ASCII container arguments (step payloads) shortened.
+
+    The parser's only look at a string's content is a search for unpaired surrogates, which an
+    ASCII string cannot hold; on megabytes of base64 that search is most of the time spent.
+    """
+    executors = spec.get("deploymentSpec", {}).get("executors")
+    if not isinstance(executors, dict):
+        return spec
+    shortened = {}
+    for label, executor in executors.items():
+        container = executor.get("container") if isinstance(executor, dict) else None
+        args = container.get("args") if isinstance(container, dict) else None
+        if isinstance(args, list):
+            args = [a[:64] if isinstance(a, str) and len(a) > 64 and a.isascii() else a
+                    for a in args]
+            executor = {**executor, "container": {**container, "args": args}}
+        shortened[label] = executor
+    deployment = {**spec["deploymentSpec"], "executors": shortened}
+    return {**spec, "deploymentSpec": deployment}
 
 
 @functools.cache
