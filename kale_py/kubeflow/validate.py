@@ -80,10 +80,9 @@ def _with_short_args(spec: Json) -> Json:
     shortened = {}
     for label, executor in executors.items():
         container = executor.get("container") if isinstance(executor, dict) else None
-        args = container.get("args") if isinstance(container, dict) else None
-        if isinstance(args, list):
+        if isinstance(container, dict) and isinstance(container.get("args"), list):
             args = [a[:64] if isinstance(a, str) and len(a) > 64 and a.isascii() else a
-                    for a in args]
+                    for a in container["args"]]
             executor = {**executor, "container": {**container, "args": args}}
         shortened[label] = executor
     deployment = {**spec["deploymentSpec"], "executors": shortened}
