@@ -32,8 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except KalePyError as exc:
         fmt = getattr(args, "format", "text")
-        _print_diagnostics(exc.diagnostics, None, getattr(args, "notebook", None), fmt,
-                           sys.stdout if fmt == "json" else sys.stderr)
+        _print_diagnostics(
+            exc.diagnostics,
+            None,
+            getattr(args, "notebook", None),
+            fmt,
+            sys.stdout if fmt == "json" else sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -42,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nb2pipe", description="Turn a tagged notebook into a pipeline: check it, draw it, "
-        "run it on this machine, or compile it for Kubeflow Pipelines.")
+        prog="nb2pipe",
+        description="Turn a tagged notebook into a pipeline: check it, draw it, "
+        "run it on this machine, or compile it for Kubeflow Pipelines.",
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     check = sub.add_parser("check", help="report problems in the notebook's tags and code")
@@ -51,15 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=("text", "json"), default="text")
     check.set_defaults(command=_check)
 
-    graph = sub.add_parser("graph", help="show the steps, the variables between them and the levels")
+    graph = sub.add_parser(
+        "graph", help="show the steps, the variables between them and the levels"
+    )
     _notebook_arg(graph)
     graph.add_argument("--format", choices=("text", "mermaid", "dot", "json"), default="text")
     graph.set_defaults(command=_graph)
+
+    _run_parser(sub)
     return parser
 
 
 def _notebook_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("notebook", type=Path, help="an .ipynb notebook or a percent-format .py script")
+    parser.add_argument(
+        "notebook", type=Path, help="an .ipynb notebook or a percent-format .py script"
+    )
 
 
 def _load(path: Path) -> Pipeline:
@@ -72,16 +85,23 @@ def _load(path: Path) -> Pipeline:
 def _check(args: argparse.Namespace) -> int:
     pipeline = _load(args.notebook)
     if args.format == "json":
-        out = {"notebook": str(args.notebook), "ok": pipeline.ok,
-               "diagnostics": [d.to_dict() for d in pipeline.diagnostics]}
+        out = {
+            "notebook": str(args.notebook),
+            "ok": pipeline.ok,
+            "diagnostics": [d.to_dict() for d in pipeline.diagnostics],
+        }
         print(json.dumps(out, indent=2))
     else:
-        _print_diagnostics(pipeline.diagnostics, pipeline.notebook, args.notebook, "text", sys.stdout)
+        _print_diagnostics(
+            pipeline.diagnostics, pipeline.notebook, args.notebook, "text", sys.stdout
+        )
         errors = sum(d.is_error for d in pipeline.diagnostics)
         warnings = sum(d.severity == "warning" for d in pipeline.diagnostics)
         steps = len(pipeline.steps)
-        summary = (f"{args.notebook}: {steps} step{'s' * (steps != 1)}, {errors} error"
-                   f"{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}")
+        summary = (
+            f"{args.notebook}: {steps} step{'s' * (steps != 1)}, {errors} error"
+            f"{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+        )
         print(summary, file=sys.stdout)
     return 0 if pipeline.ok else 1
 
@@ -94,19 +114,124 @@ def _graph(args: argparse.Namespace) -> int:
         errors = [d for d in pipeline.diagnostics if d.is_error]
         _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
         return 1
-    writers = {"text": render.pipeline_to_text, "mermaid": render.pipeline_to_mermaid,
-               "dot": render.pipeline_to_dot, "json": render.pipeline_to_json}
+    writers = {
+        "text": render.pipeline_to_text,
+        "mermaid": render.pipeline_to_mermaid,
+        "dot": render.pipeline_to_dot,
+        "json": render.pipeline_to_json,
+    }
     print(writers[args.format](pipeline))
     return 0
 
 
-def _print_diagnostics(diagnostics: Sequence[Diagnostic], notebook: Notebook | None,
-                       path: Path | None, fmt: str, stream: TextIO) -> None:
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the pipeline on this machine, independent steps in parallel",
+        description="Run the pipeline on this machine: each step in its own process, "
+        "independent steps in parallel, unchanged steps from the cache. Runs are kept in "
+        ".nb2pipe/runs/ next to the notebook.",
+    )
+    _notebook_arg(run)
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a pipeline parameter (repeatable); strings need no quotes, "
+        "lists and dicts are JSON",
+    )
+    run.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="run just this step (repeatable); the others' outputs come from earlier runs",
+    )
+    run.add_argument(
+        "--from",
+        dest="from_step",
+        metavar="STEP",
+        help="run this step and every step after it; the others' outputs come from earlier runs",
+    )
+    run.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive_int,
+        metavar="N",
+        help="run at most N steps at a time (default: the number of CPUs)",
+    )
+    run.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="run every step, even when its code and inputs did not change",
+    )
+    run.add_argument(
+        "--progress",
+        choices=("auto", "live", "plain", "quiet"),
+        default="auto",
+        help="live: a status line redrawn in place (the default in a terminal); "
+        "plain: one line per event; quiet: only the summary",
+    )
+    # The Jupyter server picks the id so that it can answer before the run starts.
+    run.add_argument("--run-id", help=argparse.SUPPRESS)
+    run.set_defaults(command=_run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .diagnostics import RunError, error
+    from .local import RunOptions, run_local
+
+    overrides: dict[str, str] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise RunError(error("NB307", f"--param {item!r}: expected NAME=VALUE"))
+        overrides[name.strip()] = value
+    options = RunOptions(
+        params=overrides,
+        only=tuple(args.only),
+        from_step=args.from_step,
+        jobs=args.jobs,
+        cache=args.cache,
+        progress=args.progress,
+        run_id=args.run_id,
+    )
+    return run_local(_load(args.notebook), options, sys.stdout).exit_code
+
+
+def _print_diagnostics(
+    diagnostics: Sequence[Diagnostic],
+    notebook: Notebook | None,
+    path: Path | None,
+    fmt: str,
+    stream: TextIO,
+) -> None:
     from .render import diagnostic_to_text
 
     if fmt == "json":
-        print(json.dumps({"notebook": str(path) if path else None, "ok": False,
-                          "diagnostics": [d.to_dict() for d in diagnostics]}, indent=2), file=stream)
+        print(
+            json.dumps(
+                {
+                    "notebook": str(path) if path else None,
+                    "ok": False,
+                    "diagnostics": [d.to_dict() for d in diagnostics],
+                },
+                indent=2,
+            ),
+            file=stream,
+        )
         return
     label = str(path) if path else "nb2pipe"
     for d in diagnostics:

@@ -70,18 +70,33 @@ class Diagnostic:
         return self.severity == "error"
 
 
-def error(code: str, message: str, cell: int | None = None, line: int | None = None,
-          step: str | None = None) -> Diagnostic:
+def error(
+    code: str,
+    message: str,
+    cell: int | None = None,
+    line: int | None = None,
+    step: str | None = None,
+) -> Diagnostic:
     return Diagnostic("error", code, message, cell, line, step)
 
 
-def warning(code: str, message: str, cell: int | None = None, line: int | None = None,
-            step: str | None = None) -> Diagnostic:
+def warning(
+    code: str,
+    message: str,
+    cell: int | None = None,
+    line: int | None = None,
+    step: str | None = None,
+) -> Diagnostic:
     return Diagnostic("warning", code, message, cell, line, step)
 
 
-def info(code: str, message: str, cell: int | None = None, line: int | None = None,
-         step: str | None = None) -> Diagnostic:
+def info(
+    code: str,
+    message: str,
+    cell: int | None = None,
+    line: int | None = None,
+    step: str | None = None,
+) -> Diagnostic:
     return Diagnostic("info", code, message, cell, line, step)
 
 

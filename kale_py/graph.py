@@ -27,8 +27,19 @@ from .settings import NotebookSettings
 
 # Names a step can use without any provider: builtins and what Jupyter's kernel defines.
 AMBIENT_NAMES = frozenset(dir(builtins)) | {
-    "display", "get_ipython", "In", "Out", "_", "__", "___", "exit", "quit", "__name__",
-    "__builtins__", "__file__", "__doc__",
+    "display",
+    "get_ipython",
+    "In",
+    "Out",
+    "_",
+    "__",
+    "___",
+    "exit",
+    "quit",
+    "__name__",
+    "__builtins__",
+    "__file__",
+    "__doc__",
 }
 
 PARAMETER = "<parameter>"  # provider marker for pipeline parameters
@@ -42,6 +53,7 @@ class StepIO:
     parameters: tuple[str, ...]  # pipeline parameters it reads
     saves: tuple[str, ...]  # variables later steps load from it
     metrics: tuple[Metric, ...]  # metrics it reports
+    writes: tuple[str, ...] = ()  # every variable it binds or may mutate
 
 
 @dataclass(frozen=True)
@@ -95,8 +107,13 @@ def build_pipeline(notebook: Notebook) -> Pipeline:
     diagnostics = sort_diagnostics([*blocks.diagnostics, *builder.problems])
     edges = builder.edges()
     return Pipeline(
-        notebook=notebook, settings=blocks.settings, blocks=blocks, steps=blocks.steps,
-        io=builder.io(), edges=edges, levels=_levels(blocks.steps, edges),
+        notebook=notebook,
+        settings=blocks.settings,
+        blocks=blocks,
+        steps=blocks.steps,
+        io=builder.io(),
+        edges=edges,
+        levels=_levels(blocks.steps, edges),
         diagnostics=tuple(diagnostics),
     )
 
@@ -120,8 +137,9 @@ class _Located:
         return cell, line - first + 1
 
 
-def _analyse_cells(cells: list[Cell], step: str | None,
-                   problems: list[Diagnostic]) -> _Located | None:
+def _analyse_cells(
+    cells: list[Cell], step: str | None, problems: list[Diagnostic]
+) -> _Located | None:
     """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
     sources: list[str] = []
     starts: list[tuple[int, int]] = []
@@ -141,11 +159,24 @@ def _analyse_cells(cells: list[Cell], step: str | None,
             analyse_source(cell.source)
         except CodeSyntaxError as exc:
             found = True
-            problems.append(error("NB101", f"syntax error: {exc.message}", cell=cell.index,
-                                  line=exc.line, step=step))
+            problems.append(
+                error(
+                    "NB101",
+                    f"syntax error: {exc.message}",
+                    cell=cell.index,
+                    line=exc.line,
+                    step=step,
+                )
+            )
     if not found:  # valid cells that are invalid together: a late `from __future__` import
-        problems.append(error("NB101", "a `from __future__ import` must be in the first cell of "
-                              "the imports block", cell=starts[0][1], step=step))
+        problems.append(
+            error(
+                "NB101",
+                "a `from __future__ import` must be in the first cell of the imports block",
+                cell=starts[0][1],
+                step=step,
+            )
+        )
     return None
 
 
@@ -186,6 +217,9 @@ class _GraphBuilder:
             else:
                 self._metrics_cell(item)
         _check_split_steps(self.blocks.steps, self.state, self.problems)
+        # A name missing because a split step runs too early is that cycle, said once.
+        cycles = {d.cell for d in self.problems if d.code == "NB104"}
+        self.problems = [d for d in self.problems if not (d.code == "NB103" and d.cell in cycles)]
 
     def _prelude(self) -> None:
         cells = [*self.blocks.imports, *self.blocks.functions]
@@ -200,9 +234,15 @@ class _GraphBuilder:
         self.star_prelude = bool(a.star_imports)
         for use in a.star_imports:
             cell, line = located.where(use.line)
-            self.problems.append(warning(
-                "NB102", f"`from {use.name} import *`: the names it brings in cannot be checked; "
-                "names no step defines are assumed to come from it", cell=cell, line=line))
+            self.problems.append(
+                warning(
+                    "NB102",
+                    f"`from {use.name} import *`: the names it brings in cannot be checked; "
+                    "names no step defines are assumed to come from it",
+                    cell=cell,
+                    line=line,
+                )
+            )
 
     def _step(self, step: Step) -> None:
         located = _analyse_cells(list(step.cells), step.name, self.problems)
@@ -215,10 +255,16 @@ class _GraphBuilder:
             self._resolve(step, state, name, located.where(line))
         for use in a.star_imports:
             cell, line = located.where(use.line)
-            self.problems.append(warning(
-                "NB102", f"`from {use.name} import *` in a step: the names it brings in cannot be "
-                "passed to later steps; move the import to an imports cell", cell=cell, line=line,
-                step=step.name))
+            self.problems.append(
+                warning(
+                    "NB102",
+                    f"`from {use.name} import *` in a step: the names it brings in cannot be "
+                    "passed to later steps; move the import to an imports cell",
+                    cell=cell,
+                    line=line,
+                    step=step.name,
+                )
+            )
         writes = a.binds | a.mutates | function_writes(called, self.functions)
         state.writes, state.reads = writes, frozenset(needed)
         for name in writes:
@@ -254,39 +300,65 @@ class _GraphBuilder:
             return
         else:
             cell, line = where
-            self.problems.append(error("NB103", self._undefined_message(step, name), cell=cell,
-                                       line=line, step=step.name))
+            self.problems.append(
+                error(
+                    "NB103",
+                    self._undefined_message(step, name),
+                    cell=cell,
+                    line=line,
+                    step=step.name,
+                )
+            )
 
     def _undefined_message(self, step: Step, name: str) -> str:
         if name in self.deleted_by:
-            return (f"{name!r} is used but step {self.deleted_by[name]!r} deleted it (del {name}); "
-                    "keep the variable or recompute it in this step")
+            return (
+                f"{name!r} is used but step {self.deleted_by[name]!r} deleted it (del {name}); "
+                "keep the variable or recompute it in this step"
+            )
         later = _later_definer(self.blocks.steps, step, name)
         if later is not None:
-            return (f"{name!r} is used but no earlier step defines it: step {later[0]!r} (cell "
-                    f"{later[1]}) defines it later; move that cell above, or define {name!r} here")
+            return (
+                f"{name!r} is used but no earlier step defines it: step {later[0]!r} (cell "
+                f"{later[1]}) defines it later; move that cell above, or define {name!r} here"
+            )
         params = {p.name for p in self.blocks.parameters}
         if name in params:
             return f"{name!r} is used before the pipeline-parameters cell that defines it"
-        return (f"{name!r} is used but no earlier step defines it; define it in an earlier step, "
-                "or in an imports/functions cell if every step needs it")
+        return (
+            f"{name!r} is used but no earlier step defines it; define it in an earlier step, "
+            "or in an imports/functions cell if every step needs it"
+        )
 
     def _metrics_cell(self, cell: Cell) -> None:
         for metric in (m for m in self.blocks.metrics if m.cell == cell.index):
             provider = self.last_writer.get(metric.variable)
             if provider is None or provider == PARAMETER:
-                what = "is a pipeline parameter, not a computed value" if provider else \
-                    "is not defined by any step above the metrics cell"
-                self.problems.append(error(
-                    "NB305", f"metric {metric.name!r}: {metric.variable!r} {what}",
-                    cell=metric.cell, line=metric.line))
+                what = (
+                    "is a pipeline parameter, not a computed value"
+                    if provider
+                    else "is not defined by any step above the metrics cell"
+                )
+                self.problems.append(
+                    error(
+                        "NB305",
+                        f"metric {metric.name!r}: {metric.variable!r} {what}",
+                        cell=metric.cell,
+                        line=metric.line,
+                    )
+                )
             else:
                 self.state[provider].metrics.append(metric)
 
     def io(self) -> dict[str, StepIO]:
         return {
-            name: StepIO(loads=dict(sorted(s.loads.items())), parameters=tuple(sorted(set(s.parameters))),
-                         saves=tuple(sorted(s.saves)), metrics=tuple(s.metrics))
+            name: StepIO(
+                loads=dict(sorted(s.loads.items())),
+                parameters=tuple(sorted(set(s.parameters))),
+                saves=tuple(sorted(s.saves)),
+                metrics=tuple(s.metrics),
+                writes=tuple(sorted(s.writes)),
+            )
             for name, s in self.state.items()
         }
 
@@ -297,7 +369,9 @@ class _GraphBuilder:
                 data.setdefault((source, target), []).append(variable)
         edges = [Edge(s, t, tuple(sorted(v)), "data") for (s, t), v in data.items()]
         for step in self.blocks.steps:
-            edges += [Edge(p, step.name, (), "order") for p in step.prev if (p, step.name) not in data]
+            edges += [
+                Edge(p, step.name, (), "order") for p in step.prev if (p, step.name) not in data
+            ]
         order = {s.name: i for i, s in enumerate(self.blocks.steps)}
         return tuple(sorted(edges, key=lambda e: (order[e.target], order[e.source])))
 
@@ -316,8 +390,9 @@ def _later_definer(steps: tuple[Step, ...], step: Step, name: str) -> tuple[str,
     return None
 
 
-def _check_split_steps(steps: tuple[Step, ...], state: Mapping[str, _StepState],
-                       problems: list[Diagnostic]) -> None:
+def _check_split_steps(
+    steps: tuple[Step, ...], state: Mapping[str, _StepState], problems: list[Diagnostic]
+) -> None:
     """A step whose cells are interleaved with another step's must not exchange values with it.
 
     The step runs all its cells at its first cell's position; if a step placed between its
@@ -339,12 +414,18 @@ def _check_split_steps(steps: tuple[Step, ...], state: Mapping[str, _StepState],
                 o = state[other.name]
                 clash = sorted((o.writes & reads) | (o.reads & writes))
                 if clash:
-                    problems.append(error(
-                        "NB104", f"cell {cell.index} belongs to step {step.name!r}, which runs at "
-                        f"cell {step.position}, before step {other.name!r} (cell {other.position}); "
-                        f"both use {', '.join(repr(c) for c in clash)}, so the pipeline would "
-                        f"differ from the notebook: give cell {cell.index} its own step name",
-                        cell=cell.index, step=step.name))
+                    problems.append(
+                        error(
+                            "NB104",
+                            f"cell {cell.index} belongs to step {step.name!r}, which runs at "
+                            f"cell {step.position}, before step {other.name!r} "
+                            f"(cell {other.position}); "
+                            f"both use {', '.join(repr(c) for c in clash)}, so the pipeline would "
+                            f"differ from the notebook: give cell {cell.index} its own step name",
+                            cell=cell.index,
+                            step=step.name,
+                        )
+                    )
                     break
 
 

@@ -18,11 +18,29 @@ METADATA_KEY = "kubeflow_notebook"
 
 # Kale fields that are read (or deliberately ignored) without a warning.
 _KALE_KEYS = {
-    "pipeline_name", "experiment_name", "pipeline_description", "base_image", "docker_image",
-    "volumes", "enable_caching", "steps_defaults", "kfp_host", "namespace", "experiment",
-    "katib_run", "katib_metadata", "abs_working_dir", "marshal_path", "storage_class_name",
-    "volume_access_mode", "timeout", "security_context", "output_path", "notebook_path",
-    "snapshot_volumes", "autosnapshot",
+    "pipeline_name",
+    "experiment_name",
+    "pipeline_description",
+    "base_image",
+    "docker_image",
+    "volumes",
+    "enable_caching",
+    "steps_defaults",
+    "kfp_host",
+    "namespace",
+    "experiment",
+    "katib_run",
+    "katib_metadata",
+    "abs_working_dir",
+    "marshal_path",
+    "storage_class_name",
+    "volume_access_mode",
+    "timeout",
+    "security_context",
+    "output_path",
+    "notebook_path",
+    "snapshot_volumes",
+    "autosnapshot",
 }
 _VOLUME_TYPES = ("pvc", "new_pvc", "pv", "clone")
 
@@ -37,7 +55,9 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
     problems: list[Diagnostic] = []
     for key in raw:
         if key not in _KALE_KEYS:
-            problems.append(warning("NB003", f"unknown key {key!r} in metadata.{METADATA_KEY}; ignored"))
+            problems.append(
+                warning("NB003", f"unknown key {key!r} in metadata.{METADATA_KEY}; ignored")
+            )
 
     def text(key: str) -> str | None:
         value = raw.get(key)
@@ -51,8 +71,13 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
     base_image = text("base_image")
     docker_image = text("docker_image")
     if docker_image is not None:
-        problems.append(warning("NB005", f"metadata.{METADATA_KEY}.docker_image is the old name of "
-                                "base_image; it is read as base_image"))
+        problems.append(
+            warning(
+                "NB005",
+                f"metadata.{METADATA_KEY}.docker_image is the old name of "
+                "base_image; it is read as base_image",
+            )
+        )
         base_image = base_image or docker_image
     experiment = text("experiment_name")
     if experiment is None and isinstance(raw.get("experiment"), dict):
@@ -60,7 +85,9 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
         experiment = name if isinstance(name, str) and name else None
     caching = raw.get("enable_caching", True)
     if not isinstance(caching, bool):
-        problems.append(error("NB004", f"metadata.{METADATA_KEY}.enable_caching must be true or false"))
+        problems.append(
+            error("NB004", f"metadata.{METADATA_KEY}.enable_caching must be true or false")
+        )
         caching = True
     settings = NotebookSettings(
         pipeline_name=text("pipeline_name"),
@@ -81,7 +108,9 @@ def _steps_defaults(value: Any, problems: list[Diagnostic]) -> StepSettings:
     if value in (None, ""):
         return StepSettings()
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        problems.append(error("NB004", f"metadata.{METADATA_KEY}.steps_defaults must be a list of tags"))
+        problems.append(
+            error("NB004", f"metadata.{METADATA_KEY}.steps_defaults must be a list of tags")
+        )
         return StepSettings()
     settings, found = parse_settings_tags(value, f"metadata.{METADATA_KEY}.steps_defaults")
     problems.extend(found)
@@ -109,7 +138,12 @@ def _volume(item: Any, where: str, problems: list[Diagnostic]) -> Volume | None:
         return None
     name, mount = item.get("name"), item.get("mount_point")
     kind = item.get("type") or "pvc"
-    if not isinstance(name, str) or not name or not isinstance(mount, str) or not mount.startswith("/"):
+    if (
+        not isinstance(name, str)
+        or not name
+        or not isinstance(mount, str)
+        or not mount.startswith("/")
+    ):
         problems.append(error("NB004", f"{where} needs a 'name' and an absolute 'mount_point'"))
         return None
     if kind not in _VOLUME_TYPES:
@@ -118,12 +152,19 @@ def _volume(item: Any, where: str, problems: list[Diagnostic]) -> Volume | None:
     size = item.get("size")
     size_text = f"{size}{item.get('size_type') or ''}" if size not in (None, "") else None
     annotations = item.get("annotations") or []
-    pairs = tuple((a["key"], str(a.get("value", ""))) for a in annotations
-                  if isinstance(a, dict) and isinstance(a.get("key"), str) and a["key"])
+    pairs = tuple(
+        (a["key"], str(a.get("value", "")))
+        for a in annotations
+        if isinstance(a, dict) and isinstance(a.get("key"), str) and a["key"]
+    )
     return Volume(
-        name=name, mount_point=mount, type=kind, size=size_text,
+        name=name,
+        mount_point=mount,
+        type=kind,
+        size=size_text,
         storage_class=item.get("storage_class_name") or None,
         access_mode=item.get("volume_access_mode") or None,
-        snapshot=bool(item.get("snapshot")), annotations=pairs,
+        snapshot=bool(item.get("snapshot")),
+        annotations=pairs,
         expose_as_env_var=bool(item.get("expose_as_env_var")),
     )

@@ -77,24 +77,35 @@ def ipynb_text_to_notebook(text: str, path: Path | None = None) -> Notebook:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise NotebookError(error(
-            "NB001", f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
-            "is this an .ipynb notebook?")) from None
+        raise NotebookError(
+            error(
+                "NB001",
+                f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}; "
+                "is this an .ipynb notebook?",
+            )
+        ) from None
     return notebook_from_dict(data, path)
 
 
 def notebook_from_dict(data: Any, path: Path | None = None) -> Notebook:
     """Build a :class:`Notebook` from parsed ``.ipynb`` JSON (nbformat 3 or 4)."""
     if not isinstance(data, dict):
-        raise NotebookError(error("NB001", "the file is JSON but not a notebook (no top-level object)"))
+        raise NotebookError(
+            error("NB001", "the file is JSON but not a notebook (no top-level object)")
+        )
     major = data.get("nbformat")
     if major is None and "cells" not in data and "worksheets" not in data:
-        raise NotebookError(error("NB001", "the file is JSON but not a notebook (no 'nbformat' or 'cells')"))
+        raise NotebookError(
+            error("NB001", "the file is JSON but not a notebook (no 'nbformat' or 'cells')")
+        )
     if isinstance(major, int) and major < 4:
         data = _upgrade_v3(data)
     elif isinstance(major, int) and major > 4:
-        raise NotebookError(error(
-            "NB001", f"nbformat {major} is newer than this version of kale_py understands (4)"))
+        raise NotebookError(
+            error(
+                "NB001", f"nbformat {major} is newer than this version of kale_py understands (4)"
+            )
+        )
     cells_data = data.get("cells")
     if not isinstance(cells_data, list):
         raise NotebookError(error("NB002", "the notebook has no 'cells' list"))
@@ -110,18 +121,26 @@ def _cell_from_dict(raw: Any, index: int) -> Cell:
         raise NotebookError(error("NB002", "the cell is not a JSON object", cell=index))
     kind = raw.get("cell_type")
     if kind not in ("code", "markdown", "raw"):
-        raise NotebookError(error(
-            "NB002", f"the cell has no valid 'cell_type' (found {kind!r}; expected code, "
-            "markdown or raw)", cell=index))
+        raise NotebookError(
+            error(
+                "NB002",
+                f"the cell has no valid 'cell_type' (found {kind!r}; expected code, "
+                "markdown or raw)",
+                cell=index,
+            )
+        )
     source = _join_source(raw.get("source", ""), index)
     meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
         raise NotebookError(error("NB002", "the cell's 'metadata' is not an object", cell=index))
     tags = meta.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise NotebookError(error("NB002", "the cell's 'metadata.tags' is not a list of strings",
-                                  cell=index))
-    return Cell(index=index, kind=kind, source=source, tags=tuple(t.strip() for t in tags if t.strip()))
+        raise NotebookError(
+            error("NB002", "the cell's 'metadata.tags' is not a list of strings", cell=index)
+        )
+    return Cell(
+        index=index, kind=kind, source=source, tags=tuple(t.strip() for t in tags if t.strip())
+    )
 
 
 def _join_source(source: Any, index: int) -> str:
@@ -129,8 +148,9 @@ def _join_source(source: Any, index: int) -> str:
         return source
     if isinstance(source, list) and all(isinstance(s, str) for s in source):
         return "".join(source)
-    raise NotebookError(error("NB002", "the cell's 'source' is neither text nor a list of lines",
-                              cell=index))
+    raise NotebookError(
+        error("NB002", "the cell's 'source' is neither text nor a list of lines", cell=index)
+    )
 
 
 def _upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:
@@ -142,21 +162,42 @@ def _upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:
     for sheet in worksheets:
         for raw in (sheet or {}).get("cells", []) if isinstance(sheet, dict) else []:
             if not isinstance(raw, dict):
-                raise NotebookError(error("NB002", "a cell is not a JSON object", cell=len(cells) + 1))
+                raise NotebookError(
+                    error("NB002", "a cell is not a JSON object", cell=len(cells) + 1)
+                )
             kind = raw.get("cell_type")
             if kind == "code":
-                cells.append({"cell_type": "code", "source": raw.get("input", ""),
-                              "metadata": raw.get("metadata") or {}})
+                cells.append(
+                    {
+                        "cell_type": "code",
+                        "source": raw.get("input", ""),
+                        "metadata": raw.get("metadata") or {},
+                    }
+                )
             elif kind == "heading":
                 level = raw.get("level", 1)
                 text = _join_source(raw.get("source", ""), len(cells) + 1)
-                cells.append({"cell_type": "markdown", "source": "#" * int(level) + " " + text,
-                              "metadata": raw.get("metadata") or {}})
+                cells.append(
+                    {
+                        "cell_type": "markdown",
+                        "source": "#" * int(level) + " " + text,
+                        "metadata": raw.get("metadata") or {},
+                    }
+                )
             else:
-                cells.append({"cell_type": kind if kind in ("markdown", "raw") else "raw",
-                              "source": raw.get("source", ""), "metadata": raw.get("metadata") or {}})
-    return {"nbformat": 4, "nbformat_minor": 0, "metadata": data.get("metadata") or {},
-            "cells": cells}
+                cells.append(
+                    {
+                        "cell_type": kind if kind in ("markdown", "raw") else "raw",
+                        "source": raw.get("source", ""),
+                        "metadata": raw.get("metadata") or {},
+                    }
+                )
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 0,
+        "metadata": data.get("metadata") or {},
+        "cells": cells,
+    }
 
 
 # --- percent scripts (jupytext "percent" format, as VS Code and Spyder write them) -------------
@@ -185,10 +226,12 @@ def percent_script_to_notebook(text: str, path: Path | None = None) -> Notebook:
     return Notebook(path=path, cells=tuple(cells), metadata=metadata, format="percent")
 
 
-def _add_percent_cell(cells: list[Cell], body: list[str], header: str | None, first_line: int) -> None:
+def _add_percent_cell(
+    cells: list[Cell], body: list[str], header: str | None, first_line: int
+) -> None:
     if header is None and not any(line.strip() for line in body):
         return  # nothing before the first marker
-    kind, tags = "code", ()
+    kind, tags = "code", tuple[str, ...]()
     if header is not None:
         kind_match = _KIND.search(header)
         if kind_match:
@@ -198,8 +241,15 @@ def _add_percent_cell(cells: list[Cell], body: list[str], header: str | None, fi
         body = body[:-1]
     if kind == "markdown":
         body = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in body]
-    cells.append(Cell(index=len(cells) + 1, kind=kind, source="\n".join(body), tags=tags,
-                      first_line=first_line))
+    cells.append(
+        Cell(
+            index=len(cells) + 1,
+            kind=kind,
+            source="\n".join(body),
+            tags=tags,
+            first_line=first_line,
+        )
+    )
 
 
 _TAGS = re.compile(r"\btags\s*=\s*(\[[^\]]*\])")
@@ -212,9 +262,14 @@ def _percent_tags(header: str, cell: int, file_line: int) -> tuple[str, ...]:
     try:
         tags = json.loads(match.group(1))
     except json.JSONDecodeError:
-        raise NotebookError(error(
-            "NB002", f'line {file_line}: tags must be a JSON list of strings, like tags=["step:load"]',
-            cell=cell, line=0)) from None
+        raise NotebookError(
+            error(
+                "NB002",
+                f'line {file_line}: tags must be a JSON list of strings, like tags=["step:load"]',
+                cell=cell,
+                line=0,
+            )
+        ) from None
     if not all(isinstance(t, str) for t in tags):
         raise NotebookError(error("NB002", f"line {file_line}: tags must be strings", cell=cell))
     return tuple(t.strip() for t in tags if t.strip())

@@ -94,24 +94,41 @@ def split_notebook(notebook: Notebook) -> Blocks:
     steps = _finish_steps(grouping)
     parameters, metrics = _parameters_and_metrics(grouping)
     if not any(c.source.strip() for s in steps for c in s.cells):
-        grouping.problems.append(error(
-            "NB401", "the notebook has no code to run: tag the cells of each pipeline step with "
-            "step:NAME (or leave cells untagged for a one-step pipeline)"))
+        grouping.problems.append(
+            error(
+                "NB401",
+                "the notebook has no code to run: tag the cells of each pipeline step with "
+                "step:NAME (or leave cells untagged for a one-step pipeline)",
+            )
+        )
     return Blocks(
-        notebook=notebook, settings=settings,
-        imports=tuple(grouping.imports), functions=tuple(grouping.functions),
-        parameters=tuple(parameters), parameter_cells=tuple(grouping.parameter_cells),
-        metrics=tuple(metrics), metric_cells=tuple(grouping.metric_cells),
-        steps=steps, skipped=tuple(grouping.skipped), diagnostics=tuple(grouping.problems),
+        notebook=notebook,
+        settings=settings,
+        imports=tuple(grouping.imports),
+        functions=tuple(grouping.functions),
+        parameters=tuple(parameters),
+        parameter_cells=tuple(grouping.parameter_cells),
+        metrics=tuple(metrics),
+        metric_cells=tuple(grouping.metric_cells),
+        steps=steps,
+        skipped=tuple(grouping.skipped),
+        diagnostics=tuple(grouping.problems),
     )
 
 
 def _check_tags_on_text_cell(cell: Cell, problems: list[Diagnostic]) -> None:
-    ours = [t for t in cell.tags if t in ROLE_TAGS or t.partition(":")[0] in ("step", "block", "prev")]
+    ours = [
+        t for t in cell.tags if t in ROLE_TAGS or t.partition(":")[0] in ("step", "block", "prev")
+    ]
     if ours:
-        problems.append(warning(
-            "NB201", f"tags on a {cell.kind} cell are ignored ({', '.join(ours)}): put them on the "
-            "first code cell of the step", cell=cell.index))
+        problems.append(
+            warning(
+                "NB201",
+                f"tags on a {cell.kind} cell are ignored ({', '.join(ours)}): put them on the "
+                "first code cell of the step",
+                cell=cell.index,
+            )
+        )
 
 
 def _place(cell: Cell, tags: CellTags, g: _Grouping) -> None:
@@ -170,8 +187,15 @@ def _finish_steps(g: _Grouping) -> tuple[Step, ...]:
     steps = []
     for draft in drafts:
         prev = _check_prev(draft, positions, g.problems)
-        steps.append(Step(draft.name, normalize_step_name(draft.name), tuple(draft.cells),
-                          prev, draft.settings))
+        steps.append(
+            Step(
+                draft.name,
+                normalize_step_name(draft.name),
+                tuple(draft.cells),
+                prev,
+                draft.settings,
+            )
+        )
     return tuple(steps)
 
 
@@ -180,11 +204,18 @@ def _check_implicit(drafts: list[_StepDraft], g: _Grouping) -> None:
     if not implicit or len(drafts) == 1:
         return
     cells = implicit[0].cells
-    span = f"cell {cells[0].index}" if len(cells) == 1 else f"cells {cells[0].index}-{cells[-1].index}"
-    g.problems.append(info(
-        "NB209", f"{span} above the first step tag run as a step named {implicit[0].name!r}; tag "
-        "them (step:NAME, imports, skip...) to say what they are", cell=cells[0].index,
-        step=implicit[0].name))
+    span = (
+        f"cell {cells[0].index}" if len(cells) == 1 else f"cells {cells[0].index}-{cells[-1].index}"
+    )
+    g.problems.append(
+        info(
+            "NB209",
+            f"{span} above the first step tag run as a step named {implicit[0].name!r}; tag "
+            "them (step:NAME, imports, skip...) to say what they are",
+            cell=cells[0].index,
+            step=implicit[0].name,
+        )
+    )
 
 
 def _check_kfp_names(drafts: list[_StepDraft], problems: list[Diagnostic]) -> None:
@@ -193,30 +224,56 @@ def _check_kfp_names(drafts: list[_StepDraft], problems: list[Diagnostic]) -> No
         kfp = normalize_step_name(draft.name)
         other = seen.get(kfp)
         if other is not None:
-            problems.append(error(
-                "NB207", f"steps {other.name!r} (cell {other.cells[0].index}) and {draft.name!r} both "
-                f"become {kfp!r} in Kubeflow, which ignores case and '_' vs '-': rename one",
-                cell=draft.cells[0].index, step=draft.name))
+            problems.append(
+                error(
+                    "NB207",
+                    f"steps {other.name!r} (cell {other.cells[0].index}) and {draft.name!r} both "
+                    f"become {kfp!r} in Kubeflow, which ignores case and '_' vs '-': rename one",
+                    cell=draft.cells[0].index,
+                    step=draft.name,
+                )
+            )
         seen.setdefault(kfp, draft)
 
 
-def _check_prev(draft: _StepDraft, positions: dict[str, int], problems: list[Diagnostic]) -> tuple[str, ...]:
+def _check_prev(
+    draft: _StepDraft, positions: dict[str, int], problems: list[Diagnostic]
+) -> tuple[str, ...]:
     valid: list[str] = []
     here = draft.cells[0].index
     for name, cell in draft.prev:
         if name not in positions:
             close = _closest(name, positions)
             hint = f"; did you mean prev:{close}?" if close else ""
-            problems.append(error("NB203", f"prev:{name} names no step in this notebook{hint}",
-                                  cell=cell, step=draft.name))
+            problems.append(
+                error(
+                    "NB203",
+                    f"prev:{name} names no step in this notebook{hint}",
+                    cell=cell,
+                    step=draft.name,
+                )
+            )
         elif name == draft.name:
-            problems.append(error("NB204", f"step {name!r} cannot come after itself (prev:{name})",
-                                  cell=cell, step=draft.name))
+            problems.append(
+                error(
+                    "NB204",
+                    f"step {name!r} cannot come after itself (prev:{name})",
+                    cell=cell,
+                    step=draft.name,
+                )
+            )
         elif positions[name] > here:
-            problems.append(error(
-                "NB204", f"prev:{name} names a step that starts later (cell {positions[name]}) than "
-                f"step {draft.name!r} (cell {here}): a step can only follow earlier steps; move the "
-                "cells or give them another step name", cell=cell, step=draft.name))
+            problems.append(
+                error(
+                    "NB204",
+                    f"prev:{name} names a step that starts later (cell {positions[name]}) than "
+                    f"step {draft.name!r} (cell {here}): a step can only follow earlier steps; "
+                    "move the "
+                    "cells or give them another step name",
+                    cell=cell,
+                    step=draft.name,
+                )
+            )
         elif name not in valid:
             valid.append(name)
     return tuple(valid)
@@ -237,9 +294,15 @@ def _parameters_and_metrics(g: _Grouping) -> tuple[list[Parameter], list[Metric]
         for p in found:
             if p.name in parameters:
                 first = parameters[p.name]
-                g.problems.append(error(
-                    "NB303", f"parameter {p.name!r} is already defined in cell {first.cell}, line "
-                    f"{first.line}: keep one definition", cell=p.cell, line=p.line))
+                g.problems.append(
+                    error(
+                        "NB303",
+                        f"parameter {p.name!r} is already defined in cell {first.cell}, line "
+                        f"{first.line}: keep one definition",
+                        cell=p.cell,
+                        line=p.line,
+                    )
+                )
             else:
                 parameters[p.name] = p
     metrics: list[Metric] = []

@@ -49,18 +49,20 @@ def pipeline_to_dict(p: Pipeline) -> dict[str, Any]:
     level_of = {name: i for i, level in enumerate(p.levels) for name in level}
     for step in p.steps:
         io = p.io[step.name]
-        steps.append({
-            "name": step.name,
-            "kfp_name": step.kfp_name,
-            "cells": [c.index for c in step.cells],
-            "loads": dict(io.loads),
-            "parameters": list(io.parameters),
-            "saves": list(io.saves),
-            "metrics": [m.name for m in io.metrics],
-            "prev": list(step.prev),
-            "level": level_of.get(step.name, 0),
-            "settings": _settings_dict(asdict(step.settings)),
-        })
+        steps.append(
+            {
+                "name": step.name,
+                "kfp_name": step.kfp_name,
+                "cells": [c.index for c in step.cells],
+                "loads": dict(io.loads),
+                "parameters": list(io.parameters),
+                "saves": list(io.saves),
+                "metrics": [m.name for m in io.metrics],
+                "prev": list(step.prev),
+                "level": level_of.get(step.name, 0),
+                "settings": _settings_dict(asdict(step.settings)),
+            }
+        )
     providers = {m.name: step for step, io in p.io.items() for m in io.metrics}
     return {
         "notebook": str(p.notebook.path) if p.notebook.path else None,
@@ -70,13 +72,19 @@ def pipeline_to_dict(p: Pipeline) -> dict[str, Any]:
             "description": p.settings.pipeline_description,
         },
         "steps": steps,
-        "edges": [{"source": e.source, "target": e.target, "variables": list(e.variables),
-                   "kind": e.kind} for e in p.edges],
+        "edges": [
+            {"source": e.source, "target": e.target, "variables": list(e.variables), "kind": e.kind}
+            for e in p.edges
+        ],
         "levels": [list(level) for level in p.levels],
-        "parameters": [{"name": x.name, "type": x.type, "default": x.default, "cell": x.cell}
-                       for x in p.parameters],
-        "metrics": [{"name": m.name, "variable": m.variable, "step": providers.get(m.name),
-                     "cell": m.cell} for m in p.metrics],
+        "parameters": [
+            {"name": x.name, "type": x.type, "default": x.default, "cell": x.cell}
+            for x in p.parameters
+        ],
+        "metrics": [
+            {"name": m.name, "variable": m.variable, "step": providers.get(m.name), "cell": m.cell}
+            for m in p.metrics
+        ],
         "diagnostics": [d.to_dict() for d in p.diagnostics],
     }
 
@@ -143,7 +151,9 @@ def pipeline_to_dot(p: Pipeline) -> str:
     for step in p.steps:
         lines.append(f"  {json.dumps(step.name)};")
     for e in p.edges:
-        attrs = f' [label={json.dumps(", ".join(e.variables))}]' if e.variables else " [style=dashed]"
+        attrs = (
+            f" [label={json.dumps(', '.join(e.variables))}]" if e.variables else " [style=dashed]"
+        )
         lines.append(f"  {json.dumps(e.source)} -> {json.dumps(e.target)}{attrs};")
     lines.append("}")
     return "\n".join(lines)

@@ -52,15 +52,19 @@ class StepSettings:
 
         Keyed entries (limits, labels, ...) merge by key, the step's own value winning.
         """
-        def keyed(mine: tuple[tuple[str, str], ...],
-                  base: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+
+        def keyed(
+            mine: tuple[tuple[str, str], ...], base: tuple[tuple[str, str], ...]
+        ) -> tuple[tuple[str, str], ...]:
             merged = dict(base)
             merged.update(mine)
             return tuple(merged.items())
 
         secrets = {s.env: s for s in defaults.secrets}
         secrets.update({s.env: s for s in self.secrets})
-        tolerations = {(t.key, t.value, t.effect): t for t in defaults.tolerations + self.tolerations}
+        tolerations = {
+            (t.key, t.value, t.effect): t for t in defaults.tolerations + self.tolerations
+        }
         return replace(
             self,
             limits=keyed(self.limits, defaults.limits),

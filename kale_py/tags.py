@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .diagnostics import Diagnostic, error, warning
 from .notebook import Cell
@@ -31,7 +32,9 @@ ROLE_TAGS = {
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
 _RESOURCE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
-_K8S_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_K8S_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -85,15 +88,25 @@ def parse_cell_tags(cell: Cell) -> tuple[CellTags, list[Diagnostic]]:
                 roles.append("step")
                 steps.append(value)
             else:
-                problems.append(error(
-                    "NB206", f"invalid step name {value!r} in tag {tag!r}: use letters, digits, "
-                    "'_' and '-', starting with a letter or '_'", cell=cell.index))
+                problems.append(
+                    error(
+                        "NB206",
+                        f"invalid step name {value!r} in tag {tag!r}: use letters, digits, "
+                        "'_' and '-', starting with a letter or '_'",
+                        cell=cell.index,
+                    )
+                )
         elif kind == "prev":
             if STEP_NAME.match(value):
                 prev.append(value)
             else:
-                problems.append(error("NB202", f"prev:{value} does not name a step (use prev:STEP)",
-                                      cell=cell.index))
+                problems.append(
+                    error(
+                        "NB202",
+                        f"prev:{value} does not name a step (use prev:STEP)",
+                        cell=cell.index,
+                    )
+                )
         elif kind in _SETTING_PARSERS:
             parsed = _SETTING_PARSERS[kind](value, tag, cell.index)
             if isinstance(parsed, Diagnostic):
@@ -104,19 +117,35 @@ def parse_cell_tags(cell: Cell) -> tuple[CellTags, list[Diagnostic]]:
             problems.append(_unknown(tag, cell))
     role = _single_role(roles, cell, problems)
     if len(set(steps)) > 1:
-        problems.append(error(
-            "NB205", f"the cell has several step names ({', '.join(sorted(set(steps)))}): keep one "
-            "step tag per cell", cell=cell.index))
+        problems.append(
+            error(
+                "NB205",
+                f"the cell has several step names ({', '.join(sorted(set(steps)))}): keep one "
+                "step tag per cell",
+                cell=cell.index,
+            )
+        )
     step = steps[0] if steps and role == "step" else None
     if prev and role in ("imports", "functions", "parameters", "metrics", "skip"):
-        problems.append(warning(
-            "NB202", f"prev: tags apply to steps, not to a {role} cell: move them to a step cell "
-            "(ignored)", cell=cell.index))
+        problems.append(
+            warning(
+                "NB202",
+                f"prev: tags apply to steps, not to a {role} cell: move them to a step cell "
+                "(ignored)",
+                cell=cell.index,
+            )
+        )
     if has_settings and role in ("imports", "functions", "parameters", "metrics", "skip"):
-        problems.append(warning(
-            "NB202", f"step settings on a {role} cell are ignored: put them on a step cell",
-            cell=cell.index))
-    return CellTags(cell.index, role, step, tuple(dict.fromkeys(prev)), settings, has_settings), problems
+        problems.append(
+            warning(
+                "NB202",
+                f"step settings on a {role} cell are ignored: put them on a step cell",
+                cell=cell.index,
+            )
+        )
+    return CellTags(
+        cell.index, role, step, tuple(dict.fromkeys(prev)), settings, has_settings
+    ), problems
 
 
 def _unknown(tag: str, cell: Cell) -> Diagnostic:
@@ -130,28 +159,43 @@ def _single_role(roles: list[str], cell: Cell, problems: list[Diagnostic]) -> st
         return "skip"
     distinct = list(dict.fromkeys(r for r in roles if r != "continue"))
     if len(distinct) > 1:
-        problems.append(error(
-            "NB202", f"the cell has several roles ({', '.join(distinct)}): keep one of "
-            "imports, functions, pipeline-parameters, pipeline-metrics, step", cell=cell.index))
+        problems.append(
+            error(
+                "NB202",
+                f"the cell has several roles ({', '.join(distinct)}): keep one of "
+                "imports, functions, pipeline-parameters, pipeline-metrics, step",
+                cell=cell.index,
+            )
+        )
     if distinct:
         return distinct[0]
     return "continue" if roles else None
 
 
-def _combine(settings: StepSettings, update: StepSettings, tag: str, cell: int,
-             problems: list[Diagnostic]) -> StepSettings:
+def _combine(
+    settings: StepSettings, update: StepSettings, tag: str, cell: int, problems: list[Diagnostic]
+) -> StepSettings:
     """Add one tag's setting; a scalar given twice with different values is an error."""
     for name in ("image", "cache", "report", "retry", "timeout"):
         old, new = getattr(settings, name), getattr(update, name)
         if old is not None and new is not None and old != new:
-            problems.append(error("NB208", f"{tag!r} conflicts with an earlier {name} tag on this cell",
-                                  cell=cell))
+            problems.append(
+                error(
+                    "NB208", f"{tag!r} conflicts with an earlier {name} tag on this cell", cell=cell
+                )
+            )
     return update.merged_over(settings)
 
 
 # --- per-setting parsers: value text -> StepSettings with that one field set ------------------
 
 SettingParser = Callable[[str, str, int], "StepSettings | Diagnostic"]
+
+
+def _setting(field_name: str, value: Any) -> StepSettings:
+    """StepSettings with one field set (the field chosen at run time)."""
+    fields: dict[str, Any] = {field_name: value}
+    return StepSettings(**fields)
 
 
 def _bad(tag: str, cell: int, expected: str) -> Diagnostic:
@@ -161,12 +205,16 @@ def _bad(tag: str, cell: int, expected: str) -> Diagnostic:
 def _resource(value: str, tag: str, cell: int, field_name: str) -> StepSettings | Diagnostic:
     resource, sep, quantity = value.rpartition(":")
     if not sep or not _RESOURCE.match(resource) or not _QUANTITY.match(quantity):
-        return _bad(tag, cell, f"{tag.split(':')[0]}:RESOURCE:QUANTITY, like "
-                    f"{tag.split(':')[0]}:cpu:2, {tag.split(':')[0]}:memory:4Gi or "
-                    f"{tag.split(':')[0]}:nvidia.com/gpu:1")
+        return _bad(
+            tag,
+            cell,
+            f"{tag.split(':')[0]}:RESOURCE:QUANTITY, like "
+            f"{tag.split(':')[0]}:cpu:2, {tag.split(':')[0]}:memory:4Gi or "
+            f"{tag.split(':')[0]}:nvidia.com/gpu:1",
+        )
     if "/" in resource and "gpu" in resource and not quantity.isdigit():
         return _bad(tag, cell, "a whole number of GPUs")
-    return replace(StepSettings(), **{field_name: ((resource, quantity),)})
+    return _setting(field_name, ((resource, quantity),))
 
 
 def _limit(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
@@ -187,9 +235,13 @@ def _key_value(value: str, tag: str, cell: int, field_name: str) -> StepSettings
     key, sep, val = value.partition(":")
     if not sep or not _K8S_KEY.match(key) or len(key.rpartition("/")[2]) > 63:
         kind = tag.split(":")[0]
-        return _bad(tag, cell, f"{kind}:KEY:VALUE with a Kubernetes key (letters, digits, "
-                    "'-', '_', '.', optional 'prefix/')")
-    return replace(StepSettings(), **{field_name: ((key, val),)})
+        return _bad(
+            tag,
+            cell,
+            f"{kind}:KEY:VALUE with a Kubernetes key (letters, digits, "
+            "'-', '_', '.', optional 'prefix/')",
+        )
+    return _setting(field_name, ((key, val),))
 
 
 def _label(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
@@ -206,9 +258,17 @@ def _node(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
 
 def _secret(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
     parts = value.split(":")
-    if (len(parts) != 3 or not _DNS_NAME.match(parts[0]) or not re.match(r"^[-._A-Za-z0-9]+$", parts[1])
-            or not _ENV_NAME.match(parts[2])):
-        return _bad(tag, cell, "secret:SECRET_NAME:KEY:ENV_VAR, like secret:s3-creds:access-key:AWS_ACCESS_KEY_ID")
+    if (
+        len(parts) != 3
+        or not _DNS_NAME.match(parts[0])
+        or not re.match(r"^[-._A-Za-z0-9]+$", parts[1])
+        or not _ENV_NAME.match(parts[2])
+    ):
+        return _bad(
+            tag,
+            cell,
+            "secret:SECRET_NAME:KEY:ENV_VAR, like secret:s3-creds:access-key:AWS_ACCESS_KEY_ID",
+        )
     return StepSettings(secrets=(SecretEnv(*parts),))
 
 
@@ -216,14 +276,16 @@ def _toleration(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
     key, _, rest = value.partition(":")
     val, _, effect = rest.rpartition(":")
     if not key or effect not in _EFFECTS or not _K8S_KEY.match(key):
-        return _bad(tag, cell, f"toleration:KEY:VALUE:EFFECT with EFFECT one of {', '.join(_EFFECTS)}")
+        return _bad(
+            tag, cell, f"toleration:KEY:VALUE:EFFECT with EFFECT one of {', '.join(_EFFECTS)}"
+        )
     return StepSettings(tolerations=(Toleration(key, val, effect),))
 
 
 def _switch(value: str, tag: str, cell: int, field_name: str) -> StepSettings | Diagnostic:
     if value not in ("enabled", "disabled"):
         return _bad(tag, cell, f"{field_name}:enabled or {field_name}:disabled")
-    return replace(StepSettings(), **{field_name: value == "enabled"})
+    return _setting(field_name, value == "enabled")
 
 
 def _cache(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
@@ -269,12 +331,15 @@ def parse_settings_tags(tags: list[str], where: str) -> tuple[StepSettings, list
         kind, _, value = tag.partition(":")
         parser = _SETTING_PARSERS.get(kind)
         if parser is None:
-            problems.append(warning("NB004", f"{where}: {tag!r} is not a step setting tag; ignored"))
+            problems.append(
+                warning("NB004", f"{where}: {tag!r} is not a step setting tag; ignored")
+            )
             continue
         parsed = parser(value, tag, 0)
         if isinstance(parsed, Diagnostic):
-            problems.append(replace(parsed, code="NB004", cell=None,
-                                    message=f"{where}: {parsed.message}"))
+            problems.append(
+                replace(parsed, code="NB004", cell=None, message=f"{where}: {parsed.message}")
+            )
         else:
             settings = parsed.merged_over(settings)
     return settings, problems

@@ -29,17 +29,22 @@ def _key(d: list[Any]) -> tuple[Any, ...]:
 def test_notebook(path: Path) -> None:
     expected = _expectations(path)
     pipeline = check_notebook(path)
-    found = [[d.severity, d.code, d.cell, d.line]
-             for d in pipeline.diagnostics if d.severity != "info"]
-    assert sorted(found, key=_key) == sorted(expected["diagnostics"], key=_key), \
-        [d.message for d in pipeline.diagnostics]
+    found = [
+        [d.severity, d.code, d.cell, d.line] for d in pipeline.diagnostics if d.severity != "info"
+    ]
+    assert sorted(found, key=_key) == sorted(expected["diagnostics"], key=_key), [
+        d.message for d in pipeline.diagnostics
+    ]
     if "message" in expected:
         first_error = next(d for d in pipeline.diagnostics if d.is_error or d.severity == "warning")
         assert expected["message"] in first_error.message
     for name, step in expected.get("steps", {}).items():
         io = pipeline.io[name]
-        actual = {"cells": [c.index for c in pipeline.step(name).cells],
-                  "loads": dict(io.loads), "saves": list(io.saves)}
+        actual = {
+            "cells": [c.index for c in pipeline.step(name).cells],
+            "loads": dict(io.loads),
+            "saves": list(io.saves),
+        }
         assert actual == step, name
     if "edges" in expected:
         edges = [[e.source, e.target, e.kind, list(e.variables)] for e in pipeline.edges]

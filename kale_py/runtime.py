@@ -1,0 +1,810 @@
+"""The step runtime: runs one generated step program in a fresh Python process.
+
+It travels with every step (locally it is imported from the installed package; in a
+Kubeflow pod it arrives inside the step's payload), so it uses the standard library only,
+plus :mod:`kale_py.marshal` for the variables.
+
+What it does, in order: load the pipeline parameters and the step's input variables, run
+the step's cells one by one in a fresh ``__main__`` namespace the way Jupyter would
+(``display()``, the last expression of a cell, magics, inline figures), then save the
+variables later steps need, report metrics, and write an HTML report of the outputs.
+A failing cell is reported with its notebook cell and line, never with generated code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import builtins
+import contextlib
+import html
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from kale_py import marshal
+
+CELL_FILE = "{notebook}, cell {cell}"  # the file name tracebacks show for a cell
+_CELL_FILE_RE = re.compile(r"^(?P<nb>.*), cell (?P<cell>\d+)$")
+
+
+# --- arguments ----------------------------------------------------------------------------------
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m kale_py.runtime", description="Run one pipeline step."
+    )
+    p.add_argument(
+        "--program", help="the step program (default: kale_py_step.py beside the runtime)"
+    )
+    p.add_argument(
+        "--spec", help="the step spec JSON (default: kale_py_step.json beside the runtime)"
+    )
+    p.add_argument("--step", help="the step name (checked against the spec)")
+    p.add_argument("--state-in", action="append", default=[], metavar="STEP=DIR")
+    p.add_argument("--state-out")
+    p.add_argument("--report-out")
+    p.add_argument("--metrics-out")
+    p.add_argument("--result-out")
+    p.add_argument("--executor-output")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument(
+        "--param-type",
+        action="append",
+        default=[],
+        metavar="NAME=TYPE",
+        help="values are rendered by Kubeflow Pipelines (text) instead of JSON",
+    )
+    p.add_argument("--workdir")
+    p.add_argument("--allowed-root", action="append", default=[])
+    p.add_argument(
+        "--export-all",
+        metavar="DIR",
+        help="also save every variable the step writes (for comparing runs)",
+    )
+    return p.parse_args(argv)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"kale_py runtime: {what} must be NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _read_payload(path: str | None, default: str) -> str:
+    if path:
+        return Path(path).read_text(encoding="utf-8")
+    # In a pod the program and spec are modules inside the payload zip next to this package.
+    import importlib.util
+
+    spec = importlib.util.find_spec(default)
+    if spec is None or spec.loader is None or not hasattr(spec.loader, "get_data"):
+        raise SystemExit(f"kale_py runtime: no --program/--spec given and no {default} found")
+    data = spec.loader.get_data(spec.origin)
+    return bytes(data).decode("utf-8")
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+
+def parse_parameter(name: str, text: str, kind: str, rendered: bool) -> Any:
+    """A parameter's value from the command line.
+
+    ``rendered`` values come from Kubeflow Pipelines' placeholders (strings as they are,
+    numbers and booleans as text, lists and dicts as JSON); others are JSON.
+    """
+    if not rendered:
+        return json.loads(text)
+    if kind == "str":
+        return text
+    if kind == "int":
+        return int(float(text)) if re.fullmatch(r"-?\d+(\.0*)?", text.strip()) else int(text)
+    if kind == "float":
+        return float(text)
+    if kind == "bool":
+        return text.strip().lower() in ("true", "1", "yes")
+    if kind == "none":
+        return None if text in ("", "null", "None") else json.loads(text)
+    return json.loads(text)
+
+
+# --- rich output --------------------------------------------------------------------------------
+
+
+@dataclass
+class CellReport:
+    cell: int
+    role: str
+    code: str
+    outputs: list[tuple[str, str]] = field(default_factory=list)  # (mime, data)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def add_text(self, text: str) -> None:
+        if self.outputs and self.outputs[-1][0] == "stream":
+            self.outputs[-1] = ("stream", self.outputs[-1][1] + text)
+        else:
+            self.outputs.append(("stream", text))
+
+
+class _Tee(io.TextIOBase):
+    """Writes through to the real stream (live logs) and into the current cell's report."""
+
+    def __init__(self, stream: TextIO, runtime: StepRuntime):
+        self.stream, self.runtime = stream, runtime
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.stream.flush()
+        if self.runtime.current is not None and self.runtime.capture_depth == 0:
+            self.runtime.current.add_text(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+def mime_bundle(obj: Any) -> list[tuple[str, str]]:
+    """The richest representations of ``obj`` that a report can show (as Jupyter picks them)."""
+    bundle: list[tuple[str, str]] = []
+    if hasattr(obj, "savefig") and hasattr(obj, "canvas"):  # a matplotlib figure
+        buf = io.BytesIO()
+        obj.savefig(buf, format="png", bbox_inches="tight")
+        return [("image/png", base64.b64encode(buf.getvalue()).decode()), ("text/plain", repr(obj))]
+    mimebundle = _call_repr(obj, "_repr_mimebundle_")
+    if isinstance(mimebundle, tuple):
+        mimebundle = mimebundle[0]
+    if isinstance(mimebundle, dict):
+        for mime in ("text/html", "image/png", "image/svg+xml", "text/markdown", "text/plain"):
+            if mime in mimebundle:
+                data = mimebundle[mime]
+                bundle.append(
+                    (
+                        mime,
+                        base64.b64encode(data).decode() if isinstance(data, bytes) else str(data),
+                    )
+                )
+    for method, mime in (
+        ("_repr_html_", "text/html"),
+        ("_repr_svg_", "image/svg+xml"),
+        ("_repr_png_", "image/png"),
+        ("_repr_markdown_", "text/markdown"),
+        ("_repr_latex_", "text/latex"),
+    ):
+        if any(m == mime for m, _ in bundle):
+            continue
+        data = _call_repr(obj, method)
+        if data is not None:
+            if isinstance(data, bytes):
+                data = base64.b64encode(data).decode()
+            bundle.append((mime, str(data)))
+    if not any(m == "text/plain" for m, _ in bundle):
+        bundle.append(("text/plain", repr(obj)))
+    return bundle
+
+
+def _call_repr(obj: Any, method: str) -> Any:
+    fn = getattr(type(obj), method, None)
+    if fn is None:
+        return None
+    try:
+        return fn(obj)
+    except Exception:  # noqa: BLE001 - a broken _repr_ must not fail the step, as in Jupyter
+        return None
+
+
+# --- magics -----------------------------------------------------------------------------------
+
+
+class Magics:
+    """What generated programs call for IPython syntax (``!cmd``, ``%magic``, ``%%magic``)."""
+
+    _SKIPPED = {
+        "load_ext",
+        "reload_ext",
+        "autoreload",
+        "aimport",
+        "config",
+        "who",
+        "whos",
+        "lsmagic",
+        "precision",
+        "matplotlib",
+        "xmode",
+        "pdb",
+        "store",
+        "history",
+        "notebook",
+        "autosave",
+        "colors",
+        "magic",
+        "page",
+        "pinfo",
+        "pinfo2",
+        "psearch",
+    }
+
+    def __init__(self, runtime: StepRuntime):
+        self.runtime = runtime
+
+    @property
+    def ns(self) -> dict[str, Any]:
+        return self.runtime.namespace
+
+    def expand(self, text: str) -> str:
+        """IPython's variable expansion in shell lines: ``{expr}`` and ``$name``."""
+
+        def brace(m: re.Match[str]) -> str:
+            try:
+                return str(eval(m.group(1), self.ns))  # noqa: S307 - the user's own code
+            except Exception:  # noqa: BLE001 - IPython leaves unknown expressions as they are
+                return m.group(0)
+
+        text = re.sub(r"(?<!\{)\{([^{}]+)\}(?!\})", brace, text)
+        return re.sub(
+            r"(?<!\$)\$(\w+)",
+            lambda m: str(self.ns[m.group(1)]) if m.group(1) in self.ns else m.group(0),
+            text,
+        )
+
+    def shell(self, command: str, capture: bool = False) -> Any:
+        command = self.expand(command)
+        if capture:
+            done = subprocess.run(command, shell=True, capture_output=True, text=True)
+            sys.stdout.write(done.stderr)
+            return done.stdout.splitlines()
+        with subprocess.Popen(
+            command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+        return None
+
+    def line_magic(self, name: str, args: str) -> Any:
+        if name in ("pip", "conda"):
+            return self._pip(name, args)
+        if name in ("sx", "system"):
+            return self.shell(args, capture=True)
+        if name == "cd":
+            target = os.path.expanduser(self.expand(args.strip()) or "~")
+            os.chdir(target)
+            print(os.getcwd())
+            return None
+        if name == "env":
+            return self._env(args)
+        if name == "run":
+            import runpy
+
+            parts = shlex.split(self.expand(args))
+            self.ns.update(runpy.run_path(parts[0], init_globals=self.ns, run_name="__main__"))
+            return None
+        if name == "matplotlib":  # figures are captured after each cell, as inline
+            return None
+        if name in self._SKIPPED:
+            self.runtime.notice(f"%{name} has no effect in a pipeline step; skipped")
+            return None
+        raise NotImplementedError(
+            f"the magic %{name} cannot run in a pipeline step; remove it or tag its cell skip"
+        )
+
+    def _pip(self, tool: str, args: str) -> None:
+        words = shlex.split(self.expand(args))
+        if not words or words[0] != "install":
+            self.runtime.notice(f"%{tool} {args} skipped in a pipeline step")
+            return
+        wanted = [w for w in words[1:] if not w.startswith("-")]
+        missing = [w for w in wanted if not _installed(w)]
+        if not missing:
+            self.runtime.notice(f"%{tool} install: {', '.join(wanted)} already installed; skipped")
+            return
+        subprocess.run([sys.executable, "-m", "pip", "install", *words[1:]], check=False)
+
+    def _env(self, args: str) -> Any:
+        args = args.strip()
+        if not args:
+            return dict(os.environ)
+        if "=" in args or " " in args:
+            key, _, value = args.replace(" ", "=", 1).partition("=")
+            os.environ[key.strip()] = self.expand(value.strip())
+            return None
+        return os.environ.get(args)
+
+    @contextlib.contextmanager
+    def timed(self, kind: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        print(f"{'Wall time' if kind == 'time' else kind}: {time.perf_counter() - start:.3g} s")
+
+    def cell_magic(self, name: str, args: str, body: str) -> Any:
+        if name in ("bash", "sh", "script"):
+            shell = (
+                "bash"
+                if name == "bash"
+                else ("sh" if name == "sh" else (args.split() or ["sh"])[0])
+            )
+            done = subprocess.run(
+                [shell], input=body, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            sys.stdout.write(done.stdout)
+            if done.returncode:
+                raise RuntimeError(f"%%{name} exited with status {done.returncode}")
+            return None
+        if name == "writefile":
+            parts = shlex.split(args)
+            append = "-a" in parts or "--append" in parts
+            target = [p for p in parts if not p.startswith("-")][0]
+            with open(target, "a" if append else "w", encoding="utf-8") as f:
+                f.write(body)
+            print(f"{'Appended to' if append else 'Writing'} {target}")
+            return None
+        kinds = {
+            "html": "text/html",
+            "markdown": "text/markdown",
+            "latex": "text/latex",
+            "svg": "image/svg+xml",
+            "javascript": "application/javascript",
+            "js": "application/javascript",
+        }
+        if name in kinds:
+            if self.runtime.current is not None:
+                self.runtime.current.outputs.append((kinds[name], body))
+            return None
+        raise NotImplementedError(
+            f"the cell magic %%{name} cannot run in a pipeline step; remove it or tag the cell skip"
+        )
+
+
+def _installed(requirement: str) -> bool:
+    from importlib import metadata
+
+    name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+class _IPythonShim:
+    """Enough of ``get_ipython()`` for code that calls magics programmatically."""
+
+    def __init__(self, magics: Magics):
+        self.magics = magics
+
+    def run_line_magic(self, name: str, line: str) -> Any:
+        return self.magics.line_magic(name, line)
+
+    def run_cell_magic(self, name: str, line: str, cell: str) -> Any:
+        return self.magics.cell_magic(name, line, cell)
+
+    def system(self, command: str) -> None:
+        self.magics.shell(command)
+
+    def getoutput(self, command: str) -> Any:
+        return self.magics.shell(command, capture=True)
+
+
+# --- the step ---------------------------------------------------------------------------------
+
+
+class CellFailed(Exception):
+    def __init__(self, cell: int, line: int | None, exc: BaseException, text: str):
+        super().__init__(str(exc))
+        self.cell, self.line, self.exc, self.text = cell, line, exc, text
+
+
+class StepRuntime:
+    def __init__(self, spec: dict[str, Any], program: str, args: argparse.Namespace):
+        self.spec, self.program, self.args = spec, program, args
+        self.notebook = spec.get("notebook", "notebook.ipynb")
+        self.reports: list[CellReport] = []
+        self.current: CellReport | None = None
+        self.capture_depth = 0
+        self.notices: list[str] = []
+        self.module = types.ModuleType("__main__")
+        self.namespace: dict[str, Any] = self.module.__dict__
+        self.magics = Magics(self)
+
+    def notice(self, message: str) -> None:
+        self.notices.append(message)
+        print(f"[kale_py] {message}", file=sys.stderr, flush=True)
+
+    # -- namespace -------------------------------------------------------------------------
+
+    def prepare_namespace(self) -> None:
+        # Classes defined in cells must be found as __main__.Name by pickle, as in a kernel.
+        sys.modules["__main__"] = self.module
+        self.namespace.update(
+            {
+                "__builtins__": builtins,
+                "display": self.display,
+                "get_ipython": lambda: _IPythonShim(self.magics),
+                "_kp": self.magics,
+            }
+        )
+        rendered = _pairs(self.args.param_type, "--param-type")
+        declared = self.spec.get("parameters", {})
+        for name, text in _pairs(self.args.param, "--param").items():
+            if name in declared:
+                self.namespace[name] = parse_parameter(name, text, declared[name], name in rendered)
+
+    def load_inputs(self) -> None:
+        dirs = _pairs(self.args.state_in, "--state-in")
+        kfp_names = self.spec.get("kfp_names", {})
+        roots = self.args.allowed_root or list(dirs.values())
+        for var, producer in self.spec.get("inputs", {}).items():
+            directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+            if directory is None:
+                raise SystemExit(
+                    f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
+                )
+            manifest = marshal.read_manifest(directory)
+            record = manifest["variables"].get(var)
+            if record is None:
+                raise NameError(
+                    f"name {var!r} is not defined: step {producer!r} did not define it "
+                    "when it ran (was it bound only on some paths?)"
+                )
+            value = marshal.load_variable(
+                record["file"], directory, allowed_root=_common_root(roots, directory)
+            )
+            self.namespace[var] = self._rebind(value)
+
+    def _rebind(self, value: Any) -> Any:
+        """Functions pickled by value read their globals from this step, as in the notebook."""
+        if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
+            fn = types.FunctionType(
+                value.__code__,
+                self.namespace,
+                value.__name__,
+                value.__defaults__,
+                value.__closure__,
+            )
+            fn.__kwdefaults__, fn.__dict__ = value.__kwdefaults__, dict(value.__dict__)
+            fn.__qualname__, fn.__doc__ = value.__qualname__, value.__doc__
+            return fn
+        return value
+
+    def display(self, *objs: Any, **_: Any) -> None:
+        for obj in objs:
+            bundle = mime_bundle(obj)
+            if self.current is not None and self.capture_depth == 0:
+                self.current.outputs.extend(
+                    m for m in bundle if m[0] != "text/plain" or len(bundle) == 1
+                )
+            text = dict(bundle).get("text/plain")
+            if text is not None:
+                self.capture_depth += 1
+                try:
+                    print(text)
+                finally:
+                    self.capture_depth -= 1
+
+    # -- cells -----------------------------------------------------------------------------
+
+    def run_cells(self) -> None:
+        lines = self.program.splitlines(keepends=True)
+        for cell in self.spec["cells"]:
+            source = "".join(lines[cell["start"] - 1 : cell["end"]])
+            self.current = CellReport(cell["cell"], cell["role"], source)
+            self.reports.append(self.current)
+            started = time.perf_counter()
+            try:
+                self._run_cell(cell, source)
+            finally:
+                self.current.seconds = time.perf_counter() - started
+                self._collect_figures()
+            self.current = None
+
+    def _run_cell(self, cell: dict[str, Any], source: str) -> None:
+        filename = CELL_FILE.format(notebook=self.notebook, cell=cell["cell"])
+        import linecache
+
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        tree = ast.parse(source, filename)
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        assert last is None or isinstance(last, ast.Expr)
+        show_last = last is not None and not source.rstrip().endswith(";")
+        magic = cell.get("magic")
+        try:
+            with self._cell_magic(magic):
+                exec(compile(tree, filename, "exec"), self.namespace)  # noqa: S102
+                if last is not None:
+                    expr = ast.Expression(last.value)
+                    value = eval(compile(expr, filename, "eval"), self.namespace)  # noqa: S307
+                    if show_last and value is not None:
+                        self.namespace["_"] = value
+                        self.display(value)
+        except Exception as exc:  # noqa: BLE001 - every failure of user code is reported, with its cell
+            raise CellFailed(
+                cell["cell"], _user_line(exc, filename), exc, _user_traceback(exc)
+            ) from exc
+
+    @contextlib.contextmanager
+    def _cell_magic(self, magic: list[str] | None) -> Iterator[None]:
+        if not magic:
+            yield
+            return
+        name, args = magic[0], magic[1] if len(magic) > 1 else ""
+        if name in ("time", "timeit", "prun"):
+            with self.magics.timed(name):
+                yield
+        elif name == "capture":
+            out, err = io.StringIO(), io.StringIO()
+            self.capture_depth += 1
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    yield
+            finally:
+                self.capture_depth -= 1
+            target = args.split()[0] if args.split() else None
+            if target:
+                self.namespace[target] = types.SimpleNamespace(
+                    stdout=out.getvalue(),
+                    stderr=err.getvalue(),
+                    outputs=[],
+                    show=lambda: print(out.getvalue()),
+                )
+        else:
+            yield
+
+    def _collect_figures(self) -> None:
+        """Show and close open matplotlib figures after each cell, like the inline backend."""
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None or self.current is None:
+            return
+        for number in pyplot.get_fignums():
+            figure = pyplot.figure(number)
+            self.current.outputs.extend(m for m in mime_bundle(figure) if m[0] == "image/png")
+        pyplot.close("all")
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for metric in self.spec.get("metrics", []):
+            value = self.namespace.get(metric["variable"])
+            try:
+                out[metric["name"]] = float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                self.notice(
+                    f"metric {metric['name']!r}: {metric['variable']} = {value!r} is not a number; "
+                    "not reported"
+                )
+        return out
+
+    def save_outputs(self) -> list[str]:
+        if not self.args.state_out:
+            return []
+        out = Path(self.args.state_out)
+        out.mkdir(parents=True, exist_ok=True)
+        records, missing = [], []
+        for name in self.spec.get("outputs", []):
+            if name not in self.namespace:
+                missing.append(name)
+                continue
+            records.append(
+                marshal.save_variable(name, self.namespace[name], out, step=self.spec["step"])
+            )
+        if missing:
+            self.notice(f"not defined at the end of the step, so not saved: {', '.join(missing)}")
+        marshal.write_manifest(out, self.spec["step"], records)
+        return [r.name for r in records]
+
+    def export_all(self) -> None:
+        """Every variable the step wrote that can be saved: a full picture of its state."""
+        if not self.args.export_all:
+            return
+        out = Path(self.args.export_all)
+        out.mkdir(parents=True, exist_ok=True)
+        records = []
+        for name in self.spec.get("writes", []):
+            value = self.namespace.get(name, _MISSING)
+            if value is _MISSING or isinstance(value, types.ModuleType):
+                continue
+            try:
+                records.append(marshal.save_variable(name, value, out, step=self.spec["step"]))
+            except marshal.StateError as exc:
+                self.notice(f"not exported: {exc}")
+        marshal.write_manifest(out, self.spec["step"], records)
+
+
+_MISSING = object()
+
+
+def _common_root(roots: list[str], directory: str) -> str:
+    resolved = Path(directory).resolve()
+    for root in roots:
+        if resolved.is_relative_to(Path(root).resolve()):
+            return root
+    return roots[0] if roots else directory
+
+
+def _user_line(exc: BaseException, filename: str) -> int | None:
+    if isinstance(exc, SyntaxError) and exc.filename == filename:
+        return exc.lineno
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == filename:
+            line = lineno
+    return line
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the first notebook frame on: generated and runtime frames hidden."""
+    tb = exc.__traceback__
+    while tb is not None and not _CELL_FILE_RE.match(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+def report_html(step: str, notebook: str, reports: list[CellReport], error: str | None) -> str:
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(step)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:.6em;"
+        "overflow:auto}.cell{border-left:3px solid #ccc;padding-left:1em;margin:1.2em 0}"
+        ".err{background:#fee}h2{font-size:1em;color:#555}</style></head><body>",
+        f"<h1>Step {html.escape(step)}</h1><p>{html.escape(notebook)}</p>",
+    ]
+    for r in reports:
+        parts.append(
+            f"<div class='cell'><h2>cell {r.cell} ({html.escape(r.role)}, {r.seconds:.2f} s)</h2>"
+        )
+        parts.append(f"<pre>{html.escape(r.code)}</pre>")
+        for mime, data in r.outputs:
+            parts.append(_output_html(mime, data))
+        if r.error:
+            parts.append(f"<pre class='err'>{html.escape(r.error)}</pre>")
+        parts.append("</div>")
+    if error:
+        parts.append(f"<pre class='err'>{html.escape(error)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _output_html(mime: str, data: str) -> str:
+    if mime == "text/html":
+        return f"<div class='output'>{data}</div>"
+    if mime == "image/png":
+        return f"<img src='data:image/png;base64,{data}'>"
+    if mime == "image/svg+xml":
+        return f"<div class='output'>{data}</div>"
+    return f"<pre>{html.escape(data)}</pre>"
+
+
+def _write_atomic(path: str | None, text: str) -> None:
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(list(sys.argv[1:] if argv is None else argv))
+    spec = json.loads(_read_payload(args.spec, "kale_py_step_spec"))
+    program = _read_payload(args.program, "kale_py_step")
+    if args.workdir:
+        os.chdir(args.workdir)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    runtime = StepRuntime(spec, program, args)
+    real_stdout = sys.stdout
+    sys.stdout = _Tee(real_stdout, runtime)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"step": spec["step"], "status": "succeeded", "error": None}
+    try:
+        runtime.prepare_namespace()
+        runtime.load_inputs()
+        runtime.run_cells()
+        result["metrics"] = runtime.metrics()
+        result["saved"] = runtime.save_outputs()
+        runtime.export_all()
+    except CellFailed as failed:
+        result.update(
+            status="failed",
+            error={
+                "type": type(failed.exc).__name__,
+                "message": str(failed.exc) or type(failed.exc).__name__,
+                "cell": failed.cell,
+                "line": failed.line,
+                "traceback": failed.text,
+            },
+        )
+        if runtime.reports:
+            runtime.reports[-1].error = failed.text
+        sys.stdout.flush()
+        print(failed.text, file=sys.stderr, end="")
+        print(
+            f"step {spec['step']!r} failed in cell {failed.cell}"
+            + (f", line {failed.line}" if failed.line else "")
+            + f": {type(failed.exc).__name__}: "
+            f"{failed.exc}",
+            file=sys.stderr,
+        )
+    except (marshal.StateError, NameError) as exc:
+        result.update(
+            status="failed",
+            error={
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "cell": None,
+                "line": None,
+                "traceback": "",
+            },
+        )
+        print(f"step {spec['step']!r} failed: {exc}", file=sys.stderr)
+    finally:
+        sys.stdout = real_stdout
+    result["seconds"] = time.perf_counter() - started
+    result["notices"] = runtime.notices
+    error_text = result["error"]["traceback"] if result["error"] and not runtime.reports else None
+    if spec.get("report", True):
+        _write_atomic(
+            args.report_out,
+            report_html(spec["step"], runtime.notebook, runtime.reports, error_text),
+        )
+    if result["status"] == "succeeded":
+        _write_atomic(args.metrics_out, json.dumps(result.get("metrics", {}), indent=2))
+        _write_executor_output(args, result.get("metrics", {}))
+    _write_atomic(args.result_out, json.dumps(result, indent=2, default=str))
+    return 0 if result["status"] == "succeeded" else 1
+
+
+def _write_executor_output(args: argparse.Namespace, metrics: dict[str, Any]) -> None:
+    """Kubeflow's ExecutorOutput: registers the step's output artifacts with the backend."""
+    if not args.executor_output:
+        return
+    artifacts = {}
+    for name, path in (
+        ("state", args.state_out),
+        ("metrics", args.metrics_out),
+        ("report", args.report_out),
+    ):
+        if path:
+            meta: dict[str, Any] = dict(metrics) if name == "metrics" else {}
+            artifacts[name] = {"artifacts": [{"name": name, "uri": _uri(path), "metadata": meta}]}
+    _write_atomic(args.executor_output, json.dumps({"artifacts": artifacts}))
+
+
+def _uri(path: str) -> str:
+    for local, scheme in (("/gcs/", "gs://"), ("/minio/", "minio://"), ("/s3/", "s3://")):
+        if path.startswith(local):
+            return scheme + path[len(local) :]
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
