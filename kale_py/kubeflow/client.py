@@ -1,0 +1,459 @@
+"""Submit compiled pipelines to a Kubeflow Pipelines endpoint (REST API v2beta1).
+
+The standard library is enough for the handful of calls a submission needs, and it keeps
+``nb2pipe submit`` fast: no ``kfp`` (seconds to import) and no Kubernetes client.
+
+Where the endpoint is, first match wins: the ``host`` argument (the CLI passes ``--host`` or the
+notebook's ``kfp_host``), ``$KF_PIPELINES_ENDPOINT``, the in-cluster service
+``http://ml-pipeline.kubeflow.svc.cluster.local:8888`` inside a pod (as ``kfp.Client()`` does),
+then the Kubernetes API server's service proxy from the kubeconfig's current context.
+
+How requests authenticate, first match wins: the ``token`` argument or ``$KF_PIPELINES_TOKEN``;
+the service-account token file at ``$KF_PIPELINES_SA_TOKEN_PATH`` or
+``/var/run/secrets/kubeflow/pipelines/token`` (read again before every request, since it is
+rotated); the kubeconfig user's bearer token, only when going through the kubeconfig's API server.
+Kubeconfig users that authenticate with ``exec`` plugins, auth providers or client certificates are
+not supported: pass ``--host`` and ``--token`` instead.
+
+Every failure is a :class:`~kale_py.diagnostics.SubmitError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kale_py.diagnostics import Diagnostic, SubmitError
+
+Json = dict[str, Any]
+Output = Callable[[str], object]
+
+API = "/apis/v2beta1"
+IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+IN_CLUSTER_UI = "/_/pipeline"  # the KFP UI under the Kubeflow central dashboard
+KFP_NAMESPACE = "kubeflow"  # where the ml-pipeline service runs
+DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
+DEFAULT_EXPERIMENT = "Default"
+TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What a submission created. ``final_state`` is set when the run was watched to its end."""
+
+    pipeline_id: str
+    version_id: str
+    experiment_id: str
+    run_id: str
+    run_url: str
+    final_state: str | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A KFP experiment, as the side panel lists them."""
+
+    experiment_id: str
+    display_name: str
+    namespace: str | None
+    created_at: str | None
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Where the bearer token comes from: token, service-account, kubeconfig or none."""
+
+    kind: str
+    token: str | None = None
+    path: str | None = None
+    source: str = ""
+
+    def headers(self) -> dict[str, str]:
+        token = self.token
+        if self.kind == "service-account" and self.path:
+            token = _read_token_file(self.path)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def describe(self) -> str:
+        if self.kind == "none":
+            return "no credentials"
+        return f"the bearer token from {self.source}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A resolved KFP API base URL, how to authenticate there, and where its UI is."""
+
+    api: str
+    ui: str
+    auth: Auth
+    namespace: str | None = None
+    ca_data: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+
+
+def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None,
+                    host: str | None = None, token: str | None = None,
+                    namespace: str | None = None, experiment: str | None = None,
+                    params: Mapping[str, object] | None = None,
+                    version_name: str | None = None, watch: bool = False,
+                    out: Output = print, poll_seconds: float = 5.0) -> SubmitResult:
+    """Upload ``yaml_text`` as pipeline ``name`` (or a new version of it), make sure the
+    experiment exists, start a run and print its link; with ``watch``, follow it to the end.
+
+    >>> submit_pipeline(open("p.yaml").read(), name="churn", host="http://localhost:8080",
+    ...                 params={"epochs": 3}, watch=True)  # doctest: +SKIP
+    """
+    client = Client(resolve_endpoint(host, token, namespace))
+    if client.healthz().get("multi_user") and not client.endpoint.namespace:
+        raise _error("KF105", f"the KFP endpoint at {client.endpoint.api} is multi-user: pass "
+                     "--namespace with your Kubeflow profile namespace")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    pipeline_id, version_id = client.upsert_pipeline(
+        yaml_text, name, description, version_name or f"{name} {stamp}", out)
+    experiment_id = client.ensure_experiment(experiment or DEFAULT_EXPERIMENT, out)
+    run = client.create_run(f"{name} {stamp}", experiment_id, pipeline_id, version_id,
+                            dict(params or {}))
+    run_id = str(run.get("run_id", ""))
+    url = client.run_url(run_id)
+    out(f"Run '{name} {stamp}' started: {url}")
+    final = client.watch_run(run_id, out, poll_seconds) if watch else None
+    return SubmitResult(pipeline_id, version_id, experiment_id, run_id, url, final)
+
+
+def list_experiments(*, host: str | None = None, token: str | None = None,
+                     namespace: str | None = None) -> list[Experiment]:
+    """The experiments visible at the endpoint (in ``namespace`` on a multi-user KFP)."""
+    client = Client(resolve_endpoint(host, token, namespace))
+    return [Experiment(str(e.get("experiment_id", "")), str(e.get("display_name", "")),
+                       e.get("namespace"), e.get("created_at"))
+            for e in client.paged("/experiments", "experiments", client.namespace_query())]
+
+
+# --- where and how --------------------------------------------------------------------------------
+
+def resolve_endpoint(host: str | None = None, token: str | None = None,
+                     namespace: str | None = None) -> Endpoint:
+    """The KFP endpoint and credentials to use (see the module docstring for the order)."""
+    env = os.environ
+    explicit = _explicit_auth(token)
+    host = host or env.get("KF_PIPELINES_ENDPOINT")
+    in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
+    if in_cluster and not namespace:
+        namespace = _read_optional(POD_NAMESPACE_PATH)
+    if host:
+        api = _with_scheme(host)
+        auth = explicit or _service_account_auth() or Auth("none")
+        return Endpoint(api, env.get("KF_PIPELINES_UI_ENDPOINT") or api, auth, namespace)
+    if in_cluster:
+        auth = explicit or _service_account_auth() or Auth("none")
+        ui = env.get("KF_PIPELINES_UI_ENDPOINT") or IN_CLUSTER_UI
+        return Endpoint(IN_CLUSTER_HOST, ui, auth, namespace)
+    return _kubeconfig_endpoint(explicit, namespace)
+
+
+def _explicit_auth(token: str | None) -> Auth | None:
+    if token:
+        return Auth("token", token=token, source="--token")
+    if os.environ.get("KF_PIPELINES_TOKEN"):
+        return Auth("token", token=os.environ["KF_PIPELINES_TOKEN"], source="KF_PIPELINES_TOKEN")
+    return None
+
+
+def _service_account_auth() -> Auth | None:
+    path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH")
+    if path:
+        if not os.path.isfile(path):
+            raise _error("KF105", f"KF_PIPELINES_SA_TOKEN_PATH names {path}, which does not "
+                         "exist: fix the variable or unset it")
+        return Auth("service-account", path=path, source=f"the service-account file {path}")
+    if os.path.isfile(DEFAULT_SA_TOKEN_PATH):
+        return Auth("service-account", path=DEFAULT_SA_TOKEN_PATH,
+                    source=f"the service-account file {DEFAULT_SA_TOKEN_PATH}")
+    return None
+
+
+def _kubeconfig_endpoint(explicit: Auth | None, namespace: str | None) -> Endpoint:
+    path = Path((os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0]
+                or Path.home() / ".kube" / "config")
+    if not path.is_file():
+        raise _error("KF105", "no KFP endpoint: pass --host URL, set kfp_host in the notebook "
+                     "metadata or KF_PIPELINES_ENDPOINT (no kubeconfig found either)")
+    context, cluster, user = _kubeconfig_current(path)
+    server = str(cluster.get("server", "")).rstrip("/")
+    proxy = f"{server}/api/v1/namespaces/{KFP_NAMESPACE}/services"
+    auth = explicit or _kubeconfig_auth(user, context.get("user", "?"), path)
+    return Endpoint(
+        api=f"{proxy}/ml-pipeline:http/proxy",
+        ui=os.environ.get("KF_PIPELINES_UI_ENDPOINT") or f"{proxy}/ml-pipeline-ui:80/proxy",
+        auth=auth, namespace=namespace or context.get("namespace"),
+        ca_data=cluster.get("certificate-authority-data"),
+        ca_file=cluster.get("certificate-authority"),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")))
+
+
+def _kubeconfig_current(path: Path) -> tuple[Json, Json, Json]:
+    """The current context, its cluster and its user from a kubeconfig file."""
+    import importlib
+
+    yaml = importlib.import_module("yaml")  # lazily, and untyped: only kubeconfig needs it
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+        current = config.get("current-context") or ""
+        context = _named(config, "contexts", current)["context"]
+        return (context, _named(config, "clusters", context["cluster"])["cluster"],
+                _named(config, "users", context.get("user", ""))["user"])
+    except KeyError as e:
+        raise _error("KF105", f"cannot use the kubeconfig {path}: no {e.args[0]}; pass --host "
+                     "and --token instead") from None
+    except (OSError, yaml.YAMLError, TypeError) as e:
+        raise _error("KF105", f"cannot read the kubeconfig {path}: {e}; pass --host and "
+                     "--token instead") from None
+
+
+def _named(config: Json, section: str, name: str) -> Json:
+    for entry in config.get(section) or []:
+        if entry.get("name") == name:
+            return entry  # type: ignore[no-any-return]
+    raise KeyError(f"{section[:-1]} {name!r}" if name else f"current {section[:-1]}")
+
+
+def _kubeconfig_auth(user: Json, user_name: str, path: Path) -> Auth:
+    source = f"kubeconfig user {user_name!r} ({path})"
+    if user.get("token"):
+        return Auth("kubeconfig", token=str(user["token"]), source=source)
+    if user.get("tokenFile"):
+        return Auth("kubeconfig", token=_read_token_file(str(user["tokenFile"])), source=source)
+    method = next((k for k in ("exec", "auth-provider", "client-certificate-data",
+                               "client-certificate", "username") if user.get(k)), None)
+    if method:
+        raise _error("KF105", f"kubeconfig user {user_name!r} authenticates with {method}, "
+                     "which kale_py does not support: pass --host and --token instead")
+    return Auth("none")
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        raise _error("KF102", f"cannot read the token file {path}: {e.strerror}") from None
+
+
+def _read_optional(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _with_scheme(host: str) -> str:
+    host = host.rstrip("/")
+    return host if "://" in host else f"http://{host}"
+
+
+def _error(code: str, message: str) -> SubmitError:
+    return SubmitError(Diagnostic("error", code, message))
+
+
+# --- the REST calls -------------------------------------------------------------------------------
+
+class Client:
+    """The v2beta1 calls a submission makes, against one resolved endpoint."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+
+    def healthz(self) -> Json:
+        return self.call("GET", "/healthz")
+
+    def namespace_query(self) -> dict[str, str]:
+        return {"namespace": self.endpoint.namespace} if self.endpoint.namespace else {}
+
+    def find(self, collection: str, key: str, display_name: str,
+             query: Mapping[str, str] | None = None) -> Json | None:
+        """The first object of ``collection`` with this display name."""
+        predicate = {"key": "display_name", "operation": "EQUALS", "stringValue": display_name}
+        filtered = {**(query or {}), "filter": json.dumps({"predicates": [predicate]})}
+        found = self.call("GET", collection, filtered).get(key) or []
+        return next((x for x in found if x.get("display_name") == display_name), None)
+
+    def paged(self, collection: str, key: str, query: Mapping[str, str]) -> Iterator[Json]:
+        token = ""
+        for _ in range(100):  # a bound, should a server never stop paging
+            page = self.call("GET", collection, {**query, "page_size": "100",
+                                                 **({"page_token": token} if token else {})})
+            yield from page.get(key) or []
+            token = page.get("next_page_token") or ""
+            if not token:
+                return
+
+    def upsert_pipeline(self, yaml_text: str, name: str, description: str | None,
+                        version_name: str, out: Output) -> tuple[str, str]:
+        """Upload a new pipeline, or a new version of the one with this name."""
+        existing = self.find("/pipelines", "pipelines", name)
+        data = yaml_text.encode()
+        if existing is None:
+            query = {"name": name, **({"description": description} if description else {})}
+            pipeline = self.call("POST", "/pipelines/upload", query, upload=(f"{name}.yaml", data))
+            pipeline_id = str(pipeline.get("pipeline_id", ""))
+            versions = self.call("GET", f"/pipelines/{pipeline_id}/versions",
+                                 {"page_size": "1", "sort_by": "created_at desc"})
+            version = (versions.get("pipeline_versions") or [{}])[0]
+            out(f"Uploaded pipeline '{name}'")
+        else:
+            pipeline_id = str(existing.get("pipeline_id", ""))
+            version = self.call("POST", "/pipelines/upload_version",
+                                {"name": version_name, "pipelineid": pipeline_id},
+                                upload=(f"{name}.yaml", data))
+            out(f"Uploaded version '{version_name}' of pipeline '{name}'")
+        return pipeline_id, str(version.get("pipeline_version_id", ""))
+
+    def ensure_experiment(self, name: str, out: Output) -> str:
+        found = self.find("/experiments", "experiments", name, self.namespace_query())
+        if found is None:
+            body: Json = {"display_name": name, **self.namespace_query()}
+            found = self.call("POST", "/experiments", body=body)
+            out(f"Created experiment '{name}'")
+        return str(found.get("experiment_id", ""))
+
+    def create_run(self, display_name: str, experiment_id: str, pipeline_id: str,
+                   version_id: str, params: dict[str, object]) -> Json:
+        body: Json = {
+            "display_name": display_name,
+            "experiment_id": experiment_id,
+            "pipeline_version_reference": {"pipeline_id": pipeline_id,
+                                           "pipeline_version_id": version_id},
+            "runtime_config": {"parameters": params},
+        }
+        return self.call("POST", "/runs", body=body)
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.endpoint.ui.rstrip('/')}/#/runs/details/{run_id}"
+
+    def watch_run(self, run_id: str, out: Output, poll_seconds: float) -> str:
+        """Poll the run until it ends, printing each task's state changes; the final state."""
+        seen: dict[str, str] = {}
+        while True:
+            run = self.call("GET", f"/runs/{run_id}")
+            for task in (run.get("run_details") or {}).get("task_details") or []:
+                key = str(task.get("task_id") or task.get("display_name"))
+                state = str(task.get("state", ""))
+                if state and seen.get(key) != state:
+                    seen[key] = state
+                    out(f"  {task.get('display_name', key)}: {state}")
+            state = str(run.get("state", ""))
+            if seen.get("") != state:
+                seen[""] = state
+                out(f"Run {state}")
+            if state in TERMINAL_STATES:
+                return state
+            time.sleep(poll_seconds)
+
+    def call(self, method: str, path: str, query: Mapping[str, str] | None = None,
+             body: Json | None = None, upload: tuple[str, bytes] | None = None) -> Json:
+        """One request to ``{api}/apis/v2beta1{path}``; the JSON answer, or a SubmitError."""
+        url = f"{self.endpoint.api}{API}{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {"Accept": "application/json", **self.endpoint.auth.headers()}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif upload is not None:
+            data, headers["Content-Type"] = _multipart("uploadfile", *upload)
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS,
+                                        context=self._tls()) as response:
+                text = response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            with e:  # closes the connection the error still holds
+                raise self._http_error(method, path, e) from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise _error("KF101", f"cannot reach the KFP endpoint at {self.endpoint.api}: "
+                         f"{reason}; check --host (or kfp_host, KF_PIPELINES_ENDPOINT)") from None
+        try:
+            answer = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise _error("KF103", f"{method} {url} did not answer with KFP JSON: the host is "
+                         "probably not a KFP API endpoint (wrong host or path prefix)")
+        return answer
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.endpoint.api.startswith("https:"):
+            return None
+        if self.endpoint.insecure:  # the kubeconfig asks for it
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        cadata = (base64.b64decode(self.endpoint.ca_data).decode()
+                  if self.endpoint.ca_data else None)
+        return ssl.create_default_context(cafile=self.endpoint.ca_file, cadata=cadata)
+
+    def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> SubmitError:
+        where = f"{method} {API}{path} at {self.endpoint.api}"
+        if e.code in (401, 403):
+            return _error("KF102", f"{where} was refused (HTTP {e.code} {e.reason}) with "
+                          f"{self.endpoint.auth.describe()}: {_auth_hint(self.endpoint.auth)}")
+        if e.code == 404:
+            return _error("KF103", f"{where} answered 404 Not Found: the host is not a KFP API "
+                          "endpoint or its path prefix is wrong (e.g. https://HOST/pipeline)")
+        message = _server_message(e)
+        kind = "server error" if e.code >= 500 else "refused the request"
+        return _error("KF104", f"KFP {kind} (HTTP {e.code}) on {where}: {message}")
+
+
+def _auth_hint(auth: Auth) -> str:
+    if auth.kind == "none":
+        return ("pass --token (or set KF_PIPELINES_TOKEN), or run in a Kubeflow notebook with "
+                "access to Kubeflow Pipelines (the access-ml-pipeline PodDefault)")
+    if auth.kind == "service-account":
+        return ("the notebook's service account may lack access to this namespace: check the "
+                "access-ml-pipeline PodDefault and --namespace")
+    return "the token may have expired or lack access to this namespace: use a fresh one"
+
+
+def _server_message(e: urllib.error.HTTPError) -> str:
+    """The error text a KFP server (grpc-gateway JSON) puts in its answer, on one line."""
+    try:
+        raw = e.read().decode("utf-8", "replace")
+    except OSError:
+        raw = ""
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError:
+        body = None
+    text = raw
+    if isinstance(body, dict):
+        text = str(body.get("message") or body.get("error") or raw)
+    text = " ".join(text.split())
+    return (text[:300] + "...") if len(text) > 300 else (text or str(e.reason))
+
+
+def _multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: application/x-yaml\r\n\r\n").encode()
+    body = head + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
