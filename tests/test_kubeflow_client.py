@@ -95,6 +95,18 @@ def test_second_submit_uploads_a_version_and_reuses_the_experiment(kfp: FakeKfp)
     assert kfp.experiments[first.experiment_id]["display_name"] == "Default"
 
 
+def test_run_without_upload_carries_the_pipeline_and_its_platform_spec(kfp: FakeKfp) -> None:
+    two_documents = PIPELINE_YAML + "---\nplatforms:\n  kubernetes: {}\n"
+    result = submit_pipeline(two_documents, name="demo", host=kfp.url, upload=False,
+                             out=lambda line: None)
+    assert kfp.calls("POST", "/pipelines/upload") == [] == kfp.calls("GET", "/pipelines")
+    (run,) = kfp.calls("POST", "/runs")
+    assert run.json()["pipeline_spec"] == {"pipeline_spec": {"pipelineInfo": {"name": "demo"}},
+                                           "platform_spec": {"platforms": {"kubernetes": {}}}}
+    assert "pipeline_version_reference" not in run.json()
+    assert (result.pipeline_id, result.version_id) == ("", "")
+
+
 def test_lookups_filter_by_display_name(kfp: FakeKfp) -> None:
     submit(kfp, experiment="exp")
     (lookup,) = kfp.calls("GET", "/pipelines")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import importlib
 import json
 import os
 import ssl
@@ -113,9 +114,11 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
                     namespace: str | None = None, experiment: str | None = None,
                     params: Mapping[str, object] | None = None,
                     version_name: str | None = None, watch: bool = False,
-                    out: Output = print, poll_seconds: float = 5.0) -> SubmitResult:
+                    out: Output = print, poll_seconds: float = 5.0,
+                    upload: bool = True) -> SubmitResult:
     """Upload ``yaml_text`` as pipeline ``name`` (or a new version of it), make sure the
     experiment exists, start a run and print its link; with ``watch``, follow it to the end.
+    With ``upload=False`` the run carries the pipeline itself and nothing is uploaded.
 
     >>> submit_pipeline(open("p.yaml").read(), name="churn", host="http://localhost:8080",
     ...                 params={"epochs": 3}, watch=True)  # doctest: +SKIP
@@ -125,16 +128,34 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
         raise _error("KF105", f"the KFP endpoint at {client.endpoint.api} is multi-user: pass "
                      "--namespace with your Kubeflow profile namespace")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    pipeline_id, version_id = client.upsert_pipeline(
-        yaml_text, name, description, version_name or f"{name} {stamp}", out)
+    pipeline_id = version_id = ""
+    if upload:
+        pipeline_id, version_id = client.upsert_pipeline(
+            yaml_text, name, description, version_name or f"{name} {stamp}", out)
+        source: Json = {"pipeline_version_reference": {"pipeline_id": pipeline_id,
+                                                       "pipeline_version_id": version_id}}
+    else:
+        source = {"pipeline_spec": _inline_spec(yaml_text)}
     experiment_id = client.ensure_experiment(experiment or DEFAULT_EXPERIMENT, out)
-    run = client.create_run(f"{name} {stamp}", experiment_id, pipeline_id, version_id,
-                            dict(params or {}))
+    run = client.create_run(f"{name} {stamp}", experiment_id, source, dict(params or {}))
     run_id = str(run.get("run_id", ""))
     url = client.run_url(run_id)
     out(f"Run '{name} {stamp}' started: {url}")
     final = client.watch_run(run_id, out, poll_seconds) if watch else None
     return SubmitResult(pipeline_id, version_id, experiment_id, run_id, url, final)
+
+
+def _inline_spec(yaml_text: str) -> Json:
+    """The pipeline file as a run's ``pipeline_spec``: with its platform spec, as kfp sends it."""
+    yaml = importlib.import_module("yaml")  # lazily, and untyped
+    try:
+        documents = [d for d in yaml.safe_load_all(yaml_text) if d is not None]
+    except yaml.YAMLError as e:
+        message = " ".join(str(e).split())
+        raise _error("KF105", f"the pipeline file is not YAML: {message}") from None
+    if len(documents) == 1:
+        return documents[0]  # type: ignore[no-any-return]
+    return {"pipeline_spec": documents[0], "platform_spec": documents[1]}
 
 
 def list_experiments(*, host: str | None = None, token: str | None = None,
@@ -210,8 +231,6 @@ def _kubeconfig_endpoint(explicit: Auth | None, namespace: str | None) -> Endpoi
 
 def _kubeconfig_current(path: Path) -> tuple[Json, Json, Json]:
     """The current context, its cluster and its user from a kubeconfig file."""
-    import importlib
-
     yaml = importlib.import_module("yaml")  # lazily, and untyped: only kubeconfig needs it
     try:
         config = yaml.safe_load(path.read_text()) or {}
@@ -332,15 +351,11 @@ class Client:
             out(f"Created experiment '{name}'")
         return str(found.get("experiment_id", ""))
 
-    def create_run(self, display_name: str, experiment_id: str, pipeline_id: str,
-                   version_id: str, params: dict[str, object]) -> Json:
-        body: Json = {
-            "display_name": display_name,
-            "experiment_id": experiment_id,
-            "pipeline_version_reference": {"pipeline_id": pipeline_id,
-                                           "pipeline_version_id": version_id},
-            "runtime_config": {"parameters": params},
-        }
+    def create_run(self, display_name: str, experiment_id: str, source: Json,
+                   params: dict[str, object]) -> Json:
+        """``source`` is a ``pipeline_version_reference`` or an inline ``pipeline_spec``."""
+        body: Json = {"display_name": display_name, "experiment_id": experiment_id, **source,
+                      "runtime_config": {"parameters": params}}
         return self.call("POST", "/runs", body=body)
 
     def run_url(self, run_id: str) -> str:
