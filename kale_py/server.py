@@ -179,7 +179,7 @@ class RunLogHandler(KalePyHandler):
     async def get(self, run_id: str, step: str) -> None:
         from kale_py import api
 
-        text = await self.call_api(api.get_log, self.query_path(), run_id, step)
+        text = await self.call_api(api.read_log, self.query_path(), run_id, step)
         if text is not None:
             self.finish(text, set_content_type="text/plain; charset=UTF-8")
 
@@ -198,7 +198,7 @@ class RunReportHandler(KalePyHandler):
     async def get(self, run_id: str, step: str) -> None:
         from kale_py import api
 
-        html = await self.call_api(api.get_report, self.query_path(), run_id, step)
+        html = await self.call_api(api.read_report, self.query_path(), run_id, step)
         if html is not None:
             self.finish(html, set_content_type="text/html; charset=UTF-8")
 

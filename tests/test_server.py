@@ -61,8 +61,8 @@ class FakeAPI:
             "start_local_run": {"run_id": "r1", "run_dir": "/x/.nb2pipe/runs/r1"},
             "list_runs": [{"run_id": "r1", "status": "running", "started": "t0", "ended": None}],
             "get_run": RUN,
-            "get_log": "load | hello\n",
-            "get_report": "<html><body><p>report</p></body></html>",
+            "read_log": "load | hello\n",
+            "read_report": "<html><body><p>report</p></body></html>",
             "submit": {"run_id": "k1", "run_url": "http://kfp/#/runs/k1", "pipeline_id": "p",
                        "version_id": "v", "experiment_id": "e"},
             "list_experiments": [{"id": "e", "name": "Default"}],
@@ -192,8 +192,8 @@ async def test_runs_status_logs_and_report(
     assert [(n, a) for n, a, _ in fake_api.calls] == [
         ("list_runs", (nb,)),
         ("get_run", (nb, "r1")),
-        ("get_log", (nb, "r1", "load")),
-        ("get_report", (nb, "r1", "load")),
+        ("read_log", (nb, "r1", "load")),
+        ("read_report", (nb, "r1", "load")),
     ]
 
 
