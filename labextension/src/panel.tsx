@@ -442,6 +442,10 @@ function StepSettings(props: {
   commit: (change: Partial<ICellTags>) => void;
 }): JSX.Element {
   const { parsed, commit } = props;
+  // Collapsed unless set: most steps run with the pipeline's defaults.
+  const hasResources =
+    parsed.image !== '' ||
+    [parsed.limits, parsed.requests].some(r => Object.values(r).some(v => v !== ''));
   const resource = (kind: 'limits' | 'requests', field: keyof IResources, label: string) => (
     <DraftInput
       id={`kale-py-${kind === 'limits' ? 'limit' : 'request'}-${field}`}
@@ -490,24 +494,31 @@ function StepSettings(props: {
           </label>
         ))}
       </fieldset>
-      <div className="kale-py-resources">
-        <span>Limits</span>
-        {resource('limits', 'cpu', 'CPU')}
-        {resource('limits', 'memory', 'Memory')}
-        {resource('limits', 'gpu', 'GPUs')}
-        <span>Requests</span>
-        {resource('requests', 'cpu', 'CPU')}
-        {resource('requests', 'memory', 'Memory')}
-        {resource('requests', 'gpu', 'GPUs')}
-      </div>
-      <DraftInput
-        id="kale-py-image"
-        label="Image"
-        value={parsed.image}
-        placeholder="the pipeline's base image"
-        problem={imageProblem}
-        onCommit={v => commit({ image: v })}
-      />
+      <details
+        id="kale-py-step-resources"
+        className="kale-py-subsection"
+        open={hasResources}
+      >
+        <summary>Resources and image</summary>
+        <div className="kale-py-resources">
+          <span>Limits</span>
+          {resource('limits', 'cpu', 'CPU')}
+          {resource('limits', 'memory', 'Memory')}
+          {resource('limits', 'gpu', 'GPUs')}
+          <span>Requests</span>
+          {resource('requests', 'cpu', 'CPU')}
+          {resource('requests', 'memory', 'Memory')}
+          {resource('requests', 'gpu', 'GPUs')}
+        </div>
+        <DraftInput
+          id="kale-py-image"
+          label="Image"
+          value={parsed.image}
+          placeholder="the pipeline's base image"
+          problem={imageProblem}
+          onCommit={v => commit({ image: v })}
+        />
+      </details>
     </>
   );
 }
