@@ -16,11 +16,11 @@ from typing import Any
 from . import __version__
 from .analysis import strip_magics
 from .graph import Pipeline
+from .magics import PYTHON_CELL_MAGICS
 from .notebook import Cell
 from .pipeline import Step
 
 SPEC_FORMAT = 1
-PYTHON_BODY_CELL_MAGICS = ("time", "timeit", "capture", "prun", "debug")
 _LINE_MAGIC = re.compile(
     r"^(?P<indent>\s*)(?:(?P<target>[\w., ()\[\]*]+?)\s*=\s*)?(?P<sigil>!!?|%)(?P<rest>.*)$"
 )
@@ -117,7 +117,7 @@ def cell_to_python(source: str) -> tuple[str, tuple[str, str] | None]:
     first, _, rest = source.partition("\n")
     if first.startswith("%%"):
         name, _, args = first[2:].strip().partition(" ")
-        if name in PYTHON_BODY_CELL_MAGICS:
+        if name in PYTHON_CELL_MAGICS:
             body, _ = cell_to_python(rest)
             return f"pass  # %%{name} {args}".rstrip() + "\n" + body, (name, args.strip())
         return (

@@ -17,9 +17,19 @@ from .analysis import (
     FunctionInfo,
     analyse_source,
     function_closure,
+    strip_magics,
     function_writes,
 )
 from .diagnostics import Diagnostic, error, has_errors, sort_diagnostics, warning
+from .hazards import Hazard, find_hazards
+from .magics import (
+    LINE_MAGICS,
+    PYTHON_CELL_MAGICS,
+    SKIPPED_LINE_MAGICS,
+    STEP_LOCAL_LINE_MAGICS,
+    TEXT_CELL_MAGICS,
+    magic_name,
+)
 from .notebook import Cell, Notebook
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
@@ -191,6 +201,7 @@ class _StepState:
     metrics: list[Metric] = field(default_factory=list)
     writes: frozenset[str] = frozenset()
     reads: frozenset[str] = frozenset()
+    hazards: list[tuple[Hazard, int, int]] = field(default_factory=list)  # (hazard, cell, line)
 
 
 class _GraphBuilder:
@@ -217,6 +228,7 @@ class _GraphBuilder:
             else:
                 self._metrics_cell(item)
         _check_split_steps(self.blocks.steps, self.state, self.problems)
+        _check_hazards(self.blocks, self.state, self.edges(), self.problems)
         # A name missing because a split step runs too early is that cycle, said once.
         cycles = {d.cell for d in self.problems if d.code == "NB104"}
         self.problems = [d for d in self.problems if not (d.code == "NB103" and d.cell in cycles)]
@@ -229,6 +241,7 @@ class _GraphBuilder:
         if located is None:
             return
         a = located.analysis
+        self._check_magics(located, None)
         self.prelude_names = a.binds
         self.functions.update(a.functions)
         self.star_prelude = bool(a.star_imports)
@@ -250,6 +263,8 @@ class _GraphBuilder:
             return
         a = located.analysis
         state = self.state[step.name]
+        self._check_magics(located, step.name)
+        state.hazards = _cell_hazards(step.cells)
         needed, called = self._needed(a)
         for name, line in needed.items():
             self._resolve(step, state, name, located.where(line))
@@ -265,7 +280,10 @@ class _GraphBuilder:
                     step=step.name,
                 )
             )
-        writes = a.binds | a.mutates | function_writes(called, self.functions)
+        # Calling a builtin, an imports/functions-cell name or a function defined with `def`
+        # does not change it (its global writes are counted separately): no data to pass.
+        not_data = (AMBIENT_NAMES | self.prelude_names | self.functions.keys()) - a.binds
+        writes = a.binds | (a.mutates - not_data) | function_writes(called, self.functions)
         state.writes, state.reads = writes, frozenset(needed)
         for name in writes:
             self.last_writer[name] = step.name
@@ -274,6 +292,25 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
+
+    def _check_magics(self, located: _Located, step: str | None) -> None:
+        for magic in located.analysis.magics:
+            kind, name = magic_name(magic.text)
+            cell, line = located.where(magic.line)
+            if kind == "line" and name in STEP_LOCAL_LINE_MAGICS and step is not None:
+                self.problems.append(warning(
+                    "NB106", f"%{name} changes this step's process only: later steps start in "
+                    "the notebook's directory with the original environment; put it in an "
+                    "imports cell if every step needs it", cell=cell, line=line, step=step))
+            elif kind == "line" and name not in LINE_MAGICS | SKIPPED_LINE_MAGICS and \
+                    not name.endswith("?") and "?" not in magic.text:
+                self.problems.append(error(
+                    "NB106", f"the magic %{name} cannot run in a pipeline step; remove it or "
+                    "tag its cell skip", cell=cell, line=line, step=step))
+            elif kind == "cell" and name not in PYTHON_CELL_MAGICS | TEXT_CELL_MAGICS:
+                self.problems.append(error(
+                    "NB106", f"the cell magic %%{name} cannot run in a pipeline step; remove it "
+                    "or tag the cell skip", cell=cell, line=line, step=step))
 
     def _needed(self, a: CodeAnalysis) -> tuple[dict[str, int], list[str]]:
         """Names the step reads from outside (with the joined-source line of the first use),
@@ -441,3 +478,68 @@ def _levels(steps: tuple[Step, ...], edges: tuple[Edge, ...]) -> tuple[tuple[str
     for step in steps:
         levels.setdefault(depth[step.name], []).append(step.name)
     return tuple(tuple(levels[d]) for d in sorted(levels))
+
+
+def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
+    found = []
+    for cell in cells:
+        source = strip_magics(cell.source)[0] if "%" in cell.source or "!" in cell.source else \
+            cell.source
+        found += [(h, cell.index, h.line) for h in find_hazards(source)]
+    return found
+
+
+def _check_hazards(blocks: Blocks, state: Mapping[str, _StepState], edges: tuple[Edge, ...],
+                   problems: list[Diagnostic]) -> None:
+    """Known limits: state outside Python variables that a later step would not see."""
+    steps = blocks.steps
+    if len(steps) < 2 or not any(state[s.name].hazards for s in steps):
+        return
+    prelude_seeds = {h.detail for c in [*blocks.imports, *blocks.functions]
+                     for h, _, _ in _cell_hazards((c,)) if h.kind == "seed"}
+    ancestors = _ancestors(steps, edges)
+    seeded: dict[str, tuple[str, int]] = {}
+    written: dict[str, tuple[str, int]] = {}
+    for i, step in enumerate(steps):
+        hazards = state[step.name].hazards
+        own_seeds = {h.detail for h, _, _ in hazards if h.kind == "seed"}
+        for hazard, cell, line in hazards:
+            where = {"cell": cell, "line": line, "step": step.name}
+            if hazard.kind == "environment" and i < len(steps) - 1:
+                problems.append(warning(
+                    "NB105", f"{hazard.detail} changes this step's process only: later steps "
+                    "do not see it; set it in an imports cell if every step needs it", **where))
+            elif hazard.kind == "random" and hazard.detail in seeded and \
+                    hazard.detail not in own_seeds | prelude_seeds:
+                src, src_cell = seeded[hazard.detail]
+                problems.append(warning(
+                    "NB105", f"this step draws {hazard.detail} random numbers, but the seed was "
+                    f"set in step {src!r} (cell {src_cell}), another process: seed here or in "
+                    "the imports cell to get the notebook's numbers", **where))
+                seeded.pop(hazard.detail)
+            elif hazard.kind == "read" and hazard.detail in written:
+                src, src_cell = written[hazard.detail]
+                if src != step.name and src not in ancestors[step.name]:
+                    problems.append(warning(
+                        "NB105", f"this step reads {hazard.detail!r}, which step {src!r} writes "
+                        f"(cell {src_cell}), but it does not run after {src!r}: add prev:{src} "
+                        "to this step's first cell", **where))
+        for hazard, cell, _ in hazards:
+            if hazard.kind == "seed":
+                seeded[hazard.detail] = (step.name, cell)
+            elif hazard.kind == "write":
+                written[hazard.detail] = (step.name, cell)
+
+
+def _ancestors(steps: tuple[Step, ...], edges: tuple[Edge, ...]) -> dict[str, set[str]]:
+    preds: dict[str, list[str]] = {s.name: [] for s in steps}
+    for edge in edges:
+        preds[edge.target].append(edge.source)
+    out: dict[str, set[str]] = {}
+    for step in steps:  # notebook order is topological
+        found: set[str] = set()
+        for p in preds[step.name]:
+            found.add(p)
+            found |= out[p]
+        out[step.name] = found
+    return out

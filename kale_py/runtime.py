@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kale_py import marshal
+from kale_py.magics import SKIPPED_LINE_MAGICS
 
 CELL_FILE = "{notebook}, cell {cell}"  # the file name tracebacks show for a cell
 _CELL_FILE_RE = re.compile(r"^(?P<nb>.*), cell (?P<cell>\d+)$")
@@ -223,31 +224,6 @@ def _call_repr(obj: Any, method: str) -> Any:
 class Magics:
     """What generated programs call for IPython syntax (``!cmd``, ``%magic``, ``%%magic``)."""
 
-    _SKIPPED = {
-        "load_ext",
-        "reload_ext",
-        "autoreload",
-        "aimport",
-        "config",
-        "who",
-        "whos",
-        "lsmagic",
-        "precision",
-        "matplotlib",
-        "xmode",
-        "pdb",
-        "store",
-        "history",
-        "notebook",
-        "autosave",
-        "colors",
-        "magic",
-        "page",
-        "pinfo",
-        "pinfo2",
-        "psearch",
-    }
-
     def __init__(self, runtime: StepRuntime):
         self.runtime = runtime
 
@@ -305,7 +281,7 @@ class Magics:
             return None
         if name == "matplotlib":  # figures are captured after each cell, as inline
             return None
-        if name in self._SKIPPED:
+        if name in SKIPPED_LINE_MAGICS:
             self.runtime.notice(f"%{name} has no effect in a pipeline step; skipped")
             return None
         raise NotImplementedError(
