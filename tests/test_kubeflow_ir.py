@@ -334,6 +334,7 @@ def test_settings_kubeflow_cannot_express_are_errors(settings: dict[str, Any],
 
 @pytest.mark.parametrize(("p", "message"), [
     (pipeline(task("a"), name="My Pipeline"), "pipeline name 'My Pipeline' is not valid"),
+    (pipeline(), "the pipeline has no steps"),
     (pipeline(task("a", inputs=("b",)), task("b")), "depends on 'b', which is not an earlier"),
     (pipeline(task("a", state=False), task("b", inputs=("a",))), "which saves none"),
     (pipeline(task("a", parameters=("x",))), r"unknown pipeline parameters \['x'\]"),
@@ -361,11 +362,15 @@ def test_clone_tasks_avoid_step_names() -> None:
 
 # --- the payload and the bootstrap ----------------------------------------------------------------
 
-def fake_runtime_zip(source: str) -> bytes:
+def fake_runtime_zip(source: str | None, step: str | None = None) -> bytes:
+    """A payload: the runtime package (``source``), the step's own module, or both."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("kale_py/__init__.py", "")
-        z.writestr("kale_py/runtime.py", source)
+        if source is not None:
+            z.writestr("kale_py/__init__.py", "")
+            z.writestr("kale_py/runtime.py", source)
+        if step is not None:
+            z.writestr("kale_py_step.py", f"NAME = {step!r}\n")
     return buffer.getvalue()
 
 
@@ -442,8 +447,10 @@ def main(argv):
         producer, path = item.split("=", 1)
         with open(os.path.join(path, "record.json")) as f:
             loaded[producer] = json.load(f)
+    import kale_py_step  # the step's own module, from the step's payload
+
     record = {"step": a.step, "params": params, "loaded": loaded,
-              "env": os.environ.get("KALE_PY_STEP")}
+              "env": os.environ.get("KALE_PY_STEP"), "program": kale_py_step.NAME}
     outputs = {}
     if a.state_out:
         write(os.path.join(a.state_out, "record.json"), json.dumps(record))
@@ -462,18 +469,25 @@ def main(argv):
 '''
 
 
-def test_compiled_yaml_runs_with_kfp_local(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared_runtime", [False, True], ids=["runtime-in-each-step",
+                                                                 "runtime-shipped-once"])
+def test_compiled_yaml_runs_with_kfp_local(tmp_path: Path, shared_runtime: bool) -> None:
     from kfp import components
     from kfp_local_shim import container_components_as_subprocesses
 
-    runtime = fake_runtime_zip(FAKE_RUNTIME)
+    def payload(step: str) -> bytes:
+        return fake_runtime_zip(None if shared_runtime else FAKE_RUNTIME, step)
+
     p = pipeline(
-        task("prepare", parameters=("n", "msg", "seed", "rate", "flag", "opts"), payload=runtime),
-        task("left", inputs=("prepare",), report=True, payload=runtime, **GPU_STEP),
-        task("right", inputs=("prepare",), parameters=("n",), payload=runtime),
+        task("prepare", parameters=("n", "msg", "seed", "rate", "flag", "opts"),
+             payload=payload("prepare")),
+        task("left", inputs=("prepare",), report=True, payload=payload("left"), **GPU_STEP),
+        task("right", inputs=("prepare",), parameters=("n",), payload=payload("right")),
         task("join", inputs=("left", "right"), after=("prepare",), metrics=True,
-             payload=runtime),
+             payload=payload("join")),
         params=PARAMS, volumes=(Volume("ws", "/home/jovyan"),))
+    if shared_runtime:
+        p = replace(p, runtime=fake_runtime_zip(FAKE_RUNTIME))
     spec, platform = build_ir(p)
     validate_ir(spec, platform)
     path = tmp_path / "pipeline.yaml"
@@ -485,7 +499,7 @@ def test_compiled_yaml_runs_with_kfp_local(tmp_path: Path) -> None:
 
     (run,) = runs.iterdir()
     join = json.loads((run / "join" / "state" / "record.json").read_text())
-    assert join["step"] == join["env"] == "join"
+    assert join["step"] == join["env"] == join["program"] == "join"
     assert sorted(join["loaded"]) == ["left", "right"]
     prepare = join["loaded"]["left"]["loaded"]["prepare"]
     assert prepare["params"] == {"n": 5, "msg": "hello", "seed": None, "rate": 0.5,
@@ -493,6 +507,22 @@ def test_compiled_yaml_runs_with_kfp_local(tmp_path: Path) -> None:
     assert join["loaded"]["right"]["params"] == {"n": 5}
     assert json.loads((run / "join" / "metrics").read_text()) == {"producers": 2.0}
     assert "<h1>left</h1>" in (run / "left" / "report").read_text()
+
+
+def test_shared_runtime_travels_once() -> None:
+    runtime = fake_runtime_zip(base64.b64encode(random.Random(1).randbytes(30_000)).decode())
+    p = replace(pipeline(task("a"), task("b", inputs=("a",)), task("kale-runtime")),
+                runtime=runtime)
+    spec, platform = build_ir(p)
+    validate_ir(spec, platform)
+    text = ir_to_yaml(spec, platform)
+    assert text.count(base64.b64encode(runtime).decode()[:200]) == 1
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["b"]["dependentTasks"] == ["a", "kale-runtime-2"]
+    assert tasks["b"]["inputs"]["artifacts"]["runtime"] == {"taskOutputArtifact": {
+        "outputArtifactKey": "runtime", "producerTask": "kale-runtime-2"}}
+    args = spec["deploymentSpec"]["executors"]["exec-a"]["container"]["args"]
+    assert args[:2] == ["--runtime", "{{$.inputs.artifacts['runtime'].path}}"]
 
 
 # --- scale ----------------------------------------------------------------------------------------

@@ -6,7 +6,14 @@ protobuf schema. :mod:`kale_py.kubeflow.validate` checks the result against KFP'
 Every step is a *container component*: the step pod needs nothing but ``python3``. The command is
 ``python3 -c BOOTSTRAP <payload> <runtime args>``; :data:`BOOTSTRAP` base64-decodes the payload
 (a zip with ``kale_py/runtime.py`` and the step program), puts the zip on ``sys.path`` and calls
-``kale_py.runtime.main(runtime_args)``. The runtime's command line::
+``kale_py.runtime.main(runtime_args)``.
+
+With :attr:`PipelineDef.runtime` set, the runtime zip travels once instead of in every step: a
+first task (``kale-runtime``) writes it as an artifact, each step receives it as the input artifact
+``runtime`` and is started as ``python3 -c BOOTSTRAP --runtime <zip> <payload> <runtime args>``, its
+payload holding only the step's own files. A pipeline's size then grows by the step programs only.
+
+The runtime's command line::
 
     --step <display name>
     --state-in <producer>=<dir>          one per producer whose state this step loads
@@ -49,19 +56,38 @@ SCHEMA_VERSION = "2.1.0"
 SDK_VERSION = "kfp-2.17.3"
 
 #: Runs inside the step container as ``python3 -c BOOTSTRAP``. The payload may be split over
-#: several arguments (Linux caps one at 128 KiB); base64 never starts with "--" as runtime args do.
+#: several arguments (Linux caps one at 128 KiB); base64 never starts with "--" as flags do.
 BOOTSTRAP = "; ".join([
     "import atexit, base64, os, sys, tempfile",
     "a = sys.argv[1:]",
+    "r = a[1:2] if a[0] == '--runtime' else []",
+    "a = a[2:] if r else a",
     "n = next(i for i, s in enumerate(a) if s.startswith('--'))",
     "fd, z = tempfile.mkstemp(prefix='kale-py-', suffix='.zip')",
     "f = os.fdopen(fd, 'wb')",
     "f.write(base64.b64decode(''.join(a[:n])))",
     "f.close()",
     "atexit.register(os.unlink, z)",
-    "sys.path.insert(0, z)",
+    "sys.path[:0] = [z, *r]",
     "from kale_py.runtime import main",
     "sys.exit(main(a[n:]))",
+])
+#: The ``kale-runtime`` task: writes the runtime zip as its ``runtime`` artifact, and lists that
+#: artifact in its ExecutorOutput with its real URI (see the module docstring).
+UNPACK_RUNTIME = "; ".join([
+    "import base64, json, os, sys",
+    "*chunks, out, meta = sys.argv[1:]",
+    "os.makedirs(os.path.dirname(out), exist_ok=True)",
+    "f = open(out, 'wb')",
+    "f.write(base64.b64decode(''.join(chunks)))",
+    "f.close()",
+    "m = [(p, s) for p, s in (('/gcs/', 'gs://'), ('/minio/', 'minio://'), ('/s3/', 's3://'))"
+    " if out.startswith(p)]",
+    "uri = m[0][1] + out[len(m[0][0]):] if m else out",
+    "os.makedirs(os.path.dirname(meta), exist_ok=True)",
+    "f = open(meta, 'w')",
+    "json.dump({'artifacts': {'runtime': {'artifacts': [{'name': 'runtime', 'uri': uri}]}}}, f)",
+    "f.close()",
 ])
 PAYLOAD_CHUNK = 96 * 1024
 
@@ -122,6 +148,8 @@ class PipelineDef:
     volumes: tuple[Volume, ...]
     working_dir: str | None
     enable_caching: bool
+    #: The runtime zip, shipped once for all steps (then each payload holds only its step).
+    runtime: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +161,14 @@ class _Clone:
     delete_task: str
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The tasks kale_py adds around the steps."""
+
+    clones: list[_Clone]
+    runtime_task: str | None
+
+
 def build_ir(p: PipelineDef) -> tuple[Json, Json | None]:
     """The PipelineSpec and the kfp-kubernetes PlatformSpec (``None`` if no step needs one).
 
@@ -140,20 +176,22 @@ def build_ir(p: PipelineDef) -> tuple[Json, Json | None]:
     """
     _check_pipeline(p)
     params = {q.name: q for q in p.params}
-    clones = _plan_clones(p)
+    plan = _plan(p)
     components: Json = {}
     executors: Json = {}
     tasks: Json = {}
     k8s_executors: Json = {}
     for t in p.tasks:
-        components[f"comp-{t.name}"] = _component_spec(t, params)
-        executors[f"exec-{t.name}"] = {"container": _container_spec(t, p)}
-        tasks[t.name] = _task_spec(t, p, clones)
-        k8s = _kubernetes_config(t, p, clones)
+        components[f"comp-{t.name}"] = _component_spec(t, params, plan)
+        executors[f"exec-{t.name}"] = {"container": _container_spec(t, p, plan)}
+        tasks[t.name] = _task_spec(t, p, plan)
+        k8s = _kubernetes_config(t, p, plan.clones)
         if k8s:
             k8s_executors[f"exec-{t.name}"] = k8s
-    if clones:
-        _add_clone_tasks(clones, [t.name for t in p.tasks], components, executors, tasks)
+    if plan.clones:
+        _add_clone_tasks(plan.clones, [t.name for t in p.tasks], components, executors, tasks)
+    if plan.runtime_task:
+        _add_runtime_task(plan.runtime_task, p, components, executors, tasks)
     root: Json = {"dag": {"tasks": tasks}}
     if p.params:
         root["inputDefinitions"] = {"parameters": {q.name: _root_input(q) for q in p.params}}
@@ -203,6 +241,8 @@ def _check_pipeline(p: PipelineDef) -> None:
     if not _PIPELINE_NAME.match(p.name):
         raise _fail(f"pipeline name {p.name!r} is not valid in Kubeflow: use lowercase letters, "
                     "digits and '-' (at most 128 characters, starting with a letter or digit)")
+    if not p.tasks:
+        raise _fail("the pipeline has no steps")
     params = {q.name for q in p.params}
     for q in p.params:
         if q.type not in PARAMETER_TYPES:
@@ -248,12 +288,14 @@ def _root_input(q: PipelineParam) -> Json:
             "parameterType": PARAMETER_TYPES[q.type]}
 
 
-def _component_spec(t: TaskDef, params: dict[str, PipelineParam]) -> Json:
+def _component_spec(t: TaskDef, params: dict[str, PipelineParam], plan: _Plan) -> Json:
     spec: Json = {"executorLabel": f"exec-{t.name}"}
     inputs: Json = {}
-    if t.inputs:
-        inputs["artifacts"] = {f"state-{src}": _artifact_type("system.Artifact")
-                               for src in t.inputs}
+    artifacts = {f"state-{src}": _artifact_type("system.Artifact") for src in t.inputs}
+    if plan.runtime_task:
+        artifacts["runtime"] = _artifact_type("system.Artifact")
+    if artifacts:
+        inputs["artifacts"] = artifacts
     if t.parameters:
         inputs["parameters"] = {name: {"parameterType": PARAMETER_TYPES[params[name].type]}
                                 for name in t.parameters}
@@ -290,9 +332,10 @@ def _runtime_args(t: TaskDef, p: PipelineDef) -> list[str]:
     return args
 
 
-def _container_spec(t: TaskDef, p: PipelineDef) -> Json:
+def _container_spec(t: TaskDef, p: PipelineDef, plan: _Plan) -> Json:
+    shared = ["--runtime", "{{$.inputs.artifacts['runtime'].path}}"] if plan.runtime_task else []
     container: Json = {
-        "args": payload_args(t.payload) + _runtime_args(t, p),
+        "args": shared + payload_args(t.payload) + _runtime_args(t, p),
         "command": ["python3", "-c", BOOTSTRAP],
         "env": [{"name": k, "value": v} for k, v in _environment(t, p)],
         "image": t.image,
@@ -323,9 +366,11 @@ def _home_volume(p: PipelineDef) -> str | None:
     return max(mounts, key=len) if mounts else None
 
 
-def _task_spec(t: TaskDef, p: PipelineDef, clones: list[_Clone]) -> Json:
+def _task_spec(t: TaskDef, p: PipelineDef, plan: _Plan) -> Json:
     cache = t.settings.cache if t.settings.cache is not None else p.enable_caching
-    depends = set(t.inputs) | set(t.after) | {c.create_task for c in clones}
+    depends = set(t.inputs) | set(t.after) | {c.create_task for c in plan.clones}
+    if plan.runtime_task:
+        depends.add(plan.runtime_task)
     task: Json = {
         "cachingOptions": {"enableCache": True} if cache else {},
         "componentRef": {"name": f"comp-{t.name}"},
@@ -334,11 +379,13 @@ def _task_spec(t: TaskDef, p: PipelineDef, clones: list[_Clone]) -> Json:
     if depends:
         task["dependentTasks"] = sorted(depends)
     inputs: Json = {}
-    if t.inputs:
+    sources = {f"state-{src}": (src, "state") for src in t.inputs}
+    if plan.runtime_task:
+        sources["runtime"] = (plan.runtime_task, "runtime")
+    if sources:
         inputs["artifacts"] = {
-            f"state-{src}": {"taskOutputArtifact": {"outputArtifactKey": "state",
-                                                    "producerTask": src}}
-            for src in t.inputs}
+            key: {"taskOutputArtifact": {"outputArtifactKey": output, "producerTask": producer}}
+            for key, (producer, output) in sources.items()}
     if t.parameters:
         inputs["parameters"] = {name: {"componentInputParameter": name}
                                 for name in t.parameters}
@@ -457,10 +504,33 @@ def _toleration(key: str, value: str, effect: str) -> Json:
     return {k: v for k, v in toleration.items() if v}  # protobuf JSON leaves empty strings out
 
 
-# --- volumes restored from snapshots ------------------------------------------------------------
+# --- tasks around the steps: the shared runtime, volumes restored from snapshots ----------------
 
-def _plan_clones(p: PipelineDef) -> list[_Clone]:
+def _plan(p: PipelineDef) -> _Plan:
     taken = {t.name for t in p.tasks}
+    runtime_task = _unique("kale-runtime", taken) if p.runtime is not None else None
+    return _Plan(_plan_clones(p, taken), runtime_task)
+
+
+def _add_runtime_task(name: str, p: PipelineDef, components: Json, executors: Json,
+                      tasks: Json) -> None:
+    components[f"comp-{name}"] = {
+        "executorLabel": f"exec-{name}",
+        "outputDefinitions": {"artifacts": {"runtime": _artifact_type("system.Artifact")}}}
+    executors[f"exec-{name}"] = {"container": {
+        "args": payload_args(p.runtime or b"") + ["{{$.outputs.artifacts['runtime'].path}}",
+                                                  "{{$.outputs.output_file}}"],
+        "command": ["python3", "-c", UNPACK_RUNTIME],
+        "image": p.tasks[0].image,  # any image with python3; the steps' is pulled anyway
+    }}
+    tasks[name] = {
+        "cachingOptions": {"enableCache": True} if p.enable_caching else {},
+        "componentRef": {"name": f"comp-{name}"},
+        "taskInfo": {"name": name},
+    }
+
+
+def _plan_clones(p: PipelineDef, taken: set[str]) -> list[_Clone]:
     clones = []
     for v in p.volumes:
         if v.type == "pvc":
