@@ -373,7 +373,7 @@ class Client:
                     seen[key] = state
                     out(f"  {task.get('display_name', key)}: {state}")
             state = str(run.get("state", ""))
-            if seen.get("") != state:
+            if state and seen.get("") != state:
                 seen[""] = state
                 out(f"Run {state}")
             if state in TERMINAL_STATES:

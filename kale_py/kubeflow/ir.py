@@ -165,7 +165,7 @@ class _Clone:
 class _Plan:
     """The tasks kale_py adds around the steps."""
 
-    clones: list[_Clone]
+    clones: tuple[_Clone, ...]
     runtime_task: str | None
 
 
@@ -452,7 +452,7 @@ def _memory_to_float(memory: str, step: str) -> float:
 
 # --- kfp-kubernetes executor config ------------------------------------------------------------
 
-def _kubernetes_config(t: TaskDef, p: PipelineDef, clones: list[_Clone]) -> Json:
+def _kubernetes_config(t: TaskDef, p: PipelineDef, clones: Iterable[_Clone]) -> Json:
     s = t.settings
     config: Json = {}
     if s.timeout:
@@ -473,7 +473,7 @@ def _kubernetes_config(t: TaskDef, p: PipelineDef, clones: list[_Clone]) -> Json
     return config
 
 
-def _pvc_mounts(volumes: Iterable[Volume], clones: list[_Clone]) -> list[Json]:
+def _pvc_mounts(volumes: Iterable[Volume], clones: Iterable[_Clone]) -> list[Json]:
     cloned = {c.volume.name: c for c in clones}
     mounts = []
     for v in volumes:
@@ -509,7 +509,7 @@ def _toleration(key: str, value: str, effect: str) -> Json:
 def _plan(p: PipelineDef) -> _Plan:
     taken = {t.name for t in p.tasks}
     runtime_task = _unique("kale-runtime", taken) if p.runtime is not None else None
-    return _Plan(_plan_clones(p, taken), runtime_task)
+    return _Plan(tuple(_plan_clones(p, taken)), runtime_task)
 
 
 def _add_runtime_task(name: str, p: PipelineDef, components: Json, executors: Json,
@@ -555,7 +555,7 @@ def _unique(base: str, taken: set[str]) -> str:
     return name
 
 
-def _add_clone_tasks(clones: list[_Clone], steps: list[str], components: Json,
+def _add_clone_tasks(clones: Iterable[_Clone], steps: list[str], components: Json,
                      executors: Json, tasks: Json) -> None:
     taken = set(components)
     create_comp, delete_comp = _unique("comp-createpvc", taken), _unique("comp-deletepvc", taken)
