@@ -199,6 +199,11 @@ def _run(args: argparse.Namespace) -> int:
         if not sep or not name.strip():
             raise RunError(error("NB307", f"--param {item!r}: expected NAME=VALUE"))
         overrides[name.strip()] = value
+    pipeline = _load(args.notebook)
+    if not pipeline.ok:
+        errors = [d for d in pipeline.diagnostics if d.is_error]
+        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+        return 1
     options = RunOptions(
         params=overrides,
         only=tuple(args.only),
@@ -208,7 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=args.progress,
         run_id=args.run_id,
     )
-    return run_local(_load(args.notebook), options, sys.stdout).exit_code
+    return run_local(pipeline, options, sys.stdout).exit_code
 
 
 def _print_diagnostics(
