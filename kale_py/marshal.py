@@ -1,0 +1,1007 @@
+"""Variables between pipeline steps: one file per variable, written at the disk's speed.
+
+This module travels alone into step processes and Kubernetes pods (as ``kale_py.marshal``
+or copied as a top-level module under another name: ``marshal`` itself is a built-in
+module and would shadow it). So it uses the standard library only; cloudpickle or dill
+are imported only when plain pickle refuses an object.
+
+A saved variable is one file, ``<state_dir>/<name>.kpk``. Integers are little-endian::
+
+    offset 0   8 bytes   magic  b"\\x89KPK\\r\\n\\x1a\\n"
+           8   4 bytes   format version (FORMAT_VERSION)
+          12   4 bytes   header length H
+          16   H bytes   JSON header: pickler, name, type, [offset, length] of the main
+                         pickle stream and of every out-of-band buffer
+                         the main pickle stream (protocol 5)
+                         each PickleBuffer of 64 KiB or more, starting on a 4 KiB boundary
+
+Loading maps the file copy-on-write, so arrays come back lazily paged in, writable, and
+backed by the page cache instead of freshly allocated memory (the fast path for large
+arrays and DataFrames, see notes/state-passing-and-analysis.md). Each step writes a
+``manifest.json`` next to its variables listing name, type, format, size and hash.
+
+    >>> rec = save_variable("x", [1, 2, 3], "/tmp/state", step="load")  # doctest: +SKIP
+    >>> load_variable(rec, "/tmp/state", allowed_root="/tmp")  # doctest: +SKIP
+    [1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib
+import io
+import json
+import keyword
+import mmap
+import os
+import pickle
+import struct
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Union
+
+__all__ = [
+    "FORMAT_VERSION",
+    "HASH_ALGORITHM",
+    "MANIFEST_NAME",
+    "StateError",
+    "VariableRecord",
+    "hash_file",
+    "load_variable",
+    "read_manifest",
+    "save_variable",
+    "save_variables",
+    "write_manifest",
+]
+
+FORMAT_VERSION = 1
+MAGIC = b"\x89KPK\r\n\x1a\n"  # PNG-style: catches text-mode and truncation damage early
+SUFFIX = ".kpk"
+MANIFEST_NAME = "manifest.json"
+
+_PREFIX = struct.Struct("<8sII")  # magic, format version, header length
+_OOB_MIN = 64 * 1024  # smaller buffers stay in-band: one file, no per-buffer padding waste
+_ALIGN = 4096  # fixed (not mmap.PAGESIZE) so that the same value gives the same bytes everywhere
+_MAX_HEADER = 64 * 1024 * 1024
+_MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
+
+# The content hash: SHA-256 of each 16 MiB block of the file, then SHA-256 of the
+# concatenated block digests. Blocks hash in parallel threads while the file is written;
+# one SHA-256 stream (~1.1 GB/s with SHA-NI) is slower than write+fsync on a fast disk.
+HASH_ALGORITHM = "sha256-tree16m"
+_HASH_BLOCK = 16 * 1024 * 1024
+_THREADED_HASH_MIN = 8 * 1024 * 1024  # below this, threads cost more than they save
+
+_NOTEBOOK_MODULE = "__main__"
+_MAIN_MARKER = _NOTEBOOK_MODULE.encode()
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_RESOURCE_HINT = (
+    "open files, locks, generators and database connections cannot be passed between steps: "
+    "create them in the step that uses them, or mark the cell skip"
+)
+
+
+# --- errors and records ---------------------------------------------------------------------
+
+
+class StateError(Exception):
+    """A variable could not be saved or loaded.
+
+    The message says which variable, its type, the step and how to fix it. Saving
+    raises it in the producing step, so a consumer never meets an opaque pickling error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        variable: str = "",
+        type_name: str = "",
+        step: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.variable = variable
+        self.type_name = type_name
+        self.step = step
+        self.path = path
+
+
+@dataclass(frozen=True)
+class VariableRecord:
+    """One saved variable, as listed in its step's manifest."""
+
+    name: str
+    type: str  # qualified type name, e.g. "numpy.ndarray"
+    format: str  # "pickle5" | "cloudpickle" | "dill"
+    bytes: int  # file size
+    hash: str  # "<HASH_ALGORITHM>:<hex>" of the file's bytes, see hash_file()
+    file: str  # file name relative to the state directory
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariableRecord:
+        """Rebuild a record from its manifest entry."""
+        return cls(
+            name=str(data["name"]),
+            type=str(data["type"]),
+            format=str(data["format"]),
+            bytes=int(data["bytes"]),
+            hash=str(data["hash"]),
+            file=str(data["file"]),
+        )
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    module = getattr(cls, "__module__", None)
+    if module in (None, "builtins"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def _save_error(name: str, obj: object, step: str | None, what: str, hint: str) -> StateError:
+    where = f" in step {step!r}" if step else ""
+    type_name = _type_name(obj)
+    return StateError(
+        f"cannot save variable {name!r} ({type_name}){where}: {what}. Hint: {hint}",
+        variable=name,
+        type_name=type_name,
+        step=step,
+    )
+
+
+def _load_error(
+    name: str, type_name: str, path: Path | str, step: str | None, what: str, hint: str
+) -> StateError:
+    where = f" in step {step!r}" if step else ""
+    kind = f" ({type_name})" if type_name else ""
+    return StateError(
+        f"cannot load variable {name!r}{kind} from {path}{where}: {what}. Hint: {hint}",
+        variable=name,
+        type_name=type_name,
+        step=step,
+        path=str(path),
+    )
+
+
+# --- what cannot cross a process boundary ---------------------------------------------------
+
+# kind -> how to fix it
+_RESOURCE_HINTS = {
+    "generator": "convert it to a list in the producing step (x = list(x)), or create it in "
+    "the step that uses it",
+    "open file": _RESOURCE_HINT,
+    "lock": _RESOURCE_HINT,
+    "thread": "threads cannot be passed between steps: start them in the step that uses them",
+    "socket": _RESOURCE_HINT,
+    "database connection": _RESOURCE_HINT,
+}
+
+
+def _resource_types() -> list[tuple[tuple[type, ...], str]]:
+    """Types that hold an operating-system or interpreter resource, by kind.
+
+    socket and sqlite3 are only consulted when already imported: an object of theirs
+    cannot exist otherwise, and importing them here would slow every step down.
+    """
+    kinds: list[tuple[tuple[type, ...], str]] = [
+        ((types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType), "generator"),
+        ((io.IOBase, mmap.mmap), "open file"),
+        ((type(threading.Lock()), type(threading.RLock())), "lock"),
+        ((threading.Thread,), "thread"),
+    ]
+    socket = sys.modules.get("socket")
+    if socket is not None:
+        kinds.append(((socket.socket,), "socket"))
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None:
+        kinds.append(((sqlite3.Connection, sqlite3.Cursor), "database connection"))
+    return kinds
+
+
+class _Unsavable(Exception):
+    """Raised from inside a pickler on an object holding a resource."""
+
+    def __init__(self, obj: object, kind: str) -> None:
+        super().__init__(kind)
+        self.obj = obj
+        self.kind = kind
+
+
+class _NeedsByValue(Exception):
+    """Raised from inside a pickler on a function or class defined in notebook code."""
+
+    def __init__(self, obj: object) -> None:
+        super().__init__(getattr(obj, "__qualname__", repr(obj)))
+        self.obj = obj
+
+
+def _resource_check(kinds: list[tuple[tuple[type, ...], str]]) -> Callable[[object], None]:
+    every = tuple(t for group, _ in kinds for t in group)
+
+    def check(obj: object) -> None:
+        if not isinstance(obj, every):
+            return
+        # In-memory streams pickle fine and are plain data.
+        if isinstance(obj, (io.BytesIO, io.StringIO)):
+            return
+        raise _Unsavable(obj, next(kind for group, kind in kinds if isinstance(obj, group)))
+
+    return check
+
+
+class _NotebookCodePickler(pickle.Pickler):
+    """Plain pickle that stops at functions and classes defined in notebook code.
+
+    Plain pickle saves those by name (``__main__.f``); a later step that does not run the
+    cell defining them could not load them. Instances of notebook classes stay by
+    reference (the consumer re-executes the class definition), so a class is only
+    flagged when it is not being saved as the class of the instance just seen.
+    """
+
+    def __init__(self, file: Any, protocol: int,
+                 buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> None:
+        super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
+        self._instance_class: type | None = None
+
+    def reducer_override(self, obj: object) -> Any:
+        expected, self._instance_class = self._instance_class, None
+        if isinstance(obj, type):
+            if obj.__module__ == _NOTEBOOK_MODULE and obj is not expected:
+                raise _NeedsByValue(obj)
+        elif isinstance(obj, types.FunctionType):
+            if obj.__module__ == _NOTEBOOK_MODULE:
+                raise _NeedsByValue(obj)
+        elif type(obj).__module__ == _NOTEBOOK_MODULE:
+            # The pickler saves the instance's class right after this call.
+            self._instance_class = type(obj)
+        return NotImplemented
+
+
+def _guarded(base: type, check: Callable[[object], None]) -> type:
+    """A subclass of a by-value pickler that refuses resources before pickling them.
+
+    cloudpickle would turn an open file into a StringIO of its contents and dill would
+    reopen it by name in the consumer: both silently change what the variable means.
+    """
+    parent = getattr(base, "reducer_override", None)
+
+    def reducer_override(self: Any, obj: object) -> Any:
+        check(obj)
+        return NotImplemented if parent is None else parent(self, obj)
+
+    return type(f"Guarded{base.__name__}", (base,), {"reducer_override": reducer_override})
+
+
+def _by_value_picklers() -> Iterator[tuple[str, Callable[..., Any], dict[str, Any]]]:
+    """cloudpickle, then dill; each imported only when the previous one is missing or failed.
+
+    dill is last on purpose: importing it patches pickle's pure-Python pickler process-wide,
+    and its pickler is pure Python (15-20x slower than the C pickler on object-heavy data).
+    """
+    check = _resource_check(_resource_types())
+    try:
+        cloudpickle = importlib.import_module("cloudpickle")
+    except ImportError:
+        pass
+    else:
+        yield "cloudpickle", _guarded(cloudpickle.Pickler, check), {}
+    try:
+        dill = importlib.import_module("dill")
+    except ImportError:
+        return
+    # recurse=True carries the globals a function uses, like cloudpickle does.
+    yield "dill", _guarded(dill.Pickler, check), {"recurse": True}
+
+
+# --- pickling -------------------------------------------------------------------------------
+
+
+class _ChunkSink:
+    """A write-only file that keeps the pickler's frames without copying them together.
+
+    The C pickler hands over each ~64 KiB frame as a new bytes object and large in-band
+    payloads (a big non-contiguous array's bytes) as the object itself, so holding the
+    list costs nothing extra where a BytesIO would copy everything once more.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes | memoryview] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        if not isinstance(data, bytes):
+            data = pickle.PickleBuffer(data).raw()  # any contiguous buffer, as flat bytes
+        self.chunks.append(data)
+        self.size += len(data)
+        return len(data)
+
+
+@dataclass
+class _Encoded:
+    pickler: str
+    main: list[bytes | memoryview]
+    main_size: int
+    buffers: list[memoryview] = field(default_factory=list)
+
+    def mentions_notebook_module(self) -> bool:
+        # Opcodes only ever sit in the C pickler's bytes frames, so a global from
+        # __main__ always puts the literal module name in one of them.
+        return any(isinstance(c, bytes) and _MAIN_MARKER in c for c in self.main)
+
+
+def _dump(obj: object, pickler: Callable[..., Any], name: str, **options: Any) -> _Encoded:
+    sink = _ChunkSink()
+    buffers: list[memoryview] = []
+
+    def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # non-contiguous: in-band, where pickle reports it
+        if raw.nbytes < _OOB_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
+    pickler(sink, protocol=5, buffer_callback=keep_out_of_band, **options).dump(obj)
+    return _Encoded(name, sink.chunks, sink.size, buffers)
+
+
+# What plain pickle raises when it refuses an object (a lambda, a closure, a lock...).
+_REFUSALS = (pickle.PicklingError, TypeError, AttributeError)
+
+
+def _encode(name: str, obj: object, step: str | None) -> _Encoded:
+    """Pickle `obj` with plain pickle, or by value when plain pickle cannot carry it."""
+    try:
+        plain = _dump(obj, pickle.Pickler, "pickle5")
+    except _REFUSALS as refusal:
+        return _encode_refused(name, obj, step, refusal)
+    except Exception as exc:
+        raise _pickling_failed(name, obj, step, exc) from exc
+    if not plain.mentions_notebook_module():
+        return plain
+    # Something from __main__ is in there: instances of notebook classes are fine by
+    # reference, functions and classes themselves are not (see _NotebookCodePickler).
+    try:
+        return _dump(obj, _NotebookCodePickler, "pickle5")
+    except _NeedsByValue:
+        by_value, _ = _dump_by_value(obj)
+        # By name still works when the consumer defines it (a cell tagged functions), and
+        # it is the only way when by value fails (a function using a database connection).
+        return by_value or plain
+    except Exception as exc:
+        raise _pickling_failed(name, obj, step, exc) from exc
+
+
+def _dump_by_value(obj: object) -> tuple[_Encoded | None, Exception | None]:
+    """The first by-value pickle that succeeds, or else the first failure."""
+    first_failure: Exception | None = None
+    for pickler_name, pickler, options in _by_value_picklers():
+        try:
+            return _dump(obj, pickler, pickler_name, **options), None
+        except _Unsavable as unsavable:
+            return None, unsavable  # every pickler refuses resources alike
+        except Exception as exc:
+            first_failure = first_failure or exc
+    return None, first_failure
+
+
+def _encode_refused(name: str, obj: object, step: str | None, refusal: Exception) -> _Encoded:
+    encoded, failure = _dump_by_value(obj)
+    if encoded is not None:
+        return encoded
+    if isinstance(failure, _Unsavable):
+        raise _resource_error(name, obj, step, failure)
+    if failure is not None:
+        raise _pickling_failed(name, obj, step, failure) from failure
+    _raise_if_resource(name, obj, step)
+    raise _save_error(
+        name, obj, step, f"plain pickle refuses it ({type(refusal).__name__}: {refusal})",
+        "lambdas, closures and functions or classes defined inside other functions need "
+        "cloudpickle: install it where the steps run (pip install cloudpickle), or move the "
+        "definition to a cell tagged functions",
+    ) from refusal
+
+
+def _raise_if_resource(name: str, obj: object, step: str | None) -> None:
+    """Find a resource inside `obj` for the error message when no by-value pickler exists."""
+    try:
+        _dump(obj, _ResourceSearch, "pickle5")
+    except _Unsavable as unsavable:
+        raise _resource_error(name, obj, step, unsavable) from None
+    except Exception:
+        return
+
+
+class _ResourceSearch(pickle.Pickler):
+    """Walks an object like pickle does, stopping only at resources.
+
+    Functions and classes (lambdas, local classes) would stop plain pickle before it
+    reaches the resource, so a placeholder stands in for them.
+    """
+
+    def __init__(self, file: Any, protocol: int,
+                 buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> None:
+        super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
+        self._check = _resource_check(_resource_types())
+
+    def reducer_override(self, obj: object) -> Any:
+        self._check(obj)
+        if isinstance(obj, (types.FunctionType, type)):
+            return abs, (0,)
+        return NotImplemented
+
+
+def _resource_error(name: str, obj: object, step: str | None, found: _Unsavable) -> StateError:
+    article = "an" if found.kind[0] in "aeiou" else "a"
+    what = f"{article} {found.kind} cannot be passed to another process"
+    if found.obj is not obj:
+        what = f"it contains {article} {found.kind} ({_type_name(found.obj)}), and {what}"
+    return _save_error(name, obj, step, what, _RESOURCE_HINTS[found.kind])
+
+
+def _pickling_failed(name: str, obj: object, step: str | None, exc: BaseException) -> StateError:
+    if isinstance(exc, RecursionError):
+        return _save_error(
+            name, obj, step, "it is nested too deeply to pickle",
+            "flatten the structure, or raise the limit with sys.setrecursionlimit() in the step",
+        )
+    return _save_error(
+        name, obj, step, f"pickling it failed with {type(exc).__name__}: {exc}",
+        "make the object picklable (its __reduce__/__getstate__ raised), create it in the step "
+        "that uses it, or mark the cell skip",
+    )
+
+
+# --- file layout and hashing ----------------------------------------------------------------
+
+_ZEROS = bytes(_ALIGN)
+_O_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _align(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+def _layout(enc: _Encoded, name: str, type_name: str) -> tuple[list[bytes | memoryview], int]:
+    """The file's byte segments in order (prefix and header, main stream, padded buffers)."""
+    main_offset = _PREFIX.size
+    for _ in range(16):  # offsets and header length depend on each other; settles in 2-3 rounds
+        spans = []
+        end = main_offset + enc.main_size
+        for buffer in enc.buffers:
+            start = _align(end)
+            spans.append([start, buffer.nbytes])
+            end = start + buffer.nbytes
+        header = json.dumps(
+            {"pickler": enc.pickler, "name": name, "type": type_name,
+             "main": [main_offset, enc.main_size], "buffers": spans},
+            separators=(",", ":"),
+        ).encode()
+        if _PREFIX.size + len(header) == main_offset:
+            break
+        main_offset = _PREFIX.size + len(header)
+    else:  # pragma: no cover - the lengths only grow, so they always settle
+        raise AssertionError("file layout did not settle")
+    segments: list[bytes | memoryview] = [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header]
+    segments.extend(enc.main)
+    position = main_offset + enc.main_size
+    for buffer, (start, length) in zip(enc.buffers, spans, strict=True):
+        if start > position:
+            segments.append(memoryview(_ZEROS)[: start - position])
+        segments.append(buffer)
+        position = start + length
+    return segments, position
+
+
+def _hash_threads() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    # Two SHA-256 streams already outrun write+fsync on a 1 GB/s disk; beyond the core
+    # count they only compete with the writer.
+    return max(1, min(cpus, 4))
+
+
+class _TreeHasher:
+    """Hashes 16 MiB blocks of a byte sequence, in worker threads for large files.
+
+    hashlib releases the GIL on large updates, so the blocks hash on other cores while
+    the main thread writes the same memory to the file.
+    """
+
+    def __init__(self, segments: Sequence[bytes | memoryview], size: int) -> None:
+        self._blocks = _split_blocks(segments)
+        self._digests = [b""] * len(self._blocks)
+        self._next = 0
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._error: BaseException | None = None
+        count = _hash_threads() if size >= _THREADED_HASH_MIN else 0
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(count)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        try:
+            while not self._cancelled:
+                with self._lock:
+                    index, self._next = self._next, self._next + 1
+                if index >= len(self._blocks):
+                    return
+                block = hashlib.sha256()
+                for piece in self._blocks[index]:
+                    block.update(piece)
+                self._digests[index] = block.digest()
+        except BaseException as exc:  # re-raised in the caller's thread by hexdigest()
+            self._error = exc
+
+    def hexdigest(self) -> str:
+        if not self._threads:
+            self._work()
+        for thread in self._threads:
+            thread.join()
+        if self._error is not None:
+            raise self._error
+        return f"{HASH_ALGORITHM}:{hashlib.sha256(b''.join(self._digests)).hexdigest()}"
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+
+
+def _split_blocks(segments: Sequence[bytes | memoryview]) -> list[list[memoryview]]:
+    blocks: list[list[memoryview]] = [[]]
+    room = _HASH_BLOCK
+    for segment in segments:
+        view = memoryview(segment)
+        while view.nbytes:
+            take = min(room, view.nbytes)
+            blocks[-1].append(view[:take])
+            view = view[take:]
+            room -= take
+            if room == 0:
+                blocks.append([])
+                room = _HASH_BLOCK
+    if not blocks[-1]:
+        blocks.pop()
+    return blocks
+
+
+def hash_file(path: PathLike) -> str:
+    """The hash a VariableRecord carries, recomputed from the file (for checks and tools)."""
+    digests = []
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digests.append(hashlib.sha256(block).digest())
+    return f"{HASH_ALGORITHM}:{hashlib.sha256(b''.join(digests)).hexdigest()}"
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def _write_all(fd: int, segment: bytes | memoryview) -> None:
+    view = memoryview(segment)
+    while view.nbytes:
+        written = os.write(fd, view[:_MAX_WRITE])
+        view = view[written:]
+
+
+class _PendingFile:
+    """A variable's file while it is written: a temp file beside its final name.
+
+    Only commit() makes it visible (atomic rename); abort() removes every trace.
+    """
+
+    def __init__(self, directory: Path, file_name: str, segments: list[bytes | memoryview],
+                 size: int) -> None:
+        self.final = directory / file_name
+        self.temp = directory / f".{file_name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        self._segments = segments
+        self._hasher = _TreeHasher(segments, size)
+        self._fd = -1
+
+    def write(self) -> None:
+        self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_FLAGS, 0o644)
+        self._hasher.start()
+        for segment in self._segments:
+            _write_all(self._fd, segment)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def commit(self) -> str:
+        digest = self._hasher.hexdigest()
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self.temp, self.final)
+        self._segments = []  # let the pickled data go before the next variable is pickled
+        return digest
+
+    def abort(self) -> None:
+        self._hasher.cancel()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with suppress(FileNotFoundError):
+            os.unlink(self.temp)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames durable. Best effort: some platforms cannot open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- saving ---------------------------------------------------------------------------------
+
+
+def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | None = None
+                  ) -> VariableRecord:
+    """Save one variable as ``<state_dir>/<name>.kpk``, atomically and durably.
+
+    Raises StateError (naming the variable, its type, the step and a fix) when the
+    object cannot be saved; no file, not even a temp file, is left behind then.
+
+        >>> save_variable("df", df, "state/load", step="load").format  # doctest: +SKIP
+        'pickle5'
+    """
+    return save_variables({name: obj}, state_dir, step=step)[0]
+
+
+def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
+                   step: str | None = None) -> list[VariableRecord]:
+    """Save several variables; all files appear only when every one of them was saved.
+
+    Writing everything before the first fsync lets the disk flush all files at once.
+    """
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    pending: list[tuple[_PendingFile, VariableRecord]] = []
+    try:
+        for name, obj in names_values.items():
+            pending.append(_write_variable(name, obj, directory, step))
+        records = []
+        for file, record in pending:
+            with _io_errors(record, step, file.final):
+                file.sync()
+                records.append(replace(record, hash=file.commit()))
+    except BaseException:
+        for file, _ in pending:
+            file.abort()
+        raise
+    _fsync_directory(directory)
+    return records
+
+
+def _write_variable(name: str, obj: object, directory: Path, step: str | None
+                    ) -> tuple[_PendingFile, VariableRecord]:
+    if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
+        raise _save_error(str(name), obj, step, "the name is not a Python identifier",
+                          "only variables (valid Python names) are passed between steps")
+    type_name = _type_name(obj)
+    encoded = _encode(name, obj, step)
+    segments, size = _layout(encoded, name, type_name)
+    file_name = name + SUFFIX
+    record = VariableRecord(name, type_name, encoded.pickler, size, "", file_name)
+    file = _PendingFile(directory, file_name, segments, size)
+    try:
+        with _io_errors(record, step, file.final):
+            file.write()
+    except BaseException:
+        file.abort()
+        raise
+    return file, record
+
+
+@contextmanager
+def _io_errors(record: VariableRecord, step: str | None, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        where = f" in step {step!r}" if step else ""
+        raise StateError(
+            f"cannot save variable {record.name!r} ({record.type}){where}: writing {path} "
+            f"failed: {exc}. Hint: check that the state volume is writable and has "
+            f"{record.bytes} bytes free",
+            variable=record.name, type_name=record.type, step=step, path=str(path),
+        ) from exc
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Header:
+    pickler: str
+    name: str
+    type: str
+    main: tuple[int, int]
+    buffers: list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What load_variable was asked for: a path, and the manifest's record if given."""
+
+    path: Path
+    record: VariableRecord | None
+    name: str
+    type_name: str
+    step: str | None
+
+    def error(self, what: str, hint: str, path: Path | None = None) -> StateError:
+        return _load_error(self.name, self.type_name, path or self.path, self.step, what, hint)
+
+
+def load_variable(
+    record_or_path: VariableRecord | Mapping[str, Any] | PathLike,
+    state_dir: PathLike,
+    *,
+    allowed_root: PathLike,
+    step: str | None = None,
+) -> object:
+    """Load a variable saved by save_variable.
+
+    `record_or_path` is a VariableRecord, its manifest entry (a dict), or a file path
+    (relative paths are taken from `state_dir`). Only a file whose resolved path lies
+    inside `allowed_root` is ever unpickled. `step` (the loading step) only goes into
+    error messages. Raises StateError for a missing, foreign, corrupt or unloadable file.
+
+        >>> manifest = read_manifest("state/load")  # doctest: +SKIP
+        >>> df = load_variable(manifest["variables"]["df"], "state/load", allowed_root="state")
+    """
+    target = _locate(record_or_path, Path(state_dir), step)
+    path = _inside_root(target, allowed_root)
+    data = _map_file(target, path)
+    header = _read_header(target, path, data)
+    if target.record is not None and (target.record.bytes, target.record.name) != (
+        len(data), header.name
+    ):
+        raise target.error("the file does not match its manifest entry (size or name differ)",
+                           "re-run the step that produces it", path)
+    view = memoryview(data)
+    main = view[header.main[0] : header.main[0] + header.main[1]]
+    buffers = [view[offset : offset + length] for offset, length in header.buffers]
+    try:
+        with _gc_paused():
+            return _unpickle(header.pickler, main, buffers)
+    except Exception as exc:
+        named = replace(target, name=header.name, type_name=header.type)
+        raise _unpickling_failed(named, path, exc) from exc
+
+
+def _locate(record_or_path: VariableRecord | Mapping[str, Any] | PathLike, state_dir: Path,
+            step: str | None) -> _Target:
+    if isinstance(record_or_path, Mapping):
+        try:
+            record_or_path = VariableRecord.from_dict(record_or_path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"not a manifest entry (missing or bad {exc}): {record_or_path!r}",
+                             step=step) from exc
+    if isinstance(record_or_path, VariableRecord):
+        record = record_or_path
+        return _Target(state_dir / record.file, record, record.name, record.type, step)
+    path = Path(record_or_path)
+    if not path.is_absolute():
+        path = state_dir / path
+    name = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name
+    return _Target(path, None, name, "", step)
+
+
+def _inside_root(target: _Target, allowed_root: PathLike) -> Path:
+    # Resolving follows every symlink, so a link that leads out of the root is refused.
+    root = Path(allowed_root).resolve()
+    try:
+        path = target.path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop before 3.13
+        raise target.error(f"its path cannot be resolved ({exc})",
+                           "check the state directory") from exc
+    if not path.is_relative_to(root):
+        raise target.error(
+            f"it resolves to {path}, outside the run's state directories ({root}); only files "
+            "from the run's own state directories are ever unpickled",
+            "pass the state directory of this run (files are never loaded from elsewhere)",
+        )
+    return path
+
+
+def _map_file(target: _Target, path: Path) -> mmap.mmap | bytearray:
+    """The file's bytes: a private copy-on-write mapping, lazily paged in.
+
+    ACCESS_COPY makes the arrays built on it writable without ever writing to the file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_FLAGS | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise target.error("the file does not exist",
+                           "run the step that produces it first", path) from None
+    except OSError as exc:
+        raise target.error(f"it cannot be opened ({exc})", "check the file's permissions",
+                           path) from exc
+    try:
+        size = os.fstat(fd).st_size
+        if size < _PREFIX.size:
+            raise target.error(f"the file is truncated ({size} bytes)",
+                               "re-run the step that produces it", path)
+        try:
+            return mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError):  # a filesystem without mmap support
+            return _read_all(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, size: int) -> bytearray:
+    data = bytearray(size)
+    view = memoryview(data)
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        while view.nbytes:
+            count = f.readinto(view)
+            if not count:
+                break
+            view = view[count:]
+    return data
+
+
+def _read_header(target: _Target, path: Path, data: mmap.mmap | bytearray) -> _Header:
+    def corrupt(what: str) -> StateError:
+        return target.error(what, "re-run the step that produces it", path)
+
+    magic, version, length = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise corrupt("it is not a kale_py state file (wrong magic number)")
+    if version != FORMAT_VERSION:
+        raise target.error(
+            f"it has format version {version}, this runtime reads version {FORMAT_VERSION}",
+            "run all steps with the same kale_py version (re-run the producing step)", path)
+    if length > min(_MAX_HEADER, len(data) - _PREFIX.size):
+        raise corrupt("the file is truncated or its header is damaged")
+    try:
+        raw = json.loads(bytes(data[_PREFIX.size : _PREFIX.size + length]))
+        header = _Header(str(raw["pickler"]), str(raw["name"]), str(raw["type"]),
+                         _span(raw["main"]), [_span(b) for b in raw["buffers"]])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise corrupt(f"its header is damaged ({exc})") from None
+    spans = [header.main, *header.buffers]
+    if header.main[0] != _PREFIX.size + length or max(o + n for o, n in spans) != len(data):
+        raise corrupt(f"the file is truncated or damaged ({len(data)} bytes, "
+                      f"the header describes {max(o + n for o, n in spans)})")
+    if header.pickler not in ("pickle5", "cloudpickle", "dill"):
+        raise corrupt(f"it names an unknown pickler {header.pickler!r}")
+    return header
+
+
+def _span(value: Any) -> tuple[int, int]:
+    offset, length = value
+    if not all(type(v) is int and v >= 0 for v in (offset, length)):
+        raise ValueError(f"bad span {value!r}")
+    return offset, length
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Unpickling millions of containers triggers full collections over and over (2.5-4x)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _unpickle(pickler: str, main: memoryview, buffers: list[memoryview]) -> object:
+    if pickler == "dill":
+        # dill's own unpickler restores what its pickler special-cases (e.g. __main__ globals).
+        dill = importlib.import_module("dill")
+        return dill.Unpickler(io.BytesIO(main), buffers=buffers).load()
+    # cloudpickle output is a standard pickle stream; its helpers import by themselves.
+    return pickle.loads(main, buffers=buffers)
+
+
+def _unpickling_failed(target: _Target, path: Path, exc: Exception) -> StateError:
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        module = exc.name.partition(".")[0]
+        if module in ("cloudpickle", "dill"):
+            hint = f"it was saved by value with {module}: install {module} where the steps run"
+        else:
+            hint = (f"install {module} in this step's image: every step needs the libraries "
+                    "the notebook's kernel has")
+        return target.error(f"it needs the module {exc.name!r} ({message})", hint, path)
+    main = repr(sys.modules.get(_NOTEBOOK_MODULE))  # "<module 'pytest.__main__'...>" under -m
+    if isinstance(exc, AttributeError) and (f"<module '{_NOTEBOOK_MODULE}'" in str(exc)
+                                            or main in str(exc)):
+        return target.error(
+            f"it refers to a class or function from a notebook cell that this step does not "
+            f"run ({message})",
+            "move the class or function definition to a cell tagged functions, so every step "
+            "defines it", path)
+    if isinstance(exc, (ImportError, AttributeError)):
+        return target.error(
+            f"something it refers to is missing in this step ({message})",
+            "use the same library versions in every step; a class or function from a notebook "
+            "cell belongs in a cell tagged functions, so every step defines it", path)
+    return target.error(f"the file is corrupt or unreadable ({message})",
+                        "re-run the step that produces it", path)
+
+
+# --- manifests ------------------------------------------------------------------------------
+
+
+def write_manifest(state_dir: PathLike, step: str, records: Iterable[VariableRecord],
+                   **extra: Any) -> Path:
+    """Write ``<state_dir>/manifest.json`` atomically and return its path.
+
+    The manifest is {"step", "format_version", "variables": {name: record}, **extra};
+    `extra` values must be JSON-serialisable.
+    """
+    reserved = {"step", "format_version", "variables"} & extra.keys()
+    if reserved:
+        raise TypeError(f"write_manifest() got reserved keys in extra: {sorted(reserved)}")
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "step": step,
+        "format_version": FORMAT_VERSION,
+        "variables": {record.name: asdict(record) for record in records},
+        **extra,
+    }
+    text = json.dumps(manifest, indent=2) + "\n"
+    path = directory / MANIFEST_NAME
+    file = _PendingFile(directory, MANIFEST_NAME, [text.encode()], len(text))
+    try:
+        file.write()
+        file.sync()
+        file.commit()
+    except BaseException:
+        file.abort()
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+def read_manifest(state_dir: PathLike) -> dict[str, Any]:
+    """Read a step's manifest; StateError if it is missing, damaged or of another version."""
+    path = Path(state_dir) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StateError(f"no manifest at {path}: the step that writes it has not finished. "
+                         "Hint: run the producing step first", path=str(path)) from None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read the manifest {path}: {exc}. Hint: re-run the step "
+                         "that writes it", path=str(path)) from exc
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("variables"), dict)):
+        raise StateError(f"{path} is not a state manifest. Hint: re-run the step that "
+                         "writes it", path=str(path))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise StateError(
+            f"{path} has format version {manifest.get('format_version')!r}, this runtime "
+            f"reads {FORMAT_VERSION}. Hint: run all steps with the same kale_py version",
+            step=manifest.get("step"), path=str(path))
+    return manifest
