@@ -653,12 +653,14 @@ function RunSection(props: IActionProps & { openOutput: OpenStepOutput }): JSX.E
             return (
               <li
                 key={name}
-                className={`kale-py-run-step kale-py-status-${step.status}`}
+                className="kale-py-run-step"
                 data-step={name}
                 data-status={step.status}
               >
                 <span className="kale-py-run-step-name">{name}</span>
-                <span className="kale-py-run-step-status">{step.status}</span>
+                <span className={`kale-py-run-step-status kale-py-status-${step.status}`}>
+                  {step.status}
+                </span>
                 {step.status !== 'pending' && step.status !== 'skipped' && (
                   <button
                     className="jp-mod-styled kale-py-small kale-py-open-log"
