@@ -249,5 +249,5 @@ async def test_tag_see_graph_and_diagnostics_and_run_locally(
     saved = json.loads((root / "mean.ipynb").read_text())
     assert saved["metadata"]["kubeflow_notebook"]["pipeline_name"] == "mean"
     assert saved["cells"][4]["metadata"]["tags"] == ["step:train"]
-    assert saved["cells"][5]["source"] == "print(json.dumps({'mean': mean}))"
+    assert "".join(saved["cells"][5]["source"]) == "print(json.dumps({'mean': mean}))"
     assert page_errors == []
