@@ -1080,12 +1080,24 @@ def _step_command(ctx: _Context, name: str) -> list[str]:
 
 
 def _step_environment() -> dict[str, str]:
-    env = dict(os.environ)
+    env = kale_py_environment()
     # Output must reach the log as it is printed, not when a buffer fills.
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PYTHONIOENCODING", "utf-8")
-    # The step runs the same kale_py as this runner, installed or not.
+    return env
+
+
+def kale_py_environment() -> dict[str, str]:
+    """This process's environment, in which ``python -m kale_py...`` imports this kale_py
+    from any working directory, installed or not (a source checkout)."""
+    import site
+
+    env = dict(os.environ)
     package_parent = str(Path(__file__).resolve().parent.parent)
+    # An installed kale_py is found anyway; putting site-packages on PYTHONPATH would
+    # place it before the standard library.
+    if package_parent in {*site.getsitepackages(), site.getusersitepackages()}:
+        return env
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([package_parent, *paths])
     return env

@@ -29,6 +29,7 @@ from .local import (
     RunDirectory,
     RunOptions,
     RunPlan,
+    kale_py_environment,
     new_run_id,
     plan_run,
     read_json,
@@ -119,10 +120,7 @@ def _spawn(notebook: Path, options: RunOptions, run_dir: Path) -> int:
         command += ["--only", step]
     if options.from_step is not None:
         command += ["--from", options.from_step]
-    env = dict(os.environ)
-    # The runner imports the same kale_py as the server, installed or not.
-    paths = [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env = kale_py_environment()
     with (run_dir / "runner.log").open("ab") as log:
         process = subprocess.Popen(
             command,

@@ -160,7 +160,9 @@ def test_independent_branches_run_at_the_same_time(tmp_path: Path) -> None:
 
 
 def test_jobs_1_runs_one_step_at_a_time(tmp_path: Path) -> None:
-    notebook = write_notebook(tmp_path / "fan.ipynb", FAN)
+    # the same graph, without the sleeps: the order alone shows the limit
+    cells = [c if isinstance(c, str) else (c[0], c[1].replace("sleep(1)", "")) for c in FAN]
+    notebook = write_notebook(tmp_path / "fan.ipynb", cells)
 
     result = run_local(
         check_notebook(notebook), RunOptions(jobs=1, progress="quiet"), io.StringIO()
@@ -349,6 +351,7 @@ def test_failed_step_is_retried(tmp_path: Path) -> None:
     assert result.status == "succeeded"
     step = last_run(notebook)["steps"]["flaky"]
     assert step["attempts"] == 2
+    assert (tmp_path / "tries.txt").read_text() == "xx"  # in the notebook's directory
     log = tmp_path / ".nb2pipe" / "runs" / result.run_id / "logs" / "flaky.log"
     assert "AssertionError: not yet" in log.read_text()
 
