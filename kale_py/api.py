@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .diagnostics import CheckError, SubmitError, error
 from .graph import Pipeline, build_pipeline
 from .notebook import notebook_from_dict, read_notebook
 
@@ -35,3 +37,140 @@ def analyse(path: str | Path, notebook: dict[str, Any] | None = None) -> dict[st
     path = Path(path)
     nb = notebook_from_dict(notebook, path) if notebook is not None else read_notebook(path)
     return pipeline_to_dict(build_pipeline(nb))
+
+
+def compile_notebook(
+    path: str | Path,
+    output: str | Path | None = None,
+    params: Mapping[str, str] | None = None,
+    image: str | None = None,
+) -> dict[str, Any]:
+    """Compile to Kubeflow Pipelines v2 YAML and write it (default: beside the notebook).
+
+    ``params`` are ``--param``-style texts, read by each parameter's type. Returns
+    ``{"path", "bytes", "steps", "name"}``. Raises :class:`~kale_py.diagnostics.KalePyError`
+    (nothing is written) when the notebook has errors.
+    """
+    from .kubeflow.compile import compile_pipeline, write_pipeline
+    from .parameters import parse_param_overrides
+
+    path = Path(path)
+    pipeline = _checked(path)
+    values = parse_param_overrides(pipeline.parameters, dict(params or {}))
+    compiled = compile_pipeline(pipeline, values, image=image)
+    target = Path(output) if output is not None else path.with_suffix(".yaml")
+    write_pipeline(compiled, target)
+    return {
+        "path": str(target),
+        "bytes": compiled.bytes,
+        "steps": compiled.steps,
+        "name": compiled.name,
+    }
+
+
+def submit(
+    path: str | Path,
+    *,
+    host: str | None = None,
+    experiment: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+    params: Mapping[str, str] | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    image: str | None = None,
+    watch: bool = False,
+    out: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Compile (for a notebook) and submit to a KFP endpoint; with ``watch``, wait for the end.
+
+    ``path`` is a notebook or an already compiled ``.yaml``. Host, experiment and namespace
+    fall back to the notebook's metadata. Returns the ids, the run's link and, when watched,
+    its final ``state``.
+    """
+    from .kubeflow.client import submit_pipeline
+
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        text, default_name, typed = _read_compiled(path, dict(params or {}))
+        description, settings_host, settings_experiment, settings_ns = None, None, None, None
+    else:
+        from .kubeflow.compile import compile_pipeline
+        from .parameters import parse_param_overrides
+
+        pipeline = _checked(path)
+        typed = parse_param_overrides(pipeline.parameters, dict(params or {}))
+        compiled = compile_pipeline(pipeline, image=image)
+        text, default_name = compiled.yaml, compiled.name
+        s = pipeline.settings
+        description, settings_host = s.pipeline_description, s.kfp_host
+        settings_experiment, settings_ns = s.experiment_name, s.namespace
+    result = submit_pipeline(
+        text,
+        name=name or default_name,
+        description=description,
+        host=host or settings_host,
+        token=token,
+        namespace=namespace or settings_ns,
+        experiment=experiment or settings_experiment or "Default",
+        params=typed,
+        version_name=version,
+        watch=watch,
+        out=out,
+    )
+    return {
+        "pipeline_id": result.pipeline_id,
+        "version_id": result.version_id,
+        "experiment_id": result.experiment_id,
+        "run_id": result.run_id,
+        "run_url": result.run_url,
+        "state": result.final_state,
+    }
+
+
+def list_experiments(
+    host: str | None = None, token: str | None = None, namespace: str | None = None
+) -> list[dict[str, str]]:
+    """The experiments of a KFP endpoint, for choosing one in the side panel."""
+    from .kubeflow.client import list_experiments as list_remote
+
+    return [
+        {"id": e.experiment_id, "name": e.display_name}
+        for e in list_remote(host=host, token=token, namespace=namespace)
+    ]
+
+
+def _checked(path: Path) -> Pipeline:
+    pipeline = check_notebook(path)
+    if not pipeline.ok:
+        raise CheckError([d for d in pipeline.diagnostics if d.is_error])
+    return pipeline
+
+
+def _read_compiled(path: Path, params: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
+    """A compiled pipeline's text, name, and ``--param`` texts typed by its root inputs."""
+    import yaml  # type: ignore[import-untyped]
+
+    from .parameters import Parameter, parse_param_overrides
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        spec = next(d for d in yaml.safe_load_all(text) if d)
+        name = spec["pipelineInfo"]["name"]
+        inputs = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    except (OSError, yaml.YAMLError, StopIteration, KeyError, TypeError) as exc:
+        raise SubmitError(error("KF002", f"{path}: not a compiled pipeline ({exc})")) from None
+    kinds = {
+        "NUMBER_INTEGER": "int",
+        "NUMBER_DOUBLE": "float",
+        "STRING": "str",
+        "BOOLEAN": "bool",
+        "LIST": "list",
+        "STRUCT": "dict",
+    }
+    declared = [
+        Parameter(n, kinds.get(d.get("parameterType", ""), "str"), d.get("defaultValue"), 0, 0)
+        for n, d in inputs.items()
+    ]
+    typed = parse_param_overrides(declared, params)
+    return text, name, {k: v for k, v in typed.items() if k in params}

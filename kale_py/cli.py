@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     graph.set_defaults(command=_graph)
 
     _run_parser(sub)
+    _compile_parser(sub)
+    _submit_parser(sub)
     return parser
 
 
@@ -241,3 +243,72 @@ def _print_diagnostics(
     label = str(path) if path else "nb2pipe"
     for d in diagnostics:
         print(diagnostic_to_text(d, notebook, label), file=stream)
+
+
+# --- Kubeflow Pipelines ------------------------------------------------------------------------
+
+
+def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    compile_ = sub.add_parser(
+        "compile", help="write Kubeflow Pipelines v2 YAML",
+        description="Compile the notebook to Kubeflow Pipelines v2 YAML (validated against "
+        "KFP's own schema before it is written).")
+    _notebook_arg(compile_)
+    compile_.add_argument("-o", "--output", type=Path, metavar="PIPELINE.yaml",
+                          help="where to write (default: NOTEBOOK's name with .yaml, beside it)")
+    compile_.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                          help="change a parameter's default in the compiled pipeline")
+    compile_.add_argument("--image", help="the default image of the steps (default: the "
+                          "notebook's base_image, else $KALE_PY_IMAGE, else python:3.11)")
+    compile_.set_defaults(command=_compile)
+
+
+def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    submit = sub.add_parser(
+        "submit", help="upload and run on a Kubeflow Pipelines endpoint",
+        description="Upload the pipeline (or a new version of it), create the experiment if "
+        "needed and start a run. The host comes from --host, the notebook's kfp_host, "
+        "$KF_PIPELINES_ENDPOINT, or the cluster when run inside a Kubeflow notebook.")
+    submit.add_argument("notebook", type=Path, metavar="NOTEBOOK|PIPELINE.yaml")
+    submit.add_argument("--host", help="the KFP endpoint, e.g. https://kubeflow.example.com/pipeline")
+    submit.add_argument("--experiment", help="experiment name (default: the notebook's)")
+    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    submit.add_argument("--token", help="bearer token (default: $KF_PIPELINES_TOKEN, the "
+                        "in-cluster service account token, or the kubeconfig)")
+    submit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    submit.add_argument("--name", help="pipeline name (default: the notebook's pipeline_name)")
+    submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
+    submit.add_argument("--image", help="the default image of the steps")
+    submit.add_argument("--watch", action="store_true",
+                        help="follow the run to its end; exit 0 only if it succeeded")
+    submit.set_defaults(command=_submit)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from .api import compile_notebook
+
+    output = args.output or args.notebook.with_suffix(".yaml")
+    result = compile_notebook(args.notebook, output, _overrides(args.param), image=args.image)
+    print(f"{result['path']}: {result['steps']} steps, {result['bytes']} bytes")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .api import submit
+
+    result = submit(args.notebook, host=args.host, experiment=args.experiment,
+                    namespace=args.namespace, token=args.token, params=_overrides(args.param),
+                    name=args.name, version=args.version, image=args.image, watch=args.watch)
+    if args.watch:
+        return 0 if result["state"] == "SUCCEEDED" else 1
+    return 0
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"nb2pipe: --param takes NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out

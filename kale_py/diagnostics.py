@@ -43,7 +43,16 @@ CODES: dict[str, str] = {
     "NB303": "a pipeline parameter is defined twice",
     "NB304": "a pipeline-metrics line is not understood",
     "NB305": "a pipeline metric names a variable that no earlier step defines",
+    "NB306": "--param names no pipeline parameter",
+    "NB307": "--param value does not fit the parameter's type",
     "NB401": "the notebook has no code to run",
+    "KF001": "a step setting cannot be expressed in Kubeflow Pipelines",
+    "KF002": "the compiled pipeline is not valid KFP IR",
+    "KF101": "the KFP endpoint cannot be reached",
+    "KF102": "the KFP endpoint refused the credentials (401/403)",
+    "KF103": "no KFP API at that address (404, or an answer that is not KFP JSON)",
+    "KF104": "the KFP endpoint answered with an error",
+    "KF105": "the KFP connection is not configured (host, token, namespace)",
 }
 
 

@@ -17,8 +17,8 @@ from .analysis import (
     FunctionInfo,
     analyse_source,
     function_closure,
-    strip_magics,
     function_writes,
+    strip_magics,
 )
 from .diagnostics import Diagnostic, error, has_errors, sort_diagnostics, warning
 from .hazards import Hazard, find_hazards
@@ -202,6 +202,9 @@ class _StepState:
     writes: frozenset[str] = frozenset()
     reads: frozenset[str] = frozenset()
     hazards: list[tuple[Hazard, int, int]] = field(default_factory=list)  # (hazard, cell, line)
+    # names the step binds only on some paths, with their provider when the step ran:
+    # if the step provides such a name, it must start from the earlier value
+    partial: dict[str, str | None] = field(default_factory=dict)
 
 
 class _GraphBuilder:
@@ -227,6 +230,7 @@ class _GraphBuilder:
                 self._step(item)
             else:
                 self._metrics_cell(item)
+        self._load_partial_bindings()
         _check_split_steps(self.blocks.steps, self.state, self.problems)
         _check_hazards(self.blocks, self.state, self.edges(), self.problems)
         # A name missing because a split step runs too early is that cycle, said once.
@@ -267,7 +271,8 @@ class _GraphBuilder:
         state.hazards = _cell_hazards(step.cells)
         needed, called = self._needed(a)
         for name, line in needed.items():
-            self._resolve(step, state, name, located.where(line))
+            self._resolve(step, state, name, located.where(line), name in a.maybe_free)
+        state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
         for use in a.star_imports:
             cell, line = located.where(use.line)
             self.problems.append(
@@ -293,24 +298,65 @@ class _GraphBuilder:
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
 
+    def _load_partial_bindings(self) -> None:
+        """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
+
+        So when it provides ``x``, it loads ``x`` from the step before it. Walking backwards
+        lets a load added here make an earlier step a provider in turn.
+        """
+        for step in reversed(self.blocks.steps):
+            state = self.state[step.name]
+            for name in sorted(state.saves & state.partial.keys()):
+                provider = state.partial[name]
+                if provider == PARAMETER:
+                    state.parameters.append(name)
+                elif provider is not None and name not in state.loads:
+                    state.loads[name] = provider
+                    self.state[provider].saves.add(name)
+
     def _check_magics(self, located: _Located, step: str | None) -> None:
         for magic in located.analysis.magics:
             kind, name = magic_name(magic.text)
             cell, line = located.where(magic.line)
             if kind == "line" and name in STEP_LOCAL_LINE_MAGICS and step is not None:
-                self.problems.append(warning(
-                    "NB106", f"%{name} changes this step's process only: later steps start in "
-                    "the notebook's directory with the original environment; put it in an "
-                    "imports cell if every step needs it", cell=cell, line=line, step=step))
-            elif kind == "line" and name not in LINE_MAGICS | SKIPPED_LINE_MAGICS and \
-                    not name.endswith("?") and "?" not in magic.text:
-                self.problems.append(error(
-                    "NB106", f"the magic %{name} cannot run in a pipeline step; remove it or "
-                    "tag its cell skip", cell=cell, line=line, step=step))
+                self.problems.append(
+                    warning(
+                        "NB106",
+                        f"%{name} changes this step's process only: later steps start in "
+                        "the notebook's directory with the original environment; put it in an "
+                        "imports cell if every step needs it",
+                        cell=cell,
+                        line=line,
+                        step=step,
+                    )
+                )
+            elif (
+                kind == "line"
+                and name not in LINE_MAGICS | SKIPPED_LINE_MAGICS
+                and not name.endswith("?")
+                and "?" not in magic.text
+            ):
+                self.problems.append(
+                    error(
+                        "NB106",
+                        f"the magic %{name} cannot run in a pipeline step; remove it or "
+                        "tag its cell skip",
+                        cell=cell,
+                        line=line,
+                        step=step,
+                    )
+                )
             elif kind == "cell" and name not in PYTHON_CELL_MAGICS | TEXT_CELL_MAGICS:
-                self.problems.append(error(
-                    "NB106", f"the cell magic %%{name} cannot run in a pipeline step; remove it "
-                    "or tag the cell skip", cell=cell, line=line, step=step))
+                self.problems.append(
+                    error(
+                        "NB106",
+                        f"the cell magic %%{name} cannot run in a pipeline step; remove it "
+                        "or tag the cell skip",
+                        cell=cell,
+                        line=line,
+                        step=step,
+                    )
+                )
 
     def _needed(self, a: CodeAnalysis) -> tuple[dict[str, int], list[str]]:
         """Names the step reads from outside (with the joined-source line of the first use),
@@ -326,15 +372,17 @@ class _GraphBuilder:
                 needed.setdefault(global_name, needed[name])
         return needed, called
 
-    def _resolve(self, step: Step, state: _StepState, name: str, where: tuple[int, int]) -> None:
+    def _resolve(
+        self, step: Step, state: _StepState, name: str, where: tuple[int, int], maybe: bool
+    ) -> None:
         provider = self.last_writer.get(name)
         if provider == PARAMETER:
             state.parameters.append(name)
         elif provider is not None:
             state.loads[name] = provider
             self.state[provider].saves.add(name)
-        elif name in self.prelude_names or name in AMBIENT_NAMES or self.star_prelude:
-            return
+        elif name in self.prelude_names or name in AMBIENT_NAMES or self.star_prelude or maybe:
+            return  # `maybe`: bound on the paths that read it, within the step
         else:
             cell, line = where
             self.problems.append(
@@ -483,20 +531,31 @@ def _levels(steps: tuple[Step, ...], edges: tuple[Edge, ...]) -> tuple[tuple[str
 def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
     found = []
     for cell in cells:
-        source = strip_magics(cell.source)[0] if "%" in cell.source or "!" in cell.source else \
-            cell.source
+        source = (
+            strip_magics(cell.source)[0]
+            if "%" in cell.source or "!" in cell.source
+            else cell.source
+        )
         found += [(h, cell.index, h.line) for h in find_hazards(source)]
     return found
 
 
-def _check_hazards(blocks: Blocks, state: Mapping[str, _StepState], edges: tuple[Edge, ...],
-                   problems: list[Diagnostic]) -> None:
+def _check_hazards(
+    blocks: Blocks,
+    state: Mapping[str, _StepState],
+    edges: tuple[Edge, ...],
+    problems: list[Diagnostic],
+) -> None:
     """Known limits: state outside Python variables that a later step would not see."""
     steps = blocks.steps
     if len(steps) < 2 or not any(state[s.name].hazards for s in steps):
         return
-    prelude_seeds = {h.detail for c in [*blocks.imports, *blocks.functions]
-                     for h, _, _ in _cell_hazards((c,)) if h.kind == "seed"}
+    prelude_seeds = {
+        h.detail
+        for c in [*blocks.imports, *blocks.functions]
+        for h, _, _ in _cell_hazards((c,))
+        if h.kind == "seed"
+    }
     ancestors = _ancestors(steps, edges)
     seeded: dict[str, tuple[str, int]] = {}
     written: dict[str, tuple[str, int]] = {}
@@ -504,26 +563,49 @@ def _check_hazards(blocks: Blocks, state: Mapping[str, _StepState], edges: tuple
         hazards = state[step.name].hazards
         own_seeds = {h.detail for h, _, _ in hazards if h.kind == "seed"}
         for hazard, cell, line in hazards:
-            where = {"cell": cell, "line": line, "step": step.name}
             if hazard.kind == "environment" and i < len(steps) - 1:
-                problems.append(warning(
-                    "NB105", f"{hazard.detail} changes this step's process only: later steps "
-                    "do not see it; set it in an imports cell if every step needs it", **where))
-            elif hazard.kind == "random" and hazard.detail in seeded and \
-                    hazard.detail not in own_seeds | prelude_seeds:
+                problems.append(
+                    warning(
+                        "NB105",
+                        f"{hazard.detail} changes this step's process only: later steps "
+                        "do not see it; set it in an imports cell if every step needs it",
+                        cell=cell,
+                        line=line,
+                        step=step.name,
+                    )
+                )
+            elif (
+                hazard.kind == "random"
+                and hazard.detail in seeded
+                and hazard.detail not in own_seeds | prelude_seeds
+            ):
                 src, src_cell = seeded[hazard.detail]
-                problems.append(warning(
-                    "NB105", f"this step draws {hazard.detail} random numbers, but the seed was "
-                    f"set in step {src!r} (cell {src_cell}), another process: seed here or in "
-                    "the imports cell to get the notebook's numbers", **where))
+                problems.append(
+                    warning(
+                        "NB105",
+                        f"this step draws {hazard.detail} random numbers, but the seed was "
+                        f"set in step {src!r} (cell {src_cell}), another process: seed here or in "
+                        "the imports cell to get the notebook's numbers",
+                        cell=cell,
+                        line=line,
+                        step=step.name,
+                    )
+                )
                 seeded.pop(hazard.detail)
             elif hazard.kind == "read" and hazard.detail in written:
                 src, src_cell = written[hazard.detail]
                 if src != step.name and src not in ancestors[step.name]:
-                    problems.append(warning(
-                        "NB105", f"this step reads {hazard.detail!r}, which step {src!r} writes "
-                        f"(cell {src_cell}), but it does not run after {src!r}: add prev:{src} "
-                        "to this step's first cell", **where))
+                    problems.append(
+                        warning(
+                            "NB105",
+                            f"this step reads {hazard.detail!r}, which step {src!r} writes "
+                            f"(cell {src_cell}), but it does not run after {src!r}: add prev:{src} "
+                            "to this step's first cell",
+                            cell=cell,
+                            line=line,
+                            step=step.name,
+                        )
+                    )
         for hazard, cell, _ in hazards:
             if hazard.kind == "seed":
                 seeded[hazard.detail] = (step.name, cell)

@@ -89,16 +89,22 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def _read_payload(path: str | None, default: str) -> str:
+def _read_payload(path: str | None, suffix: str) -> str:
+    """The program (``.py``) or spec (``.json``): from ``path``, else from the step payload.
+
+    In a Kubeflow pod the payload zip on ``sys.path`` holds ``kale_py_step.py`` and
+    ``kale_py_step.json``.
+    """
     if path:
         return Path(path).read_text(encoding="utf-8")
-    # In a pod the program and spec are modules inside the payload zip next to this package.
     import importlib.util
 
-    spec = importlib.util.find_spec(default)
-    if spec is None or spec.loader is None or not hasattr(spec.loader, "get_data"):
-        raise SystemExit(f"kale_py runtime: no --program/--spec given and no {default} found")
-    data = spec.loader.get_data(spec.origin)
+    found = importlib.util.find_spec("kale_py_step")
+    loader = found.loader if found is not None else None
+    if found is None or found.origin is None or not hasattr(loader, "get_data"):
+        raise SystemExit("kale_py runtime: no --program/--spec given and no step payload found")
+    target = os.path.join(os.path.dirname(found.origin), "kale_py_step" + suffix)
+    data = loader.get_data(target)  # type: ignore[union-attr]
     return bytes(data).decode("utf-8")
 
 
@@ -691,8 +697,8 @@ def _write_atomic(path: str | None, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(list(sys.argv[1:] if argv is None else argv))
-    spec = json.loads(_read_payload(args.spec, "kale_py_step_spec"))
-    program = _read_payload(args.program, "kale_py_step")
+    spec = json.loads(_read_payload(args.spec, ".json"))
+    program = _read_payload(args.program, ".py")
     if args.workdir:
         os.chdir(args.workdir)
     os.environ.setdefault("MPLBACKEND", "Agg")

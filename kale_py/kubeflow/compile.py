@@ -1,0 +1,184 @@
+"""From a checked notebook to Kubeflow Pipelines v2 YAML.
+
+The same step programs that ``nb2pipe run`` executes become container tasks: each task's
+payload is a zip holding its program and spec, and the runtime (``kale_py.runtime``,
+``kale_py.marshal``, ``kale_py.magics``: standard library only) travels once per pipeline.
+The YAML is validated against KFP's own protobufs before anything is written.
+
+>>> from kale_py.api import check_notebook
+>>> pipeline = check_notebook("sample_notebooks/iris_classifier.ipynb")  # doctest: +SKIP
+>>> compiled = compile_pipeline(pipeline)  # doctest: +SKIP
+>>> compiled.yaml.startswith("# PIPELINE DEFINITION")  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..codegen import StepProgram, generate_programs
+from ..diagnostics import CompileError, error
+from ..graph import Pipeline
+from ..parameters import type_of
+from .ir import PipelineDef, PipelineParam, TaskDef, build_ir, ir_to_yaml
+from .validate import validate_ir
+
+DEFAULT_IMAGE = "python:3.11"
+RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py")
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class CompiledPipeline:
+    name: str
+    yaml: str
+    steps: int
+    bytes: int
+
+
+def compile_pipeline(
+    pipeline: Pipeline, params: Mapping[str, Any] | None = None, image: str | None = None
+) -> CompiledPipeline:
+    """Build, validate and render the pipeline; ``params`` override parameter defaults."""
+    if not pipeline.ok:
+        raise CompileError([d for d in pipeline.diagnostics if d.is_error])
+    definition = pipeline_to_definition(pipeline, params or {}, image)
+    spec, platform = build_ir(definition)
+    validate_ir(spec, platform)
+    text = ir_to_yaml(spec, platform)
+    return CompiledPipeline(definition.name, text, len(definition.tasks), len(text.encode()))
+
+
+def write_pipeline(compiled: CompiledPipeline, path: Path) -> None:
+    """Write atomically: a failed write never leaves half a YAML file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(compiled.yaml, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pipeline_name(pipeline: Pipeline) -> str:
+    """The KFP pipeline name: the metadata's, else the notebook's file name."""
+    raw = pipeline.settings.pipeline_name or (
+        pipeline.notebook.path.stem if pipeline.notebook.path else "pipeline"
+    )
+    name = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")[:128]
+    return name or "pipeline"
+
+
+def pipeline_to_definition(
+    pipeline: Pipeline, params: Mapping[str, Any], image: str | None
+) -> PipelineDef:
+    programs = generate_programs(pipeline)
+    settings = pipeline.settings
+    base_image = image or settings.base_image or os.environ.get("KALE_PY_IMAGE") or DEFAULT_IMAGE
+    kfp = {s.name: s.kfp_name for s in pipeline.steps}
+    tasks = []
+    for step in pipeline.steps:
+        io_ = pipeline.io[step.name]
+        merged = step.settings.merged_over(settings.steps_defaults)
+        producers = sorted({kfp[p] for p in io_.loads.values()})
+        order_only = sorted(
+            {kfp[e.source] for e in pipeline.edges if e.target == step.name and e.kind == "order"}
+        )
+        tasks.append(
+            TaskDef(
+                name=step.kfp_name,
+                display_name=step.name,
+                payload=step_payload(programs[step.name]),
+                inputs=tuple(producers),
+                after=tuple(order_only),
+                parameters=io_.parameters,
+                has_state_output=bool(io_.saves),
+                has_metrics=bool(io_.metrics),
+                has_report=merged.report is not False,
+                settings=merged,
+                image=merged.image or base_image,
+            )
+        )
+    return PipelineDef(
+        name=pipeline_name(pipeline),
+        description=settings.pipeline_description,
+        params=tuple(_params(pipeline, params)),
+        tasks=tuple(tasks),
+        volumes=settings.volumes,
+        working_dir=_working_dir(pipeline),
+        enable_caching=settings.enable_caching,
+        runtime=runtime_zip(),
+    )
+
+
+def _params(pipeline: Pipeline, overrides: Mapping[str, Any]) -> list[PipelineParam]:
+    out = []
+    for p in pipeline.parameters:
+        value = overrides.get(p.name, p.default)
+        if (
+            p.name in overrides
+            and type_of(value) not in (p.type, None)
+            and not (p.type == "float" and type_of(value) == "int")
+        ):
+            raise CompileError(
+                error(
+                    "NB301",
+                    f"parameter {p.name!r} is a {p.type}; got {value!r}",
+                    cell=p.cell,
+                    line=p.line,
+                )
+            )
+        out.append(PipelineParam(p.name, p.type, value))
+    return out
+
+
+def _working_dir(pipeline: Pipeline) -> str | None:
+    """The notebook's directory, when a notebook volume makes it exist in the step pods."""
+    if pipeline.notebook.path is None:
+        return None
+    directory = str(pipeline.notebook.path.resolve().parent)
+    for volume in pipeline.settings.volumes:
+        mount = volume.mount_point.rstrip("/") or "/"
+        if directory == mount or directory.startswith(mount + "/"):
+            return directory
+    return None
+
+
+def step_payload(program: StepProgram) -> bytes:
+    """The step's own files, as the runtime finds them on ``sys.path``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        _add(archive, "kale_py_step.py", program.source)
+        _add(archive, "kale_py_step.json", json.dumps(program.spec, sort_keys=True))
+    return buffer.getvalue()
+
+
+_RUNTIME_ZIP: bytes | None = None
+
+
+def runtime_zip() -> bytes:
+    """The step runtime as an importable ``kale_py`` package (built once per process)."""
+    global _RUNTIME_ZIP
+    if _RUNTIME_ZIP is None:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            from .. import __version__
+
+            init = f'"""kale_py step runtime."""\n__version__ = {__version__!r}\n'
+            _add(archive, "kale_py/__init__.py", init)
+            for module in RUNTIME_MODULES:
+                _add(archive, f"kale_py/{module}", (_PACKAGE / module).read_text(encoding="utf-8"))
+        _RUNTIME_ZIP = buffer.getvalue()
+    return _RUNTIME_ZIP
+
+
+def _add(archive: zipfile.ZipFile, name: str, text: str) -> None:
+    # A fixed timestamp keeps the payload, and so the YAML, identical between compiles.
+    info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    archive.writestr(info, text)
