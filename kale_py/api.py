@@ -15,6 +15,12 @@ from typing import Any
 from .diagnostics import CheckError, SubmitError, error
 from .graph import Pipeline, build_pipeline
 from .notebook import notebook_from_dict, read_notebook
+from .runs import get_run, list_runs, read_log, read_report, start_local_run
+
+__all__ = [
+    "analyse", "check_notebook", "compile_notebook", "get_run", "list_experiments", "list_runs",
+    "list_volumes", "read_log", "read_report", "start_local_run", "submit",
+]
 
 
 def check_notebook(path: str | Path) -> Pipeline:
@@ -56,7 +62,7 @@ def compile_notebook(
 
     path = Path(path)
     pipeline = _checked(path)
-    values = parse_param_overrides(pipeline.parameters, dict(params or {}))
+    values = parse_param_overrides(pipeline.parameters, _texts(params))
     compiled = compile_pipeline(pipeline, values, image=image)
     target = Path(output) if output is not None else path.with_suffix(".yaml")
     write_pipeline(compiled, target)
@@ -92,14 +98,14 @@ def submit(
 
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
-        text, default_name, typed = _read_compiled(path, dict(params or {}))
+        text, default_name, typed = _read_compiled(path, _texts(params))
         description, settings_host, settings_experiment, settings_ns = None, None, None, None
     else:
         from .kubeflow.compile import compile_pipeline
         from .parameters import parse_param_overrides
 
         pipeline = _checked(path)
-        typed = parse_param_overrides(pipeline.parameters, dict(params or {}))
+        typed = parse_param_overrides(pipeline.parameters, _texts(params))
         compiled = compile_pipeline(pipeline, image=image)
         text, default_name = compiled.yaml, compiled.name
         s = pipeline.settings
@@ -138,6 +144,20 @@ def list_experiments(
         {"id": e.experiment_id, "name": e.display_name}
         for e in list_remote(host=host, token=token, namespace=namespace)
     ]
+
+
+def list_volumes() -> dict[str, Any]:
+    """The notebook pod's image and volumes when running inside Kubeflow (for the panel)."""
+    from .cluster import list_volumes as discover
+
+    return discover()
+
+
+def _texts(params: Mapping[str, Any] | None) -> dict[str, str]:
+    """``--param``-style texts from values that may already be typed (JSON from the panel)."""
+    import json
+
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (params or {}).items()}
 
 
 def _checked(path: Path) -> Pipeline:

@@ -18,6 +18,7 @@ Severity = Literal["error", "warning", "info"]
 
 #: Every diagnostic code with a one-line summary (also documented in the README).
 CODES: dict[str, str] = {
+    "NB000": "a problem reported without a more specific code",
     "NB001": "the notebook file cannot be read (missing, not JSON, not a notebook)",
     "NB002": "the notebook's structure is broken (a cell without a type or a source)",
     "NB003": "unknown key in the notebook's kubeflow_notebook metadata",
@@ -46,6 +47,10 @@ CODES: dict[str, str] = {
     "NB306": "--param names no pipeline parameter",
     "NB307": "--param value does not fit the parameter's type",
     "NB401": "the notebook has no code to run",
+    "NB501": "--only or --from names no step",
+    "NB502": "a partial run needs outputs that no earlier run saved",
+    "NB503": "the notebook must be saved to a file before it can run",
+    "NB504": "no such run, step or report",
     "KF001": "a step setting cannot be expressed in Kubeflow Pipelines",
     "KF002": "the compiled pipeline is not valid KFP IR",
     "KF101": "the KFP endpoint cannot be reached",

@@ -135,7 +135,7 @@ class CompileHandler(KalePyHandler):
         body = self.json_body()
         path = self.notebook_path(body.get("path"))
         params = _expect(body, "params", dict) or {}
-        result = await self.call_api(api.compile, path, params)
+        result = await self.call_api(api.compile_notebook, path, None, params)
         if result is not None:
             self.finish_json(result)
 

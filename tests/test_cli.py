@@ -132,3 +132,23 @@ def test_cli_imports_stay_light() -> None:
 def test_python_dash_m_and_console_script_agree() -> None:
     done = nb2pipe("--help")
     assert done.returncode == 0 and "check" in done.stdout and "graph" in done.stdout
+
+
+def test_readme_documents_every_diagnostic_code() -> None:
+    from kale_py.diagnostics import CODES
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [code for code in CODES if f"`{code}`" not in readme]
+    assert missing == []
+
+
+def test_every_code_used_in_the_package_is_documented() -> None:
+    import re
+
+    from kale_py.diagnostics import CODES
+
+    package = Path(__file__).parent.parent / "kale_py"
+    used = set()
+    for path in package.rglob("*.py"):
+        used |= set(re.findall(r'"((?:NB|KF)\d{3})"', path.read_text()))
+    assert sorted(used - set(CODES)) == []
