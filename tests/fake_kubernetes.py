@@ -1,0 +1,329 @@
+"""A fake Kubernetes API server on 127.0.0.1, for the tests of :mod:`kale_py.cluster`.
+
+It stands in for a Kubernetes API server because none can run on this machine (no cluster, no
+Docker). It answers the real API paths with the real JSON shapes, for the calls that notebook
+discovery makes:
+
+* ``GET /api/v1/namespaces/{ns}/pods/{name}``
+* ``GET /api/v1/namespaces/{ns}/persistentvolumeclaims/{name}``
+* ``POST /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots`` (``generateName``)
+* ``GET /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{name}``
+
+It is seeded with a Kubeflow notebook as the notebook controller creates it: the StatefulSet pod
+``my-notebook-0`` (label ``notebook-name``, container ``my-notebook``, an istio-proxy sidecar), a
+ReadWriteOnce workspace claim at /home/jovyan, a ReadWriteMany data claim at /data, the projected
+service-account tokens (Kubernetes API and Kubeflow Pipelines) and a ``dshm`` emptyDir.
+
+Errors are answered as the API server does: ``Status`` objects (401 without the right bearer
+token, 403 for the ``(verb, resource)`` pairs in ``forbidden``, 404 for missing objects), and
+a plain ``404 page not found`` for an API group that is not installed (``snapshot_api=False``).
+A snapshot answers ``readyToUse: false`` to its first ``ready_after`` GETs, then true; with
+``snapshot_error`` set, its status carries that error for ``error_polls`` GETs (None: always).
+Every request is recorded: method, path, headers, body.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import random
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Json = dict[str, Any]
+
+NAMESPACE = "kubeflow-user-example-com"
+NOTEBOOK = "my-notebook"
+POD_NAME = f"{NOTEBOOK}-0"
+IMAGE = "kubeflownotebookswg/jupyter-scipy:v1.9.0"
+SERVICE_ACCOUNT = "default-editor"
+WORKSPACE_CLAIM = f"{NOTEBOOK}-workspace"
+DATA_CLAIM = "shared-data"
+NODE = "gke-kubeflow-default-pool-1a2b3c4d-x7k2"
+SNAPSHOT_PREFIX = "/apis/snapshot.storage.k8s.io/v1/namespaces/"
+
+
+def service_account_token(namespace: str = NAMESPACE, name: str = SERVICE_ACCOUNT) -> str:
+    """A token shaped like a bound service-account JWT (the signature is not real)."""
+    def part(data: Json) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    claims = {"aud": ["https://kubernetes.default.svc.cluster.local"], "exp": 1893456000,
+              "iss": "https://kubernetes.default.svc.cluster.local",
+              "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name}},
+              "sub": f"system:serviceaccount:{namespace}:{name}"}
+    return f"{part({'alg': 'RS256', 'kid': 'fake'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+TOKEN = service_account_token()
+
+
+def notebook_pod() -> Json:
+    """The pod of the StatefulSet ``my-notebook``, as the Kubeflow notebook controller makes it."""
+    labels = {"app": NOTEBOOK, "notebook-name": NOTEBOOK, "statefulset": NOTEBOOK,
+              "statefulset.kubernetes.io/pod-name": POD_NAME, "access-ml-pipeline": "true",
+              "controller-revision-hash": f"{NOTEBOOK}-5c8d9f7b6d"}
+    notebook = {
+        "name": NOTEBOOK, "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": "NB_PREFIX", "value": f"/notebook/{NAMESPACE}/{NOTEBOOK}"}],
+        "ports": [{"containerPort": 8888, "name": "notebook-port", "protocol": "TCP"}],
+        "resources": {"limits": {"cpu": "600m", "memory": "1288490188800m"},
+                      "requests": {"cpu": "500m", "memory": "1Gi"}},
+        "volumeMounts": [
+            {"mountPath": "/dev/shm", "name": "dshm"},
+            {"mountPath": "/home/jovyan", "name": WORKSPACE_CLAIM},
+            {"mountPath": "/data", "name": DATA_CLAIM},
+            {"mountPath": "/var/run/secrets/kubeflow/pipelines", "name": "volume-kf-pipeline-token",
+             "readOnly": True},
+            {"mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+             "name": "kube-api-access-x7k2p", "readOnly": True}],
+        "workingDir": "/home/jovyan",
+    }
+    sidecar = {
+        "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.22.1",
+        "args": ["proxy", "sidecar", "--domain", f"{NAMESPACE}.svc.cluster.local"],
+        "volumeMounts": [
+            {"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"},
+            {"mountPath": "/etc/istio/proxy", "name": "istio-envoy"},
+            {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
+            {"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"},
+            {"mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+             "name": "kube-api-access-x7k2p", "readOnly": True}],
+    }
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": POD_NAME, "generateName": f"{NOTEBOOK}-", "namespace": NAMESPACE,
+            "labels": labels, "uid": "0b0c4e5e-35a1-4f57-9d62-7bc1f3c8a201",
+            "annotations": {"sidecar.istio.io/status": '{"containers":["istio-proxy"]}'},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                 "name": NOTEBOOK, "controller": True,
+                                 "uid": "5f0e2a7c-1d7e-4d1b-a7a5-2b1d4f1c9e10"}]},
+        "spec": {
+            "containers": [notebook, sidecar],
+            "hostname": POD_NAME, "nodeName": NODE, "serviceAccountName": SERVICE_ACCOUNT,
+            "securityContext": {"fsGroup": 100},
+            "volumes": [
+                {"name": "workload-socket", "emptyDir": {}},
+                {"name": "istio-envoy", "emptyDir": {"medium": "Memory"}},
+                {"name": "istio-token", "projected": {"defaultMode": 420, "sources": [
+                    {"serviceAccountToken": {"audience": "istio-ca", "expirationSeconds": 43200,
+                                             "path": "istio-token"}}]}},
+                {"name": "istiod-ca-cert", "configMap": {"defaultMode": 420,
+                                                         "name": "istio-ca-root-cert"}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                {"name": WORKSPACE_CLAIM, "persistentVolumeClaim": {"claimName": WORKSPACE_CLAIM}},
+                {"name": DATA_CLAIM, "persistentVolumeClaim": {"claimName": DATA_CLAIM}},
+                {"name": "volume-kf-pipeline-token", "projected": {"defaultMode": 420, "sources": [
+                    {"serviceAccountToken": {"audience": "pipelines.kubeflow.org",
+                                             "expirationSeconds": 7200, "path": "token"}}]}},
+                {"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 420, "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt",
+                                   "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
+                        "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}},
+            ]},
+        "status": {"phase": "Running", "podIP": "10.8.2.17", "hostIP": "10.128.0.5",
+                   "qosClass": "Burstable"},
+    }
+
+
+def claim(name: str, access_mode: str, size: str, storage_class: str) -> Json:
+    """A bound PersistentVolumeClaim."""
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": str(uuid.uuid4()),
+                     "annotations": {"pv.kubernetes.io/bind-completed": "yes",
+                                     "volume.kubernetes.io/storage-provisioner":
+                                         "pd.csi.storage.gke.io"},
+                     "finalizers": ["kubernetes.io/pvc-protection"]},
+        "spec": {"accessModes": [access_mode], "resources": {"requests": {"storage": size}},
+                 "storageClassName": storage_class, "volumeMode": "Filesystem",
+                 "volumeName": f"pvc-{uuid.uuid4()}"},
+        "status": {"phase": "Bound", "accessModes": [access_mode], "capacity": {"storage": size}},
+    }
+
+
+def _seed_pods() -> dict[tuple[str, str], Json]:
+    return {(NAMESPACE, POD_NAME): notebook_pod()}
+
+
+def _seed_claims() -> dict[tuple[str, str], Json]:
+    return {(NAMESPACE, WORKSPACE_CLAIM): claim(WORKSPACE_CLAIM, "ReadWriteOnce", "10Gi",
+                                                "standard-rwo"),
+            (NAMESPACE, DATA_CLAIM): claim(DATA_CLAIM, "ReadWriteMany", "100Gi", "nfs-rwx")}
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeKubernetes:
+    """The API server's state; ``url`` is where it listens once started."""
+
+    token: str = TOKEN
+    forbidden: set[tuple[str, str]] = field(default_factory=set)
+    snapshot_api: bool = True
+    ready_after: int = 2
+    snapshot_error: str | None = None
+    error_polls: int | None = None
+    tls: tuple[str, str] | None = None  # (certificate file, key file)
+    pods: dict[tuple[str, str], Json] = field(default_factory=_seed_pods)
+    claims: dict[tuple[str, str], Json] = field(default_factory=_seed_claims)
+    snapshots: dict[tuple[str, str], Json] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    url: str = ""
+    _polls: dict[tuple[str, str], int] = field(default_factory=dict)
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self) -> FakeKubernetes:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake._handle(self)
+
+            def do_POST(self) -> None:
+                fake._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output clean
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def calls(self, method: str, path_start: str = "/") -> list[Recorded]:
+        return [r for r in self.requests if r.method == method and r.path.startswith(path_start)]
+
+    # --- request handling -------------------------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        recorded = Recorded(h.command, h.path, dict(h.headers.items()), h.rfile.read(length))
+        self.requests.append(recorded)
+        status, answer = self._answer(recorded)
+        text = answer if isinstance(answer, str) else None
+        data = (text if text is not None else json.dumps(answer)).encode()
+        h.send_response(status)
+        h.send_header("Content-Type",
+                      "application/json" if text is None else "text/plain; charset=utf-8")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _answer(self, r: Recorded) -> tuple[int, Json | str]:
+        if r.headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, _status(401, "Unauthorized", "Unauthorized")
+        parts = r.path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and r.method == "GET":
+            store = {"pods": self.pods, "persistentvolumeclaims": self.claims}.get(parts[4])
+            if store is not None:
+                return self._get(store, parts[3], parts[4], parts[5], "")
+        if r.path.startswith(SNAPSHOT_PREFIX) and parts[5:6] == ["volumesnapshots"]:
+            if not self.snapshot_api:
+                return 404, "404 page not found\n"
+            group = "snapshot.storage.k8s.io"
+            if r.method == "POST" and len(parts) == 6:
+                return self._create_snapshot(parts[4], r)
+            if r.method == "GET" and len(parts) == 7:
+                found = self._get(self.snapshots, parts[4], "volumesnapshots", parts[6], group)
+                return found if found[0] != 200 else (200, self._advance(parts[4], parts[6]))
+        return 404, "404 page not found\n"
+
+    def _get(self, store: dict[tuple[str, str], Json], namespace: str, resource: str, name: str,
+             group: str) -> tuple[int, Json]:
+        if ("get", resource) in self.forbidden:
+            return 403, _forbidden("get", resource, group, namespace, name)
+        if (namespace, name) not in store:
+            return 404, _status(404, "NotFound", f'{resource}{"." + group if group else ""} '
+                                f'"{name}" not found', {"name": name, "kind": resource})
+        return 200, store[(namespace, name)]
+
+    def _create_snapshot(self, namespace: str, r: Recorded) -> tuple[int, Json]:
+        group = "snapshot.storage.k8s.io"
+        if ("create", "volumesnapshots") in self.forbidden:
+            return 403, _forbidden("create", "volumesnapshots", group, namespace, None)
+        body = r.json()
+        metadata = body.get("metadata") or {}
+        if body.get("kind") != "VolumeSnapshot" or body.get("apiVersion") != f"{group}/v1":
+            return 400, _status(400, "BadRequest", "the object is not a VolumeSnapshot")
+        if not (metadata.get("name") or metadata.get("generateName")):
+            return 422, _status(422, "Invalid", "VolumeSnapshot is invalid: metadata.name: "
+                                "Required value: name or generateName is required")
+        suffix = "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+        name = metadata.get("name") or metadata["generateName"] + suffix
+        snapshot = copy.deepcopy(body)
+        snapshot["metadata"] = {**metadata, "name": name, "namespace": namespace,
+                                "uid": str(uuid.uuid4()), "resourceVersion": "48213",
+                                "generation": 1, "creationTimestamp": "2026-11-30T10:00:00Z"}
+        self.snapshots[(namespace, name)] = snapshot
+        self._polls[(namespace, name)] = 0
+        return 201, snapshot
+
+    def _advance(self, namespace: str, name: str) -> Json:
+        """The snapshot as the snapshot controller leaves it after one more poll."""
+        key = (namespace, name)
+        self._polls[key] += 1
+        polls, snapshot = self._polls[key], self.snapshots[key]
+        source = snapshot["spec"]["source"]["persistentVolumeClaimName"]
+        content = f"snapcontent-{snapshot['metadata']['uid']}"
+        if self.snapshot_error and (self.error_polls is None or polls <= self.error_polls):
+            snapshot["status"] = {"boundVolumeSnapshotContentName": content, "readyToUse": False,
+                                  "error": {"message": self.snapshot_error,
+                                            "time": "2026-11-30T10:00:02Z"}}
+        elif polls <= self.ready_after:
+            snapshot["status"] = {"boundVolumeSnapshotContentName": content, "readyToUse": False}
+        else:
+            capacity = self.claims.get((namespace, source), {}).get("status", {}).get(
+                "capacity", {}).get("storage", "1Gi")
+            snapshot["status"] = {"boundVolumeSnapshotContentName": content,
+                                  "creationTime": "2026-11-30T10:00:03Z", "readyToUse": True,
+                                  "restoreSize": capacity}
+        return snapshot
+
+
+def _status(code: int, reason: str, message: str, details: Json | None = None) -> Json:
+    status: Json = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": message, "reason": reason, "code": code}
+    if details:
+        status["details"] = details
+    return status
+
+
+def _forbidden(verb: str, resource: str, group: str, namespace: str, name: str | None) -> Json:
+    full = f"{resource}.{group}" if group else resource
+    subject = f"{full} \"{name}\"" if name else full
+    message = (f'{subject} is forbidden: User "system:serviceaccount:{namespace}:'
+               f'{SERVICE_ACCOUNT}" cannot {verb} resource "{resource}" in API group "{group}" '
+               f'in the namespace "{namespace}"')
+    details = {"kind": resource, **({"name": name} if name else {}),
+               **({"group": group} if group else {})}
+    return _status(403, "Forbidden", message, details)
