@@ -135,7 +135,8 @@ class CompileHandler(KalePyHandler):
         body = self.json_body()
         path = self.notebook_path(body.get("path"))
         params = _expect(body, "params", dict) or {}
-        result = await self.call_api(api.compile_notebook, path, None, params)
+        # written beside the notebook (the api's default output path)
+        result = await self.call_api(api.compile_notebook, path, params=params)
         if result is not None:
             self.finish_json(result)
 
@@ -217,6 +218,7 @@ class SubmitHandler(KalePyHandler):
             experiment=_expect(body, "experiment", str),
             params=_expect(body, "params", dict) or {},
             token=_expect(body, "token", str),
+            out=self.log.info,  # progress lines go to the server's log, not its stdout
         )
         if result is not None:
             self.finish_json(result)

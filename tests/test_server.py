@@ -57,7 +57,7 @@ class FakeAPI:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         results = {
             "analyse": ANALYSIS,
-            "compile": {"path": "/x/p.yaml", "bytes": 10, "steps": 1},
+            "compile_notebook": {"path": "/x/p.yaml", "bytes": 10, "steps": 1},
             "start_local_run": {"run_id": "r1", "run_dir": "/x/.nb2pipe/runs/r1"},
             "list_runs": [{"run_id": "r1", "status": "running", "started": "t0", "ended": None}],
             "get_run": RUN,
@@ -164,10 +164,10 @@ async def test_compile_and_run_pass_their_options(
     assert response.code == 201
     assert body_of(response) == {"run_id": "r1", "run_dir": "/x/.nb2pipe/runs/r1"}
     await post(jp_fetch, "runs", {"path": "nb.ipynb"})
-    assert [(n, a) for n, a, _ in fake_api.calls] == [
-        ("compile", (nb, {"lr": 0.5})),
-        ("start_local_run", (nb, {"n": 2}, ["train"], "load")),
-        ("start_local_run", (nb, {}, None, None)),
+    assert fake_api.calls == [
+        ("compile_notebook", (nb,), {"params": {"lr": 0.5}}),
+        ("start_local_run", (nb, {"n": 2}, ["train"], "load"), {}),
+        ("start_local_run", (nb, {}, None, None), {}),
     ]
 
 
@@ -209,9 +209,11 @@ async def test_submit_experiments_and_volumes(
     await jp_fetch("kale-py", "experiments")
     volumes = await jp_fetch("kale-py", "volumes")
     assert body_of(volumes) == {"in_cluster": False, "image": None, "volumes": []}
+    submit_call = fake_api.calls.pop(0)
+    assert submit_call[:2] == ("submit", (jp_root_dir / "nb.ipynb",))
+    assert {k: v for k, v in submit_call[2].items() if k != "out"} == {
+        "host": "http://kfp", "experiment": "exp", "params": {"a": 1}, "token": "secret"}
     assert fake_api.calls == [
-        ("submit", (jp_root_dir / "nb.ipynb",),
-         {"host": "http://kfp", "experiment": "exp", "params": {"a": 1}, "token": "secret"}),
         ("list_experiments", ("http://kfp",), {}),
         ("list_experiments", (None,), {}),
         ("list_volumes", (), {}),
