@@ -71,6 +71,7 @@ def compile_notebook(
         "bytes": compiled.bytes,
         "steps": compiled.steps,
         "name": compiled.name,
+        "diagnostics": [d.to_dict() for d in compiled.diagnostics],
     }
 
 

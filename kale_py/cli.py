@@ -289,6 +289,8 @@ def _compile(args: argparse.Namespace) -> int:
 
     output = args.output or args.notebook.with_suffix(".yaml")
     result = compile_notebook(args.notebook, output, _overrides(args.param), image=args.image)
+    for d in result["diagnostics"]:
+        print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
     print(f"{result['path']}: {result['steps']} steps, {result['bytes']} bytes")
     return 0
 

@@ -58,6 +58,13 @@ CODES: dict[str, str] = {
     "KF103": "no KFP API at that address (404, or an answer that is not KFP JSON)",
     "KF104": "the KFP endpoint answered with an error",
     "KF105": "the KFP connection is not configured (host, token, namespace)",
+    "KF201": "the Kubernetes API cannot be reached or gave an unexpected answer",
+    "KF202": "the Kubernetes API refused the notebook's service account (401/403)",
+    "KF203": "the notebook pod, a volume claim or the VolumeSnapshot API was not found",
+    "KF204": "a volume snapshot failed or was not ready in time",
+    "KF205": "a ReadWriteOnce volume reaches the steps as a copy restored from a snapshot",
+    "KF206": "a ReadWriteOnce volume is given to the steps without a snapshot",
+    "KF207": "the notebook's directory is on no volume the steps mount",
 }
 
 

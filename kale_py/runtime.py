@@ -74,7 +74,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--export-all",
         metavar="DIR",
-        help="also save every variable the step writes (for comparing runs)",
+        help="also save every variable the step writes, for comparing runs "
+        "(default: $KALE_PY_EXPORT_ALL/<step> when that is set)",
     )
     return p.parse_args(argv)
 
@@ -258,7 +259,7 @@ class Magics:
         if capture:
             done = subprocess.run(command, shell=True, capture_output=True, text=True)
             sys.stdout.write(done.stderr)
-            return done.stdout.splitlines()
+            return _line_list(done.stdout.splitlines())
         with subprocess.Popen(
             command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc:
@@ -359,6 +360,15 @@ class Magics:
         raise NotImplementedError(
             f"the cell magic %%{name} cannot run in a pipeline step; remove it or tag the cell skip"
         )
+
+
+def _line_list(lines: list[str]) -> Any:
+    """What ``x = !cmd`` gives in Jupyter: IPython's SList when IPython is there."""
+    try:
+        from IPython.utils.text import SList
+    except ImportError:
+        return lines
+    return SList(lines)
 
 
 def _installed(requirement: str) -> bool:
@@ -600,9 +610,10 @@ class StepRuntime:
 
     def export_all(self) -> None:
         """Every variable the step wrote that can be saved: a full picture of its state."""
-        if not self.args.export_all:
+        target = self.args.export_all or os.environ.get("KALE_PY_EXPORT_ALL")
+        if not target:
             return
-        out = Path(self.args.export_all)
+        out = Path(target) if self.args.export_all else Path(target) / self.spec["kfp_name"]
         out.mkdir(parents=True, exist_ok=True)
         records = []
         for name in self.spec.get("writes", []):

@@ -20,12 +20,12 @@ import os
 import re
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..codegen import StepProgram, generate_programs
-from ..diagnostics import CompileError, error
+from ..diagnostics import CompileError, Diagnostic, error
 from ..graph import Pipeline
 from ..parameters import type_of
 from .ir import PipelineDef, PipelineParam, TaskDef, build_ir, ir_to_yaml
@@ -42,19 +42,49 @@ class CompiledPipeline:
     yaml: str
     steps: int
     bytes: int
+    diagnostics: tuple[Diagnostic, ...] = ()
 
 
 def compile_pipeline(
-    pipeline: Pipeline, params: Mapping[str, Any] | None = None, image: str | None = None
+    pipeline: Pipeline,
+    params: Mapping[str, Any] | None = None,
+    image: str | None = None,
+    *,
+    discover: bool = True,
 ) -> CompiledPipeline:
-    """Build, validate and render the pipeline; ``params`` override parameter defaults."""
+    """Build, validate and render the pipeline; ``params`` override parameter defaults.
+
+    With ``discover``, inside a Kubeflow notebook pod the steps get the pod's image and
+    volumes when the notebook's metadata names none (see :mod:`kale_py.cluster`).
+    """
     if not pipeline.ok:
         raise CompileError([d for d in pipeline.diagnostics if d.is_error])
+    found: list[Diagnostic] = []
+    if discover:
+        pipeline, image, found = _with_cluster_defaults(pipeline, image)
     definition = pipeline_to_definition(pipeline, params or {}, image)
     spec, platform = build_ir(definition)
     validate_ir(spec, platform)
     text = ir_to_yaml(spec, platform)
-    return CompiledPipeline(definition.name, text, len(definition.tasks), len(text.encode()))
+    return CompiledPipeline(
+        definition.name, text, len(definition.tasks), len(text.encode()), tuple(found)
+    )
+
+
+def _with_cluster_defaults(
+    pipeline: Pipeline, image: str | None
+) -> tuple[Pipeline, str | None, list[Diagnostic]]:
+    from ..cluster import notebook_defaults
+
+    settings = pipeline.settings
+    if pipeline.notebook.path is None or (settings.volumes and (image or settings.base_image)):
+        return pipeline, image, []
+    pod_image, volumes, found = notebook_defaults(
+        pipeline.notebook.path.resolve().parent, discover_volumes=not settings.volumes
+    )
+    if volumes:
+        pipeline = replace(pipeline, settings=replace(settings, volumes=volumes))
+    return pipeline, image or settings.base_image or pod_image, found
 
 
 def write_pipeline(compiled: CompiledPipeline, path: Path) -> None:

@@ -1,0 +1,156 @@
+"""Sequential equivalence, proved on the sample notebooks.
+
+Each sample runs three ways — top to bottom in a real Jupyter kernel (nbclient), as a
+local pipeline (`nb2pipe run`), and as compiled Kubeflow YAML executed by KFP's own local
+runner — and every variable the steps write must have the same final value everywhere.
+The pipeline's value of a variable is the one saved by the last step that writes it (the
+runtime exports every variable a step writes when KALE_PY_EXPORT_ALL is set).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+
+from kale_py import marshal
+from kale_py.api import check_notebook, compile_notebook
+from kale_py.graph import Pipeline
+
+SAMPLES = Path(__file__).parent.parent / "sample_notebooks"
+NAMES = sorted(p.stem for p in SAMPLES.glob("*.ipynb"))
+KFP_SAMPLES = ["fan_out_fan_in", "iris_classifier"]
+
+
+def _final_writers(pipeline: Pipeline) -> dict[str, str]:
+    """Each variable and the step whose value the notebook ends with (the last writer)."""
+    writers: dict[str, str] = {}
+    for step in pipeline.steps:
+        for name in pipeline.io[step.name].writes:
+            writers[name] = step.kfp_name
+    return writers
+
+
+def _copy_sample(name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copytree(SAMPLES, target, ignore=shutil.ignore_patterns(".nb2pipe", "*.yaml"))
+    return target / f"{name}.ipynb"
+
+
+def _kernel_values(path: Path, names: list[str], out: Path) -> dict[str, Any]:
+    """Run the notebook top to bottom in a real kernel; pickle the named variables."""
+    nb = nbformat.read(path, as_version=4)
+    skip = [c for c in nb.cells if "skip" in c.get("metadata", {}).get("tags", [])]
+    for cell in skip:
+        nb.cells.remove(cell)
+    dump = (
+        "import pickle as _p\n_values = {}\n"
+        f"for _n in {names!r}:\n"
+        "    if _n in globals():\n"
+        "        try:\n"
+        "            _p.dumps(globals()[_n]); _values[_n] = globals()[_n]\n"
+        "        except Exception:\n"
+        "            pass\n"
+        f"with open({str(out)!r}, 'wb') as _f:\n"
+        "    _p.dump(_values, _f)\n")
+    nb.cells.append(nbformat.v4.new_code_cell(dump))
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    with out.open("rb") as f:
+        return pickle.load(f)  # type: ignore[no-any-return]
+
+
+def _exported(export: Path, writers: dict[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, step in writers.items():
+        manifest = marshal.read_manifest(export / step)
+        record = manifest["variables"].get(name)
+        if record is not None:
+            values[name] = marshal.load_variable(record["file"], export / step,
+                                                 allowed_root=export)
+    return values
+
+
+def same(a: Any, b: Any, depth: int = 0) -> bool:
+    if type(a) is not type(b):
+        return False
+    if depth > 30:
+        return pickle.dumps(a) == pickle.dumps(b)
+    if isinstance(a, (types.ModuleType, types.FunctionType, type)):
+        return True  # code, not data: both runs execute the same definitions
+    if isinstance(a, (np.dtype, np.generic, str, bytes, int, float, complex, type(None))):
+        return bool(a == b) or (a != a and b != b)  # NaN equals NaN here
+    if isinstance(a, np.ndarray):
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if isinstance(a, (pd.DataFrame, pd.Series, pd.Index)):
+        return bool(a.equals(b))
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y, depth + 1) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k], depth + 1) for k in a)
+    if type(a).__module__.startswith("matplotlib"):
+        return True  # figures and axes: the report shows them; no value equality exists
+    if type(a).__eq__ is object.__eq__:
+        # estimators and other plain objects: equal when what pickling keeps of them is
+        return same(_reduced(a), _reduced(b), depth + 1)
+    return bool(a == b)
+
+
+def _reduced(obj: Any) -> tuple[Any, ...]:
+    reduced = obj.__reduce_ex__(4)
+    assert isinstance(reduced, tuple)
+    return tuple(x for x in reduced[1:3])
+
+
+def _compare(expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    assert expected, "the kernel run produced no values to compare"
+    missing = sorted(set(expected) - set(actual))
+    assert missing == [], f"variables the pipeline did not save: {missing}"
+    different = sorted(n for n in expected if not same(expected[n], actual[n]))
+    assert different == [], f"variables that differ from the notebook: {different}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_local_run_matches_notebook(name: str, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _copy_sample(name, tmp_path)
+    pipeline = check_notebook(path)
+    writers = _final_writers(pipeline)
+    expected = _kernel_values(path, sorted(writers), tmp_path / "kernel.pkl")
+    export = tmp_path / "export"
+    env = {**os.environ, "KALE_PY_EXPORT_ALL": str(export)}
+    done = subprocess.run([sys.executable, "-m", "kale_py", "run", str(path), "--no-cache"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _compare(expected, _exported(export, writers))
+    assert path.read_bytes() == (SAMPLES / f"{name}.ipynb").read_bytes()
+
+
+@pytest.mark.parametrize("name", KFP_SAMPLES)
+def test_compiled_yaml_on_kfp_local_matches_notebook(name: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The YAML that would be submitted, executed by kfp.local (see tests/kfp_local_shim.py)."""
+    from kfp import components
+    from kfp_local_shim import container_components_as_subprocesses
+
+    path = _copy_sample(name, tmp_path)
+    writers = _final_writers(check_notebook(path))
+    expected = _kernel_values(path, sorted(writers), tmp_path / "kernel.pkl")
+    compiled = compile_notebook(path, tmp_path / "pipeline.yaml")
+    export = tmp_path / "export"
+    monkeypatch.setenv("KALE_PY_EXPORT_ALL", str(export))
+    monkeypatch.chdir(path.parent)  # kfp.local runs steps in the current directory
+    with container_components_as_subprocesses(pipeline_root=tmp_path / "kfp"):
+        components.load_component_from_file(compiled["path"])()
+    _compare(expected, _exported(export, writers))
