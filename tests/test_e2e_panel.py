@@ -2,8 +2,8 @@
 
 A user opens a notebook, enables the pipeline, makes a cell a step through the panel, sees the
 step graph and a diagnostic on the cell that uses an undefined name, fixes the cell, runs the
-pipeline locally until it succeeds and opens a step's log. Screenshots go to the test's tmp
-folder.
+pipeline locally until it succeeds, opens a step's log and compiles the pipeline for Kubeflow.
+Screenshots go to the test's tmp folder.
 
 Needs the built extension (``pip install -e .`` or ``jlpm build``) and /usr/bin/chromium
 (``.ci/install_chromium.sh``); Playwright never downloads a browser here. Playwright's async
@@ -242,6 +242,12 @@ async def test_tag_see_graph_and_diagnostics_and_run_locally(
             shot = tmp_path / "panel-run.png"
             await page.screenshot(path=str(shot))
             print(f"screenshots: {tmp_path}")
+
+            # Compile for Kubeflow: the YAML is written beside the notebook.
+            await panel.locator("#kale-py-compile-section > summary").click()
+            await panel.locator("#kale-py-compile").click()
+            await expect(panel.locator("#kale-py-compile-result")).to_contain_text(
+                "mean.yaml", timeout=60_000)
         finally:
             await context.close()
 
@@ -250,4 +256,5 @@ async def test_tag_see_graph_and_diagnostics_and_run_locally(
     assert saved["metadata"]["kubeflow_notebook"]["pipeline_name"] == "mean"
     assert saved["cells"][4]["metadata"]["tags"] == ["step:train"]
     assert "".join(saved["cells"][5]["source"]) == "print(json.dumps({'mean': mean}))"
+    assert (root / "mean.yaml").stat().st_size > 0
     assert page_errors == []
