@@ -379,8 +379,18 @@ def _parse_checked(source: str) -> ast.Module:
 
 
 def _parse_quietly(source: str) -> ast.Module:
-    # Invalid escapes and the like warn while parsing; the user sees them when the cell
-    # runs, and a warnings-as-errors setting must not turn them into syntax errors here.
+    """ast.parse without parse-time warnings.
+
+    Invalid escapes and the like warn while parsing; the user sees them when the cell
+    runs, and a warnings-as-errors setting must not turn them into syntax errors here.
+    Silencing warnings costs as much as a third of a parse, so it is done only for
+    sources with a backslash (every invalid escape has one) and on the error path.
+    """
+    if "\\" not in source:
+        try:
+            return ast.parse(source)
+        except SyntaxError:
+            pass  # maybe a warning turned into an error: try again below
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ast.parse(source)
@@ -455,7 +465,7 @@ _PURE_FUNCTIONS = _PURE_LIBRARY_FUNCTIONS | _words(
     print len str repr int float bool complex bytes list tuple dict set frozenset sorted
     reversed enumerate zip range isinstance issubclass type id hash sum min max abs
     round any all format hasattr getattr iter divmod pow ord chr bin hex oct vars dir
-    callable display ascii copy
+    callable display ascii copy open
     """
 )
 
@@ -508,6 +518,7 @@ _BUILTIN_TYPES = frozenset(
     name for name, value in vars(builtins).items()
     if isinstance(value, type) and not name.startswith("_")
 ) - {"filter", "map", "object"}
+_BUILTIN_NAMES = frozenset(vars(builtins))
 # Context managers that swallow exceptions: their body may stop anywhere.
 _SUPPRESSING = frozenset({"suppress", "raises", "assertRaises", "assertRaisesRegex"})
 # Calls whose result shares objects with their arguments (for aliasing).
@@ -1076,11 +1087,12 @@ class _Analyser:
 
     def _block(self, body: list[ast.stmt]) -> None:
         handlers = self.stmt_handlers
+        generic = self._generic
         for statement in body:
             flow = self._flow()
             if flow is not None and flow.dead:
                 return  # code after raise/break/continue never runs
-            handlers.get(type(statement), self._generic)(statement)
+            handlers.get(type(statement), generic)(statement)
 
     def _generic(self, node: ast.AST) -> None:
         """Unknown or simple nodes: visit the children in field order."""
@@ -1562,9 +1574,9 @@ class _Analyser:
         return {
             ast.Name: self._name,
             ast.Constant: self._constant,
-            ast.Attribute: self._attribute,
-            ast.Subscript: self._subscript,
-            ast.Call: self._call,
+            ast.Attribute: self._chain,
+            ast.Subscript: self._chain,
+            ast.Call: self._chain,
             ast.BinOp: self._binop,
             ast.BoolOp: self._boolop,
             ast.IfExp: self._ifexp,
@@ -1583,28 +1595,52 @@ class _Analyser:
         }
 
     def _expr(self, node: ast.expr) -> None:
-        self.expr_handlers.get(type(node), self._generic)(node)
+        handler = self.expr_handlers.get(type(node))
+        if handler is None:
+            self._generic(node)
+        else:
+            handler(node)
 
     def _constant(self, node: ast.Constant) -> None:
         pass
 
     def _name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
-            self._load(node.id, node)
+            if self.scope is None:  # the most frequent case, without the dispatch
+                self._module_read(node.id, node, False)
+            else:
+                self._load(node.id, node)
         elif isinstance(node.ctx, ast.Store):
             self._bind(node.id)
         else:
             self._delete_target(node)
 
-    def _attribute(self, node: ast.Attribute) -> None:
-        value = node.value
-        while isinstance(value, ast.Attribute):  # long chains without recursion
-            value = value.value
-        self._expr(value)
-
-    def _subscript(self, node: ast.Subscript) -> None:
-        self._expr(node.value)
-        self._expr(node.slice)
+    def _chain(self, node: ast.Attribute | ast.Subscript | ast.Call) -> None:
+        """``df.a[k].f(x).g()``: walked innermost first, with a loop rather than recursion
+        so that long method chains cannot hit the recursion limit."""
+        links: list[ast.Subscript | ast.Call] = []
+        inner: ast.expr = node
+        while True:
+            if isinstance(inner, ast.Attribute):
+                inner = inner.value
+            elif isinstance(inner, ast.Subscript):
+                links.append(inner)
+                inner = inner.value
+            elif isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute):
+                links.append(inner)
+                inner = inner.func.value
+            else:
+                break
+        if isinstance(inner, ast.Call):
+            self._expr(inner.func)
+            self._call(inner)
+        else:
+            self._expr(inner)
+        for link in reversed(links):
+            if isinstance(link, ast.Subscript):
+                self._expr(link.slice)
+            else:
+                self._call(link)
 
     def _binop(self, node: ast.BinOp) -> None:
         rights: list[ast.expr] = []
@@ -1622,7 +1658,10 @@ class _Analyser:
             self._expr(comparator)
 
     def _unaryop(self, node: ast.UnaryOp) -> None:
-        self._expr(node.operand)
+        operand = node.operand
+        while isinstance(operand, ast.UnaryOp):  # ``not not x``, ``--x``
+            operand = operand.operand
+        self._expr(operand)
 
     def _elements(self, node: ast.Tuple | ast.List | ast.Set) -> None:
         for element in node.elts:
@@ -1663,8 +1702,8 @@ class _Analyser:
                 self._alias({target.id} | _shared_names(node.value))
 
     def _call(self, node: ast.Call) -> None:
+        """The arguments and mutation rules of a call whose callee was walked already."""
         func = node.func
-        self._expr(func)
         for arg in node.args:
             self._expr(arg)
         for keyword in node.keywords:
@@ -1687,9 +1726,11 @@ class _Analyser:
                         self._mutate(name.id, name)
 
     def _may_keep_state(self, name: str) -> bool:
-        # Functions and classes defined or imported here are not data, and CapWords names
-        # are classes by convention: calling those creates objects, it changes none.
-        return not (name in self.functions or name in self.imported or name[:1].isupper())
+        # Functions and classes defined or imported here, and builtins, are not data; and
+        # CapWords names are classes by convention: calling those creates objects.
+        if name in self.functions or name in self.imported or name[:1].isupper():
+            return False
+        return name not in _BUILTIN_NAMES or name in self.binds
 
     def _method_call(self, node: ast.Call, func: ast.Attribute) -> bool:
         """Apply the receiver rule of ``x.method(...)``; whether the arguments are safe."""
