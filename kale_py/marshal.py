@@ -72,8 +72,10 @@ _MAX_HEADER = 64 * 1024 * 1024
 _MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call; stay well below
 
 # The content hash: SHA-256 of each 16 MiB block of the file, then SHA-256 of the
-# concatenated block digests. Blocks hash in parallel threads while the file is written;
-# one SHA-256 stream (~1.1 GB/s with SHA-NI) is slower than write+fsync on a fast disk.
+# concatenated block digests. Blocks hash in parallel threads while the file is written.
+# Measured on a 2-core VM (SHA-NI, OpenSSL 3): sha256 1.1 GB/s, sha1 1.1, md5 0.5,
+# blake2b 0.4 per core, against 0.8-1.3 GB/s for write+fsync. One sha256 thread beside
+# the writer saved 1 GiB at 0.86x the raw write+fsync rate, two block threads at 0.97x.
 HASH_ALGORITHM = "sha256-tree16m"
 _HASH_BLOCK = 16 * 1024 * 1024
 _THREADED_HASH_MIN = 8 * 1024 * 1024  # below this, threads cost more than they save
@@ -679,7 +681,12 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
     Writing everything before the first fsync lets the disk flush all files at once.
     """
     directory = Path(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create the state directory {directory}: {exc}. Hint: check "
+                         "that the state volume is mounted and writable", step=step,
+                         path=str(directory)) from exc
     pending: list[tuple[_PendingFile, VariableRecord]] = []
     try:
         for name, obj in names_values.items():
