@@ -137,9 +137,10 @@ def main() -> None:
           f"-> {'PASS' if warm < 1 else 'FAIL'} (target < 1 s)")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "run.json").write_text(json.dumps(
-        {"rows": [dict(zip(("notebook", "nb2pipe_s", "nbclient_s", "ratio", "target"), r))
-                  for r in rows], "cold_s": cold, "warm_s": warm}, indent=2))
+    keys = ("notebook", "nb2pipe_s", "nbclient_s", "ratio", "target")
+    table = [dict(zip(keys, r, strict=True)) for r in rows]
+    (out / "run.json").write_text(json.dumps({"rows": table, "cold_s": cold, "warm_s": warm},
+                                             indent=2))
 
 
 if __name__ == "__main__":
