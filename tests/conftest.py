@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+# The check's test notebooks are data (some are broken on purpose), not nbval tests.
+collect_ignore_glob = ["notebooks/*.ipynb"]
+
 try:
     import pytest_jupyter  # noqa: F401
 except ImportError:  # the e2e extra is not installed: only the server tests need it
