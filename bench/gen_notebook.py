@@ -63,6 +63,9 @@ class _Pools:
     dicts: list[str] = field(default_factory=lambda: ["table_0"])
     funcs: list[str] = field(default_factory=lambda: ["ident_0"])
     objects: list[str] = field(default_factory=list)
+    # functions that change the list passed to them, and functions that only read it
+    mutators: list[str] = field(default_factory=list)
+    readers: list[str] = field(default_factory=list)
 
 
 class _Picker:
@@ -125,6 +128,11 @@ def _loops(p: _Picker, n: int) -> str:
     items = p.pick("lists")
     kept, also_kept = p.ints(2)
     p.pools.ints += [f"acc_{n}", f"k_{n}", f"found_{n}", f"chk_{n}"]
+    calls = ""
+    if p.pools.mutators:
+        calls += f"{p.pick('mutators')}({items}, {i[0]} % 3)\n"
+    if p.pools.readers:
+        calls += f"seen_{n} = {p.pick('readers')}({p.pick('lists')}, scale={i[1]} % 3)\n"
     return f"""\
 acc_{n} = 0
 for j in range(1 + {i[0]} % 3):
@@ -152,7 +160,7 @@ for v in {items}[:0]:
 if len({items}) < 0:
     {also_kept} = 0
 chk_{n} = ({kept} + {also_kept}) % 1000
-"""
+{calls}"""
 
 
 def _comprehensions(p: _Picker, n: int) -> str:
@@ -301,6 +309,8 @@ def _mutations(p: _Picker, n: int) -> str:
     items, other, table, f = p.pick("lists"), p.pick("lists"), p.pick("dicts"), p.pick("funcs")
     p.pools.ints.append(f"n_{n}")
     p.pools.funcs.append(f"push_{n}")
+    p.pools.mutators.append(f"grow_{n}")
+    p.pools.readers.append(f"summary_{n}")
     obj = f"{p.pick('objects')}.add(1)\n" if p.pools.objects else ""
     return f"""\
 def push_{n}(v):
@@ -309,8 +319,13 @@ def push_{n}(v):
 
 
 def grow_{n}(seq, extra={i[0]} % 5):
-    seq.extend([extra])
+    tail = seq
+    tail.extend([extra])
     return len(seq)
+
+
+def summary_{n}(seq, *, scale=1):
+    return (sum(seq[-5:]) * scale + len(seq)) % 1000
 
 
 grow_{n}({other})

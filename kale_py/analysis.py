@@ -25,7 +25,7 @@ import builtins
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,12 +66,19 @@ class FunctionInfo:
     the lambdas in its body.
     ``globals_written``: module-level names it rebinds (``global x; x = ...``) or may
     mutate in place (``x.append(...)``).
+    ``parameters``: its parameter names in order, ``*args`` and ``**kwargs`` with their
+    stars, a bare ``*`` as ``"*"``.
+    ``mutated_parameters``: the parameters whose objects it may change in place
+    (directly, through a local alias, or by handing them on); None when unknown (a
+    class, a decorated function): then every argument may be changed.
     """
 
     name: str
     globals_read: frozenset[str]
     globals_written: frozenset[str]
     line: int
+    parameters: tuple[str, ...] = ()
+    mutated_parameters: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -335,14 +342,19 @@ def _continued_string(line: str, quote: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def analyse_source(source: str) -> CodeAnalysis:
+def analyse_source(
+    source: str, functions: Mapping[str, FunctionInfo] | None = None
+) -> CodeAnalysis:
     """Parse one cell (IPython syntax allowed) and analyse it.
 
+    ``functions``: functions defined by earlier cells (their ``FunctionInfo``). Passing
+    them makes calls to them precise: only the arguments they may change count as
+    mutated, and calling them does not count as changing them.
     Raises :class:`CodeSyntaxError` with the cell-relative line when it is not Python.
     """
     tree, text, magics = _parse_cell(source)
     try:
-        return _Analyser(text).run(tree, magics)
+        return _Analyser(text, functions or {}).run(tree, magics)
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 
@@ -525,7 +537,6 @@ _SUPPRESSING = frozenset({"suppress", "raises", "assertRaises", "assertRaisesReg
 _PASS_THROUGH = frozenset({"enumerate", "zip", "reversed", "iter", "list", "tuple",
                            "sorted", "filter", "next", "dict", "set", "frozenset"})
 _ELEMENT_VIEWS = frozenset({"values", "items", "__iter__"})
-_CONTAINER_INSERTS = frozenset({"append", "add", "insert", "extend", "setdefault", "update"})
 
 # Annotations are evaluated at definition time up to Python 3.13 (PEP 649 defers them).
 _EAGER_ANNOTATIONS = sys.version_info < (3, 14)
@@ -641,6 +652,54 @@ def _parameters(args: ast.arguments) -> set[str]:
     return {arg.arg for arg in every}
 
 
+def _parameter_list(args: ast.arguments) -> tuple[str, ...]:
+    """Parameter names in call order, with ``*`` and ``**`` marking the catch-alls."""
+    names = [a.arg for a in (*args.posonlyargs, *args.args)]
+    if args.vararg:
+        names.append("*" + args.vararg.arg)
+    elif args.kwonlyargs:
+        names.append("*")
+    names += [a.arg for a in args.kwonlyargs]
+    if args.kwarg:
+        names.append("**" + args.kwarg.arg)
+    return tuple(names)
+
+
+# Decorators that call the function with the caller's arguments unchanged.
+_TRANSPARENT_DECORATORS = frozenset({"lru_cache", "cache", "wraps", "jit", "njit"})
+
+
+def _is_transparent(decorator: ast.expr) -> bool:
+    if isinstance(decorator, ast.Call):
+        decorator = decorator.func
+    parts = _dotted(decorator)
+    return parts is not None and parts[-1] in _TRANSPARENT_DECORATORS
+
+
+def _changed_arguments(call: ast.Call, info: FunctionInfo | None) -> Iterator[ast.expr]:
+    """The argument expressions of a call whose objects the callee may change."""
+    mutated = None if info is None else info.mutated_parameters
+    unpacked = any(isinstance(a, ast.Starred) for a in call.args) or any(
+        k.arg is None for k in call.keywords)
+    if info is None or mutated is None or unpacked:
+        yield from call.args
+        yield from (k.value for k in call.keywords)
+        return
+    parameters = info.parameters
+    star = next((i for i, p in enumerate(parameters) if p.startswith("*")), len(parameters))
+    varargs = parameters[star] if star < len(parameters) and parameters[star][1:2] not in (
+        "", "*") else None
+    kwargs = parameters[-1] if parameters and parameters[-1].startswith("**") else None
+    for index, arg in enumerate(call.args):
+        parameter = parameters[index] if index < star else varargs
+        if parameter is None or parameter in mutated:
+            yield arg
+    for keyword in call.keywords:
+        parameter = keyword.arg if keyword.arg in parameters else kwargs
+        if parameter is None or parameter in mutated:
+            yield keyword.value
+
+
 def _type_parameters(node: ast.AST) -> list[ast.AST]:
     # PEP 695 generics (Python 3.12+): ``def f[T](x: T)``, ``class C[T]``, ``type X[T]``.
     params: list[ast.AST] = getattr(node, "type_params", None) or []
@@ -711,6 +770,21 @@ def _join(states: Iterable[_State]) -> _State:
 _FUNCTION, _LAMBDA, _CLASS, _COMPREHENSION, _TYPE_PARAMS = range(5)
 
 
+def _through_aliases(names: Iterable[str], scope: _Scope) -> set[str]:
+    """The names and every name of ``scope`` they may share objects with."""
+    result = set(names)
+    if not scope.aliases and not scope.outer_aliases:
+        return result
+    pending = list(result)
+    while pending:
+        name = pending.pop()
+        for source in (*scope.aliases.get(name, ()), *scope.outer_aliases.get(name, ())):
+            if source not in result:
+                result.add(source)
+                pending.append(source)
+    return result
+
+
 class _Scope:
     """A scope nested in the module: function, lambda, class, comprehension, generics.
 
@@ -722,7 +796,7 @@ class _Scope:
 
     __slots__ = ("kind", "parent", "immediate", "locals", "declared_global", "nonlocals",
                  "loads", "mutated", "global_loads", "global_mutated", "global_writes",
-                 "flow")
+                 "flow", "aliases", "outer_aliases", "closed_mutated")
 
     def __init__(self, kind: int, parent: _Scope | None) -> None:
         self.kind = kind
@@ -738,6 +812,12 @@ class _Scope:
         self.global_mutated: set[str] = set()
         self.global_writes: set[str] = set()
         self.flow = _Flow() if kind == _CLASS else None
+        # Local names that may share objects with other names (``q = p``, ``for r in p``):
+        # an in-place change through them changes those too. outer_aliases: sources
+        # that live in the enclosing scope (a comprehension's first iterable).
+        self.aliases: dict[str, set[str]] = {}
+        self.outer_aliases: dict[str, set[str]] = {}
+        self.closed_mutated: set[str] = set()
 
     def visible_parent(self) -> _Scope | None:
         """The enclosing scope a nested function sees: class bodies are skipped."""
@@ -782,11 +862,13 @@ class _Loop:
 class _Analyser:
     """One walk over a module's AST in evaluation order."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, known: Mapping[str, FunctionInfo]) -> None:
         self.source = source
+        self.known = known  # functions of earlier cells
         self.scope: _Scope | None = None
         self.flow = _Flow()  # the module's
         self.free: dict[str, ast.AST] = {}
+        self.read_directly: set[str] = set()
         self.definite: set[str] = set()
         self.definite_log: list[str] = []
         self.binds: set[str] = set()
@@ -800,6 +882,7 @@ class _Analyser:
         self.owner: _Owner | None = None
         self.loops: list[_Loop] = []
         self.lambdas: dict[ast.Lambda, _Globals] = {}
+        self.lambda_parameters: dict[ast.Lambda, frozenset[str]] = {}
         # Walrus is the only way an expression binds; most cells have none, which lets
         # expressions skip saving and restoring the flow state.
         self.walrus = ":=" in source
@@ -824,9 +907,14 @@ class _Analyser:
             functions=self.functions,
             star_imports=tuple(self.star_imports),
             magics=magics,
-            maybe_free=frozenset(self.free.keys() - self.definite),
+            maybe_free=frozenset(self.free.keys() - self._definitely_free()),
             partial_binds=frozenset(self.binds - exit_must),
         )
+
+    def _definitely_free(self) -> set[str]:
+        # A function or lambda may well run only after a later line of this source binds
+        # the global it reads: names read only by such code, and bound here, are maybe.
+        return self.definite - (self.binds - self.read_directly)
 
     def _use(self, name: str, node: ast.AST) -> NameUse:
         line: int = getattr(node, "lineno", 1)
@@ -862,9 +950,23 @@ class _Analyser:
                     if name in current.flow.must:
                         return
             elif name in current.locals:
+                if mutate:
+                    self._mutate_sources(current, name, node)
                 return
             current = current.parent
         self._module_read(name, node, mutate)
+
+    def _mutate_sources(self, scope: _Scope, name: str, node: ast.AST) -> None:
+        """An in-place change through a comprehension variable changes what it iterates."""
+        for source in scope.outer_aliases.get(name, ()):
+            self._mutate_in(scope.parent, source, node)
+        for source in scope.aliases.get(name, set()) - {name}:
+            self._mutate_in(scope, source, node)
+
+    def _mutate_in(self, scope: _Scope | None, name: str, node: ast.AST) -> None:
+        saved, self.scope = self.scope, scope
+        self._mutate(name, node)
+        self.scope = saved
 
     def _deferred_load(self, scope: _Scope, name: str, node: ast.AST, mutate: bool) -> None:
         if name in scope.declared_global:
@@ -887,17 +989,20 @@ class _Analyser:
         if mutate:
             scope.mutated.add(name)
 
-    def _module_read(self, name: str, node: ast.AST, mutate: bool) -> None:
+    def _module_read(self, name: str, node: ast.AST, mutate: bool,
+                     deferred: bool = False) -> None:
         flow = self.flow
         if name not in flow.must:
-            self._record_free(name, node)
+            self._record_free(name, node, deferred)
         if mutate:
             self._mutate_module(name)
         if name in self.functions:
             self._use_local_function(name, node)
 
-    def _record_free(self, name: str, node: ast.AST) -> None:
+    def _record_free(self, name: str, node: ast.AST, deferred: bool = False) -> None:
         self.free.setdefault(name, node)
+        if not deferred:
+            self.read_directly.add(name)
         if name not in self.flow.may and not self.star_seen and name not in self.definite:
             self.definite.add(name)
             self.definite_log.append(name)
@@ -907,7 +1012,7 @@ class _Analyser:
         # body now: its globals are read here, its global writes happen here.
         for read in function_closure([name], self.functions):
             if read not in self.flow.must:
-                self._record_free(read, node)
+                self._record_free(read, node, deferred=True)
         writes = function_writes([name], self.functions)
         self.binds |= writes
         self.flow.may |= writes
@@ -1004,9 +1109,14 @@ class _Analyser:
         if scope.immediate:
             return None
         loads = {n: node for n, node in scope.loads.items() if n not in scope.locals}
-        mutated = scope.mutated - scope.locals
+        scope.closed_mutated = _through_aliases(scope.mutated, scope)
+        mutated = scope.closed_mutated - scope.locals
         target = scope.visible_parent()
         if target is not None and not target.immediate:
+            for name, sources in scope.aliases.items():
+                if name not in scope.locals:  # a walrus target of the enclosing scope
+                    shared = _through_aliases(sources, scope) - scope.locals
+                    target.aliases.setdefault(name, set()).update(shared)
             for name, node in loads.items():
                 target.loads.setdefault(name, node)
             for name, node in scope.global_loads.items():
@@ -1023,6 +1133,16 @@ class _Analyser:
                 if name in mutated:
                     result.mutated.add(name)
         return result
+
+    def _share(self, name: str, shared: set[str]) -> None:
+        """``name`` may now share objects with ``shared``."""
+        if not shared:
+            return
+        scope = self.scope
+        if scope is None:
+            self._alias({name} | shared)
+        elif scope.kind != _CLASS:
+            scope.aliases.setdefault(name, set()).update(shared)
 
     @staticmethod
     def _resolved_by_enclosing(scope: _Scope | None, name: str) -> bool:
@@ -1042,7 +1162,7 @@ class _Analyser:
 
     def _read_now(self, globals_: _Globals) -> None:
         for name, node in globals_.reads.items():
-            self._module_read(name, node, name in globals_.mutated)
+            self._module_read(name, node, name in globals_.mutated, deferred=True)
         for name in globals_.written:
             self.binds.add(name)
             self.flow.may.add(name)
@@ -1115,7 +1235,7 @@ class _Analyser:
 
     def _assign(self, node: ast.Assign) -> None:
         self._expr(node.value)
-        shared = _shared_names(node.value) if self.scope is None else set()
+        shared = _shared_names(node.value)
         for target in node.targets:
             self._target(target, shared)
         if (self.scope is None and isinstance(node.value, ast.Lambda)
@@ -1125,7 +1245,8 @@ class _Analyser:
                 name = node.targets[0].id
                 self.functions[name] = FunctionInfo(
                     name, frozenset(globals_.reads),
-                    frozenset(globals_.mutated | globals_.written), node.lineno)
+                    frozenset(globals_.mutated | globals_.written), node.lineno,
+                    _parameter_list(node.value.args), self.lambda_parameters.get(node.value))
 
     def _aug_assign(self, node: ast.AugAssign) -> None:
         target = node.target
@@ -1162,8 +1283,8 @@ class _Analyser:
         """Bind an assignment target; ``shared`` are variables the value may alias."""
         if isinstance(node, ast.Name):
             self._bind(node.id)
-            if shared and self.scope is None:
-                self._alias({node.id} | shared)
+            if shared:
+                self._share(node.id, shared)
         elif isinstance(node, (ast.Tuple, ast.List)):
             for element in node.elts:
                 self._target(element, shared)
@@ -1171,8 +1292,8 @@ class _Analyser:
             self._target(node.value, shared)
         elif isinstance(node, (ast.Attribute, ast.Subscript)):
             root = self._store_into(node)
-            if root is not None and shared and self.scope is None:
-                self._alias({root} | shared)
+            if root is not None and shared:
+                self._share(root, shared)
         else:
             self._expr(node)
 
@@ -1198,7 +1319,7 @@ class _Analyser:
 
     def _for(self, node: ast.For | ast.AsyncFor) -> None:
         self._expr(node.iter)
-        shared = _shared_names(node.iter) if self.scope is None else set()
+        shared = _shared_names(node.iter)
 
         def bind_target() -> None:
             self._target(node.target, shared)
@@ -1211,8 +1332,8 @@ class _Analyser:
         infinite = isinstance(test, ast.Constant) and bool(test.value)
         self._loop(None, node.body, node.orelse, infinite)
 
-    def _loop(self, before_body: Any, body: list[ast.stmt], orelse: list[ast.stmt],
-              infinite: bool) -> None:
+    def _loop(self, before_body: Callable[[], None] | None, body: list[ast.stmt],
+              orelse: list[ast.stmt], infinite: bool) -> None:
         flow = self._flow()
         if flow is None:
             if before_body is not None:
@@ -1237,8 +1358,10 @@ class _Analyser:
         for name in self.definite_log[mark:]:
             if name in may_again:
                 self.definite.discard(name)
-        normal = [end, *loop.continues] if infinite else [entry, end, *loop.continues]
-        flow.restore(_join(normal) if not infinite else _State(set(), may_again, True))
+        if infinite:  # ``while True``: the only way out is a break
+            flow.restore(_State(set(), may_again, True))
+        else:
+            flow.restore(_join([entry, end, *loop.continues]))
         if not flow.dead:
             self._block(orelse)
         flow.restore(_join([flow.save(), *loop.breaks]))
@@ -1269,7 +1392,8 @@ class _Analyser:
         for item in node.items:
             self._expr(item.context_expr)
             if item.optional_vars is not None:
-                self._target(item.optional_vars)
+                # ``with p as q``: q is often p itself (files, locks, sessions).
+                self._target(item.optional_vars, _shared_names(item.context_expr))
             suppressing = suppressing or _is_suppressing(item.context_expr)
         flow = self._flow()
         if flow is None or not suppressing:
@@ -1355,10 +1479,10 @@ class _Analyser:
         for case in node.cases:
             flow.restore(entry)
             self._pattern(case.pattern)
-            # A failed pattern may leave some captures bound: maybe-bound afterwards.
-            entry.may |= flow.may
             if case.guard is not None:
                 self._expr(case.guard)
+            # A failed pattern or guard may leave some names bound: maybe-bound afterwards.
+            entry.may |= flow.may
             self._block(case.body)
             ends.append(flow.save())
             if case.guard is None and _irrefutable(case.pattern):
@@ -1481,7 +1605,8 @@ class _Analyser:
         saved_owner = self.owner
         if top_level:
             self.owner = _Owner()
-        self._push(_FUNCTION, _parameters(node.args))
+        parameters = _parameter_list(node.args)
+        scope = self._push(_FUNCTION, _parameters(node.args))
         self._block(node.body)
         globals_ = self._pop()
         if globals_ is not None:
@@ -1489,15 +1614,20 @@ class _Analyser:
         if type_params:
             self._pop()
         if top_level:
-            self._register(node, saved_owner)
+            mutated = None
+            if all(_is_transparent(d) for d in node.decorator_list):
+                mutated = frozenset(p for p in parameters if p.lstrip("*") in scope.closed_mutated)
+            self._register(node, saved_owner, parameters, mutated)
         self._bind(node.name)
 
     def _register(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef,
-                  saved_owner: _Owner | None) -> None:
+                  saved_owner: _Owner | None, parameters: tuple[str, ...] = (),
+                  mutated: frozenset[str] | None = None) -> None:
         owner = self.owner
         assert owner is not None
         self.functions[node.name] = FunctionInfo(
-            node.name, frozenset(owner.reads), frozenset(owner.writes), node.lineno)
+            node.name, frozenset(owner.reads), frozenset(owner.writes), node.lineno,
+            parameters, mutated)
         self.owner = saved_owner
 
     def _defaults(self, args: ast.arguments) -> None:
@@ -1698,8 +1828,7 @@ class _Analyser:
         target = node.target
         if isinstance(target, ast.Name):
             self._bind_walrus(target.id)
-            if self.scope is None:
-                self._alias({target.id} | _shared_names(node.value))
+            self._share(target.id, _shared_names(node.value))
 
     def _call(self, node: ast.Call) -> None:
         """The arguments and mutation rules of a call whose callee was walked already."""
@@ -1708,22 +1837,53 @@ class _Analyser:
             self._expr(arg)
         for keyword in node.keywords:
             self._expr(keyword.value)
+        info = None
         if isinstance(func, ast.Attribute):
             arguments_safe = self._method_call(node, func)
         elif isinstance(func, ast.Name):
             arguments_safe = func.id in _PURE_FUNCTIONS
-            if not arguments_safe and self._may_keep_state(func.id):
+            info = self._known_function(func.id) if not arguments_safe else None
+            if not arguments_safe and info is None and self._may_keep_state(func.id):
                 # A callable may keep state: a closure's counter, a torch module's
                 # running statistics, parameters changed through an optimizer.
                 self._mutate(func.id, func)
         else:
             arguments_safe = False
-        if not arguments_safe:
-            # The callee may change any object handed to it (``shuffle(x)``, ``f(df)``).
-            for value in (*node.args, *(k.value for k in node.keywords)):
-                for name in _held_names(value):
-                    if name.id not in _BUILTIN_TYPES or name.id in self.binds:
-                        self._mutate(name.id, name)
+        if arguments_safe:
+            return
+        # The callee may change any object handed to it (``shuffle(x)``, ``f(df)``),
+        # unless it is a notebook function known to leave that parameter alone.
+        for value in _changed_arguments(node, info):
+            for name in _held_names(value):
+                if name.id not in _BUILTIN_TYPES or name.id in self.binds:
+                    self._mutate(name.id, name)
+
+    def _known_function(self, name: str) -> FunctionInfo | None:
+        """The FunctionInfo of a module-level function called by name, if known."""
+        if not self._is_module_name(name):
+            return None
+        if name in self.functions:
+            return self.functions[name]
+        if name in self.binds:  # rebound here: the earlier definition no longer applies
+            return None
+        return self.known.get(name)
+
+    def _is_module_name(self, name: str) -> bool:
+        """Whether ``name`` read here resolves to the module (not inside functions,
+        where the binding may change before the code runs)."""
+        scope = self.scope
+        current = scope
+        while current is not None:
+            if not current.immediate:
+                return False
+            if current.kind == _CLASS:
+                assert current.flow is not None
+                if current is scope and name in current.flow.may:
+                    return False
+            elif name in current.locals:
+                return False
+            current = current.parent
+        return True
 
     def _may_keep_state(self, name: str) -> bool:
         # Functions and classes defined or imported here, and builtins, are not data; and
@@ -1741,18 +1901,17 @@ class _Analyser:
         changes_receiver = method not in _PURE_METHODS or _inplace(node)
         if root is not None and changes_receiver and root not in _MODULE_ALIASES:
             self._mutate(root, func)
-            if method in _CONTAINER_INSERTS and self.scope is None:
-                for arg in node.args:
-                    self._alias({root} | _shared_names(arg))
         return method in _PURE_METHODS or method in _ARGUMENT_SAFE_METHODS
 
     def _lambda(self, node: ast.Lambda) -> None:
         self._defaults(node.args)
-        self._push(_LAMBDA, _parameters(node.args))
+        scope = self._push(_LAMBDA, _parameters(node.args))
         self._expr(node.body)
         globals_ = self._pop()
         if globals_ is None:
             return
+        self.lambda_parameters[node] = frozenset(
+            p for p in _parameter_list(node.args) if p.lstrip("*") in scope.closed_mutated)
         # A lambda at module level is almost always called right away (a sort key, an
         # apply): its reads count here. In a class body it is also a method-like use.
         self.lambdas[node] = globals_
@@ -1769,9 +1928,15 @@ class _Analyser:
         saved = set(flow.must) if flow is not None else None
         targets = {n for g in generators for n in _target_names(g.target)}
         self._push(_COMPREHENSION, targets)
+        scope = self.scope
+        assert scope is not None
         for index, generator in enumerate(generators):
             if index:
                 self._expr(generator.iter)
+            shared = _shared_names(generator.iter)
+            for name in _target_names(generator.target):
+                aliases = scope.aliases if index else scope.outer_aliases
+                aliases.setdefault(name, set()).update(shared)
             self._target(generator.target)
             for condition in generator.ifs:
                 self._expr(condition)

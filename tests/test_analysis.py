@@ -245,6 +245,15 @@ def test_calling_before_the_globals_exist() -> None:
     assert free(analyse("def f():\n    return g\nf()\ng = 1\n")) == {"g"}
 
 
+def test_globals_read_only_by_code_that_may_run_later_are_maybe_free() -> None:
+    # A method may run only after ``helper`` is defined below; a direct read may not.
+    a = analyse("class A:\n    def f(self):\n        return helper()\nx = A()\n"
+                "def helper():\n    return 1\n")
+    assert free(a) == {"helper"} and a.maybe_free == {"helper"}
+    a = analyse("x = helper()\ndef helper():\n    return 1\n")
+    assert free(a) == {"helper"} and a.maybe_free == frozenset()
+
+
 def test_transitive_calls_in_the_same_source() -> None:
     a = analyse("def f():\n    return g()\ndef g():\n    return k\nr = f()\n")
     assert free(a) == {"k"}
@@ -383,6 +392,11 @@ def test_match_without_wildcard_may_bind_nothing() -> None:
     assert a.maybe_free == {"out"}
 
 
+def test_match_guard_walrus_is_maybe_bound() -> None:
+    a = analyse("match p:\n    case v if (w := v):\n        pass\nprint(w)\n")
+    assert "w" in a.maybe_free and "w" in a.partial_binds
+
+
 def test_match_guard_does_not_make_a_case_exhaustive() -> None:
     a = analyse("match p:\n    case v if v:\n        out = 1\nprint(out)\n")
     assert "out" in free(a)
@@ -425,8 +439,15 @@ def test_match_guard_does_not_make_a_case_exhaustive() -> None:
     pytest.param("X = df\nX['c'] = 1", "X df", id="alias-by-assignment"),
     pytest.param("parts = [a, b]\nfor p in parts:\n    p['c'] = 1", "p parts a b",
                  id="alias-through-a-container"),
-    pytest.param("l = []\nl.append(df)\nl[0].x = 1", "l df", id="alias-by-append"),
+    pytest.param("l = []\nl.append(df)", "l", id="append-does-not-alias"),
     pytest.param("def f():\n    x.append(1)\nf()", "x", id="through-a-function-called-here"),
+    pytest.param("ys = [v.append(1) for v in xs]", "xs", id="through-a-comprehension-variable"),
+    pytest.param("ys = [c.clear() for row in grid for c in row]", "grid",
+                 id="through-nested-comprehension-variables"),
+    pytest.param("def g(a, b):\n    b.append(a)\ng(x, y)", "y", id="only-changed-parameters"),
+    pytest.param("def g(a, b):\n    b.append(a)\ng(x, b=y)", "y", id="changed-keyword-parameter"),
+    pytest.param("def g(a, b):\n    b.append(a)\ng(*xs)", "xs", id="unpacked-arguments"),
+    pytest.param("def g(*rows):\n    rows[0].clear()\ng(x, y)", "x y", id="changed-varargs"),
 ])
 def test_mutates(source: str, mutated: str) -> None:
     assert set(analyse(source).mutates) == words(mutated)
@@ -461,7 +482,7 @@ def test_mutates(source: str, mutated: str) -> None:
     pytest.param("def f(v):\n    return v\nf(1)", id="function-defined-here"),
     pytest.param("x = []\nx = [1]", id="plain-rebinding"),
     pytest.param("def f():\n    x = []\n    x.append(1)", id="local-in-function"),
-    pytest.param("ys = [v.append(1) for v in xs]", id="comprehension-local"),
+    pytest.param("ys = [v.upper() for v in xs]", id="comprehension-local"),
     pytest.param("class A:\n    items = []\n    items.append(1)", id="class-local"),
 ])
 def test_does_not_mutate(source: str) -> None:
@@ -471,6 +492,51 @@ def test_does_not_mutate(source: str) -> None:
 def test_mutation_is_also_a_read() -> None:
     a = analyse("x.append(1)\n")
     assert free(a) == {"x"} and a.mutates == {"x"} and a.binds == frozenset()
+
+
+@pytest.mark.parametrize(("source", "parameters", "mutated"), [
+    pytest.param("def score(model, X, y):\n    return round((model.predict(X) == y).mean(), 4)",
+                 ("model", "X", "y"), "", id="reads-only"),
+    pytest.param("def clean(df):\n    df.dropna(inplace=True)", ("df",), "df", id="inplace"),
+    pytest.param("def f(p, q):\n    r = p\n    r.append(q)", ("p", "q"), "p",
+                 id="through-a-local-alias"),
+    pytest.param("def f(rows):\n    for r in rows:\n        r['x'] = 1", ("rows",), "rows",
+                 id="through-a-loop-variable"),
+    pytest.param("def f(p):\n    def g():\n        p.clear()\n    g()", ("p",), "p",
+                 id="through-a-nested-function"),
+    pytest.param("def f(p):\n    return shuffle(p)", ("p",), "p", id="handed-on"),
+    pytest.param("def f(p):\n    p = p.copy()\n    return p", ("p",), "", id="copied"),
+    pytest.param("def f(a, /, b, *args, c, d=1, **kw):\n    kw.clear()",
+                 ("a", "b", "*args", "c", "d", "**kw"), "**kw", id="every-kind"),
+    pytest.param("def f(a, *, b):\n    b.sort()", ("a", "*", "b"), "b", id="bare-star"),
+    pytest.param("@functools.lru_cache\ndef f(p):\n    return len(p)", ("p",), "",
+                 id="transparent-decorator"),
+    pytest.param("f = lambda v, acc: acc.append(v)", ("v", "acc"), "acc", id="lambda"),
+])
+def test_parameters_a_function_may_change(source: str, parameters: tuple[str, ...],
+                                          mutated: str) -> None:
+    (info,) = analyse(source).functions.values()
+    assert info.parameters == parameters
+    assert info.mutated_parameters == frozenset(mutated.split())
+
+
+@pytest.mark.parametrize("source", [
+    pytest.param("@register\ndef f(p):\n    return p", id="unknown-decorator"),
+    pytest.param("class f:\n    def __init__(self, p):\n        pass", id="class"),
+])
+def test_parameters_unknown(source: str) -> None:
+    assert analyse(source).functions["f"].mutated_parameters is None
+
+
+def test_functions_of_earlier_cells_make_calls_precise() -> None:
+    helpers = analyse("def score(model, X, y):\n    return (model.predict(X) == y).mean()\n"
+                      "def clean(df):\n    df.dropna(inplace=True)\n").functions
+    cell = "s = score(model, X_test, y_test)\nclean(raw)\n"
+    assert analyse_source(cell).mutates == {"score", "model", "X_test", "y_test", "clean", "raw"}
+    assert analyse_source(cell, helpers).mutates == {"raw"}
+    # Rebinding the name in the cell makes the earlier definition irrelevant.
+    assert "X" in analyse_source("def score(m, X, y):\n    X.sort()\nscore(a, X, b)\n",
+                                 helpers).mutates
 
 
 def test_function_mutating_a_global_records_a_write() -> None:

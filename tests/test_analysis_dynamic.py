@@ -1,6 +1,7 @@
 """Dynamic proof of the analysis on an executable synthetic notebook.
 
-Each code cell runs twice: once in a namespace holding *only* builtins and the names the
+Each code cell is analysed knowing the functions of earlier cells (as the graph builder
+does), then runs twice: once in a namespace holding *only* builtins and the names the
 analysis says the cell needs (its free names plus the call-time globals of the functions
 it uses, transitively), and once in the full reference namespace where all earlier cells
 ran. Functions from earlier cells are re-created with the small namespace as their
@@ -136,7 +137,7 @@ def validate(sources: list[str]) -> Report:
     for index, source in enumerate(sources):
         report.cells += 1
         where = f"cell {index}"
-        analysis = analyse_source(source)
+        analysis = analyse_source(source, functions)
         code = compile(strip_magics(source)[0], f"<{where}>", "exec")
         free = [use.name for use in analysis.free]
         called = [name for name in free if name in functions]
