@@ -7,8 +7,9 @@ this linear in the size of the notebook.
 
 from __future__ import annotations
 
+import bisect
 import builtins
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .analysis import (
@@ -21,7 +22,7 @@ from .analysis import (
     strip_magics,
 )
 from .diagnostics import Diagnostic, error, has_errors, sort_diagnostics, warning
-from .hazards import Hazard, find_hazards
+from .hazards import Hazard, find_hazards, might_have_hazards
 from .magics import (
     LINE_MAGICS,
     PYTHON_CELL_MAGICS,
@@ -148,7 +149,10 @@ class _Located:
 
 
 def _analyse_cells(
-    cells: list[Cell], step: str | None, problems: list[Diagnostic]
+    cells: list[Cell],
+    step: str | None,
+    problems: list[Diagnostic],
+    functions: Mapping[str, FunctionInfo] | None = None,
 ) -> _Located | None:
     """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
     sources: list[str] = []
@@ -160,7 +164,7 @@ def _analyse_cells(
         starts.append((line, cell.index))
         line += text.count("\n")
     try:
-        return _Located(analyse_source("".join(sources)), tuple(starts))
+        return _Located(analyse_source("".join(sources), functions), tuple(starts))
     except CodeSyntaxError:
         pass
     found = False
@@ -232,7 +236,7 @@ class _GraphBuilder:
                 self._metrics_cell(item)
         self._load_partial_bindings()
         _check_split_steps(self.blocks.steps, self.state, self.problems)
-        _check_hazards(self.blocks, self.state, self.edges(), self.problems)
+        _check_hazards(self.blocks, self.state, self.edges, self.problems)
         # A name missing because a split step runs too early is that cycle, said once.
         cycles = {d.cell for d in self.problems if d.code == "NB104"}
         self.problems = [d for d in self.problems if not (d.code == "NB103" and d.cell in cycles)]
@@ -262,7 +266,7 @@ class _GraphBuilder:
             )
 
     def _step(self, step: Step) -> None:
-        located = _analyse_cells(list(step.cells), step.name, self.problems)
+        located = _analyse_cells(list(step.cells), step.name, self.problems, self.functions)
         if located is None:
             return
         a = located.analysis
@@ -287,8 +291,8 @@ class _GraphBuilder:
             )
         # Calling a builtin, an imports/functions-cell name or a function defined with `def`
         # does not change it (its global writes are counted separately): no data to pass.
-        not_data = (AMBIENT_NAMES | self.prelude_names | self.functions.keys()) - a.binds
-        writes = a.binds | (a.mutates - not_data) | function_writes(called, self.functions)
+        mutated = {n for n in a.mutates if not self._is_code(n)}
+        writes = a.binds | mutated | function_writes(called, self.functions)
         state.writes, state.reads = writes, frozenset(needed)
         for name in writes:
             self.last_writer[name] = step.name
@@ -357,6 +361,9 @@ class _GraphBuilder:
                         step=step,
                     )
                 )
+
+    def _is_code(self, name: str) -> bool:
+        return name in AMBIENT_NAMES or name in self.prelude_names or name in self.functions
 
     def _needed(self, a: CodeAnalysis) -> tuple[dict[str, int], list[str]]:
         """Names the step reads from outside (with the joined-source line of the first use),
@@ -484,9 +491,11 @@ def _check_split_steps(
     parts writes a value a later part reads, or reads a value a later part writes, the
     pipeline would compute something else than the notebook: a cycle.
     """
-    for step in steps:
+    positions = [s.position for s in steps]  # ascending: steps are in notebook order
+    for i, step in enumerate(steps):
         for cell in step.cells[1:]:
-            between = [s for s in steps if step.position < s.position < cell.index]
+            end = bisect.bisect_left(positions, cell.index, lo=i + 1)
+            between = steps[i + 1 : end]  # steps starting between the first cell and this one
             if not between:
                 continue
             try:
@@ -531,11 +540,9 @@ def _levels(steps: tuple[Step, ...], edges: tuple[Edge, ...]) -> tuple[tuple[str
 def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
     found = []
     for cell in cells:
-        source = (
-            strip_magics(cell.source)[0]
-            if "%" in cell.source or "!" in cell.source
-            else cell.source
-        )
+        if not might_have_hazards(cell.source):
+            continue
+        source = strip_magics(cell.source)[0]
         found += [(h, cell.index, h.line) for h in find_hazards(source)]
     return found
 
@@ -543,7 +550,7 @@ def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
 def _check_hazards(
     blocks: Blocks,
     state: Mapping[str, _StepState],
-    edges: tuple[Edge, ...],
+    edges: Callable[[], tuple[Edge, ...]],
     problems: list[Diagnostic],
 ) -> None:
     """Known limits: state outside Python variables that a later step would not see."""
@@ -556,7 +563,7 @@ def _check_hazards(
         for h, _, _ in _cell_hazards((c,))
         if h.kind == "seed"
     }
-    ancestors = _ancestors(steps, edges)
+    ancestors = _ancestors(steps, edges())
     seeded: dict[str, tuple[str, int]] = {}
     written: dict[str, tuple[str, int]] = {}
     for i, step in enumerate(steps):

@@ -31,9 +31,14 @@ class Hazard:
     detail: str  # the module for seeds/random draws, the path for files, the call otherwise
 
 
+def might_have_hazards(source: str) -> bool:
+    """A cheap test: only cells that mention a hazard's vocabulary are parsed again."""
+    return _PREFILTER.search(source) is not None
+
+
 def find_hazards(source: str) -> list[Hazard]:
     """Hazards in one cell's (magic-free) source; a cell that does not parse has none."""
-    if not _PREFILTER.search(source):
+    if not might_have_hazards(source):
         return []
     try:
         tree = ast.parse(source)
