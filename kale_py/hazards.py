@@ -13,15 +13,44 @@ import re
 from dataclasses import dataclass
 
 # Cheap pre-check: only cells mentioning one of these are parsed again.
-_PREFILTER = re.compile(r"seed|random|environ|putenv|chdir|open\(|to_\w+\(|read_\w+\(|save|load|write")
+_PREFILTER = re.compile(
+    r"seed|random|environ|putenv|chdir|open\(|to_\w+\(|read_\w+\(|save|load|write"
+)
 
 _SEED_CALLS = {"seed", "manual_seed", "set_seed", "manual_seed_all"}
-_WRITE_METHODS = {"to_csv", "to_parquet", "to_json", "to_excel", "to_pickle", "to_feather",
-                  "to_hdf", "savefig", "write_text", "write_bytes", "save", "savez",
-                  "savez_compressed", "dump", "to_netcdf"}
-_READ_FUNCS = {"read_csv", "read_parquet", "read_json", "read_excel", "read_pickle",
-               "read_feather", "read_hdf", "read_text", "read_bytes", "load", "loadtxt",
-               "genfromtxt", "imread", "open_dataset"}
+_WRITE_METHODS = {
+    "to_csv",
+    "to_parquet",
+    "to_json",
+    "to_excel",
+    "to_pickle",
+    "to_feather",
+    "to_hdf",
+    "savefig",
+    "write_text",
+    "write_bytes",
+    "save",
+    "savez",
+    "savez_compressed",
+    "dump",
+    "to_netcdf",
+}
+_READ_FUNCS = {
+    "read_csv",
+    "read_parquet",
+    "read_json",
+    "read_excel",
+    "read_pickle",
+    "read_feather",
+    "read_hdf",
+    "read_text",
+    "read_bytes",
+    "load",
+    "loadtxt",
+    "genfromtxt",
+    "imread",
+    "open_dataset",
+}
 
 
 @dataclass(frozen=True)
@@ -64,8 +93,11 @@ def _call_hazards(call: ast.Call) -> list[Hazard]:
         return [Hazard("seed", line, _rng_family(dotted))]
     if len(dotted) > 1 and dotted[-2] == "random" or dotted[0] == "random" and len(dotted) == 2:
         return [Hazard("random", line, _rng_family(dotted))]
-    if dotted[:2] == ["os", "environ"] and name in ("update", "setdefault", "pop", "clear") \
-            or dotted in (["os", "putenv"], ["os", "chdir"], ["os", "unsetenv"]):
+    if (
+        dotted[:2] == ["os", "environ"]
+        and name in ("update", "setdefault", "pop", "clear")
+        or dotted in (["os", "putenv"], ["os", "chdir"], ["os", "unsetenv"])
+    ):
         return [Hazard("environment", line, ".".join(dotted))]
     path = _literal_path(call)
     if path is None:
@@ -82,8 +114,13 @@ def _call_hazards(call: ast.Call) -> list[Hazard]:
 
 def _rng_family(dotted: list[str]) -> str:
     head = dotted[0]
-    return {"np": "numpy", "numpy": "numpy", "torch": "torch", "tf": "tensorflow",
-            "tensorflow": "tensorflow"}.get(head, "random")
+    return {
+        "np": "numpy",
+        "numpy": "numpy",
+        "torch": "torch",
+        "tf": "tensorflow",
+        "tensorflow": "tensorflow",
+    }.get(head, "random")
 
 
 def _dotted(node: ast.expr) -> list[str]:
@@ -103,20 +140,31 @@ def _dotted(node: ast.expr) -> list[str]:
 def _literal_path(call: ast.Call) -> str | None:
     """The file a call names with a string literal: its first argument, or ``Path("x")``."""
     candidates: list[ast.expr] = list(call.args[:2])
-    candidates += [k.value for k in call.keywords if k.arg in ("path", "path_or_buf", "fname",
-                                                                "file", "filepath_or_buffer")]
+    candidates += [
+        k.value
+        for k in call.keywords
+        if k.arg in ("path", "path_or_buf", "fname", "file", "filepath_or_buffer")
+    ]
     func = call.func
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call):
         candidates = list(func.value.args[:1]) + candidates  # Path("x").write_text()
     for node in candidates:
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _looks_like_path(node.value):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _looks_like_path(node.value)
+        ):
             return node.value
     return None
 
 
 def _looks_like_path(text: str) -> bool:
-    return bool(text) and len(text) < 4096 and "\n" not in text and (
-        "." in text.rsplit("/", 1)[-1] or "/" in text)
+    return (
+        bool(text)
+        and len(text) < 4096
+        and "\n" not in text
+        and ("." in text.rsplit("/", 1)[-1] or "/" in text)
+    )
 
 
 def _open_mode(call: ast.Call) -> str:
