@@ -120,10 +120,8 @@ def cell_to_python(source: str) -> tuple[str, tuple[str, str] | None]:
         if name in PYTHON_CELL_MAGICS:
             body, _ = cell_to_python(rest)
             return f"pass  # %%{name} {args}".rstrip() + "\n" + body, (name, args.strip())
-        return (
-            f"_kp.cell_magic({name!r}, {args.strip()!r}, {rest + chr(10) if rest else ''!r})",
-            None,
-        )
+        body = rest if rest.endswith("\n") or not rest else rest + "\n"  # as IPython passes it
+        return f"_kp.cell_magic({name!r}, {args.strip()!r}, {body!r})", None
     _, magics = strip_magics(source)
     if not magics:
         return source, None

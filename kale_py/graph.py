@@ -11,12 +11,13 @@ import bisect
 import builtins
 import gc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .analysis import (
     CodeAnalysis,
     CodeSyntaxError,
     FunctionInfo,
+    MagicLine,
     analyse_source,
     function_closure,
     function_writes,
@@ -147,6 +148,7 @@ class _Located:
 
     analysis: CodeAnalysis
     starts: tuple[tuple[int, int], ...]  # (first joined line, cell index)
+    magics: tuple[MagicLine, ...]  # with joined line numbers
 
     def where(self, line: int) -> tuple[int, int]:
         cell, first = self.starts[0][1], 1
@@ -166,14 +168,22 @@ def _analyse_cells(
     """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
     sources: list[str] = []
     starts: list[tuple[int, int]] = []
+    magics: list[MagicLine] = []
     line = 1
     for cell in cells:
-        text = cell.source if cell.source.endswith("\n") or not cell.source else cell.source + "\n"
+        # IPython syntax is per cell (a %%magic only counts on a cell's first line), so it is
+        # turned into Python before the cells are joined; line numbers are kept.
+        text = cell.source
+        if "%" in text or "!" in text or "?" in text:
+            text, found_magics = strip_magics(text)
+            magics += [replace(m, line=m.line + line - 1) for m in found_magics]
+        text = text if text.endswith("\n") or not text else text + "\n"
         sources.append(text)
         starts.append((line, cell.index))
         line += text.count("\n")
     try:
-        return _Located(analyse_source("".join(sources), functions), tuple(starts))
+        analysis = analyse_source("".join(sources), functions)
+        return _Located(analysis, tuple(starts), tuple(magics))
     except CodeSyntaxError:
         pass
     found = False
@@ -328,7 +338,7 @@ class _GraphBuilder:
                     self.state[provider].saves.add(name)
 
     def _check_magics(self, located: _Located, step: str | None) -> None:
-        for magic in located.analysis.magics:
+        for magic in located.magics:
             kind, name = magic_name(magic.text)
             cell, line = located.where(magic.line)
             if kind == "line" and name in STEP_LOCAL_LINE_MAGICS and step is not None:
