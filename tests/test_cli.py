@@ -14,8 +14,9 @@ SAMPLES = Path(__file__).parent.parent / "sample_notebooks"
 
 
 def nb2pipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kale_py", *args], capture_output=True, text=True,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "kale_py", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_check_ok() -> None:
@@ -28,7 +29,9 @@ def test_check_error_names_cell_and_line() -> None:
     path = NOTEBOOKS / "undefined_name.ipynb"
     done = nb2pipe("check", str(path))
     assert done.returncode == 1
-    assert f"{path}:cell 2:2: error NB103: 'x' is used but no earlier step defines it" in done.stdout
+    assert (
+        f"{path}:cell 2:2: error NB103: 'x' is used but no earlier step defines it" in done.stdout
+    )
     assert "[step a]" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
 
@@ -38,8 +41,9 @@ def test_check_json() -> None:
     assert done.returncode == 1
     out = json.loads(done.stdout)
     assert out["ok"] is False
-    assert [(d["code"], d["cell"], d["line"], d["severity"], d["step"]) for d in out["diagnostics"]] \
-        == [("NB101", 1, 2, "error", "a")]
+    assert [
+        (d["code"], d["cell"], d["line"], d["severity"], d["step"]) for d in out["diagnostics"]
+    ] == [("NB101", 1, 2, "error", "a")]
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -95,8 +99,13 @@ def test_graph_text() -> None:
 def test_graph_mermaid_and_dot() -> None:
     mermaid = nb2pipe("graph", str(NOTEBOOKS / "prev_without_data.ipynb"), "--format", "mermaid")
     assert mermaid.stdout.splitlines() == [
-        "flowchart TD", '    s_a["a"]', '    s_b["b"]', '    s_c["c"]',
-        '    s_a -->|"x"| s_c', "    s_b -.-> s_c"]
+        "flowchart TD",
+        '    s_a["a"]',
+        '    s_b["b"]',
+        '    s_c["c"]',
+        '    s_a -->|"x"| s_c',
+        "    s_b -.-> s_c",
+    ]
     dot = nb2pipe("graph", str(NOTEBOOKS / "prev_without_data.ipynb"), "--format", "dot")
     assert '"a" -> "c" [label="x"];' in dot.stdout and '"b" -> "c" [style=dashed];' in dot.stdout
 
@@ -108,9 +117,16 @@ def test_graph_json() -> None:
     compare = next(s for s in data["steps"] if s["name"] == "compare")
     assert compare["loads"] == {"linear_score": "linear", "tree_score": "tree"}
     assert {m["name"]: m["step"] for m in data["metrics"]} == {
-        "best accuracy": "compare", "linear_score": "linear", "tree_score": "tree"}
-    assert {"source": "prepare", "target": "linear", "kind": "data",
-            "variables": ["X_test", "X_train", "y_test", "y_train"]} in data["edges"]
+        "best accuracy": "compare",
+        "linear_score": "linear",
+        "tree_score": "tree",
+    }
+    assert {
+        "source": "prepare",
+        "target": "linear",
+        "kind": "data",
+        "variables": ["X_test", "X_train", "y_test", "y_train"],
+    } in data["edges"]
 
 
 def test_graph_refuses_broken_notebook() -> None:
@@ -124,7 +140,8 @@ def test_cli_imports_stay_light() -> None:
         f"rc = main(['check', {str(SAMPLES / 'iris_classifier.ipynb')!r}]); "
         "heavy = sorted(m for m in ('kfp', 'kubernetes', 'IPython', 'pandas', 'numpy', 'nbformat', "
         "'jsonschema', 'yaml', 'tornado', 'jupyter_server') if m in sys.modules); "
-        "print('HEAVY', heavy)")
+        "print('HEAVY', heavy)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "HEAVY []" in done.stdout, done.stdout + done.stderr
 

@@ -63,10 +63,12 @@ def _kernel_values(path: Path, names: list[str], out: Path) -> dict[str, Any]:
         "        except Exception:\n"
         "            pass\n"
         f"with open({str(out)!r}, 'wb') as _f:\n"
-        "    _p.dump(_values, _f)\n")
+        "    _p.dump(_values, _f)\n"
+    )
     nb.cells.append(nbformat.v4.new_code_cell(dump))
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     with out.open("rb") as f:
         return pickle.load(f)  # type: ignore[no-any-return]
 
@@ -77,8 +79,7 @@ def _exported(export: Path, writers: dict[str, str]) -> dict[str, Any]:
         manifest = marshal.read_manifest(export / step)
         record = manifest["variables"].get(name)
         if record is not None:
-            values[name] = marshal.load_variable(record["file"], export / step,
-                                                 allowed_root=export)
+            values[name] = marshal.load_variable(record["file"], export / step, allowed_root=export)
     return values
 
 
@@ -96,7 +97,7 @@ def same(a: Any, b: Any, depth: int = 0) -> bool:
     if isinstance(a, (pd.DataFrame, pd.Series, pd.Index)):
         return bool(a.equals(b))
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y, depth + 1) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y, depth + 1) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k], depth + 1) for k in a)
     if type(a).__module__.startswith("matplotlib"):
@@ -122,24 +123,31 @@ def _compare(expected: dict[str, Any], actual: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_local_run_matches_notebook(name: str, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_run_matches_notebook(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _copy_sample(name, tmp_path)
     pipeline = check_notebook(path)
     writers = _final_writers(pipeline)
     expected = _kernel_values(path, sorted(writers), tmp_path / "kernel.pkl")
     export = tmp_path / "export"
     env = {**os.environ, "KALE_PY_EXPORT_ALL": str(export)}
-    done = subprocess.run([sys.executable, "-m", "kale_py", "run", str(path), "--no-cache"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "kale_py", "run", str(path), "--no-cache"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     _compare(expected, _exported(export, writers))
     assert path.read_bytes() == (SAMPLES / f"{name}.ipynb").read_bytes()
 
 
 @pytest.mark.parametrize("name", KFP_SAMPLES)
-def test_compiled_yaml_on_kfp_local_matches_notebook(name: str, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_yaml_on_kfp_local_matches_notebook(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The YAML that would be submitted, executed by kfp.local (see tests/kfp_local_shim.py)."""
     from kfp import components
     from kfp_local_shim import container_components_as_subprocesses
