@@ -13,20 +13,24 @@ def parse(*tags: str):  # type: ignore[no-untyped-def]
     return parse_cell_tags(Cell(4, "code", "x = 1", tags))
 
 
-@pytest.mark.parametrize(("tags", "role", "step"), [
-    (("imports",), "imports", None),
-    (("functions",), "functions", None),
-    (("pipeline-parameters",), "parameters", None),
-    (("parameters",), "parameters", None),
-    (("pipeline-metrics",), "metrics", None),
-    (("skip",), "skip", None),
-    (("step:load",), "step", "load"),
-    (("block:load",), "step", "load"),
-    (("block:",), "continue", None),
-    (("step:Load-Data_2",), "step", "Load-Data_2"),
-    (("skip", "step:a"), "skip", None),
-    ((), None, None),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("tags", "role", "step"),
+    [
+        (("imports",), "imports", None),
+        (("functions",), "functions", None),
+        (("pipeline-parameters",), "parameters", None),
+        (("parameters",), "parameters", None),
+        (("pipeline-metrics",), "metrics", None),
+        (("skip",), "skip", None),
+        (("step:load",), "step", "load"),
+        (("block:load",), "step", "load"),
+        (("block:",), "continue", None),
+        (("step:Load-Data_2",), "step", "Load-Data_2"),
+        (("skip", "step:a"), "skip", None),
+        ((), None, None),
+    ],
+    ids=lambda v: str(v),
+)
 def test_roles(tags: tuple[str, ...], role: str | None, step: str | None) -> None:
     parsed, problems = parse(*tags)
     assert (parsed.role, parsed.step, problems) == (role, step, [])
@@ -34,15 +38,33 @@ def test_roles(tags: tuple[str, ...], role: str | None, step: str | None) -> Non
 
 def test_settings_all_forms() -> None:
     parsed, problems = parse(
-        "step:train", "prev:load", "limit:cpu:2", "limit:memory:4Gi", "request:cpu:500m",
-        "limit:nvidia.com/gpu:1", "limit:amd.com/gpu:2", "image:registry.io/team/img:1.2",
-        "label:team:ml", "annotation:example.com/owner:ana:b", "secret:s3-creds:key.id:AWS_KEY",
-        "cache:disabled", "report:enabled", "retry:3", "timeout:600", "node:pool:gpu",
-        "toleration:nvidia.com/gpu:present:NoSchedule")
+        "step:train",
+        "prev:load",
+        "limit:cpu:2",
+        "limit:memory:4Gi",
+        "request:cpu:500m",
+        "limit:nvidia.com/gpu:1",
+        "limit:amd.com/gpu:2",
+        "image:registry.io/team/img:1.2",
+        "label:team:ml",
+        "annotation:example.com/owner:ana:b",
+        "secret:s3-creds:key.id:AWS_KEY",
+        "cache:disabled",
+        "report:enabled",
+        "retry:3",
+        "timeout:600",
+        "node:pool:gpu",
+        "toleration:nvidia.com/gpu:present:NoSchedule",
+    )
     assert problems == []
     s = parsed.settings
     assert parsed.prev == ("load",)
-    assert dict(s.limits) == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1", "amd.com/gpu": "2"}
+    assert dict(s.limits) == {
+        "cpu": "2",
+        "memory": "4Gi",
+        "nvidia.com/gpu": "1",
+        "amd.com/gpu": "2",
+    }
     assert dict(s.requests) == {"cpu": "500m"}
     assert s.image == "registry.io/team/img:1.2"
     assert dict(s.labels) == {"team": "ml"}
@@ -53,22 +75,25 @@ def test_settings_all_forms() -> None:
     assert s.tolerations == (Toleration("nvidia.com/gpu", "present", "NoSchedule"),)
 
 
-@pytest.mark.parametrize(("tag", "fragment"), [
-    ("limit:cpu", "limit:RESOURCE:QUANTITY"),
-    ("limit:cpu:two", "limit:RESOURCE:QUANTITY"),
-    ("limit:nvidia.com/gpu:0.5", "whole number of GPUs"),
-    ("request:memory:lots", "request:RESOURCE:QUANTITY"),
-    ("image:has space", "without spaces"),
-    ("label:bad key!:v", "Kubernetes key"),
-    ("secret:only-two:parts", "secret:SECRET_NAME:KEY:ENV_VAR"),
-    ("secret:Upper:key:ENV", "secret:SECRET_NAME:KEY:ENV_VAR"),
-    ("cache:maybe", "cache:enabled or cache:disabled"),
-    ("report:off", "report:enabled or report:disabled"),
-    ("retry:many", "retry:N"),
-    ("timeout:0", "timeout:SECONDS"),
-    ("toleration:key:value:Sometimes", "EFFECT one of"),
-    ("prev:bad name", "prev:STEP"),
-])
+@pytest.mark.parametrize(
+    ("tag", "fragment"),
+    [
+        ("limit:cpu", "limit:RESOURCE:QUANTITY"),
+        ("limit:cpu:two", "limit:RESOURCE:QUANTITY"),
+        ("limit:nvidia.com/gpu:0.5", "whole number of GPUs"),
+        ("request:memory:lots", "request:RESOURCE:QUANTITY"),
+        ("image:has space", "without spaces"),
+        ("label:bad key!:v", "Kubernetes key"),
+        ("secret:only-two:parts", "secret:SECRET_NAME:KEY:ENV_VAR"),
+        ("secret:Upper:key:ENV", "secret:SECRET_NAME:KEY:ENV_VAR"),
+        ("cache:maybe", "cache:enabled or cache:disabled"),
+        ("report:off", "report:enabled or report:disabled"),
+        ("retry:many", "retry:N"),
+        ("timeout:0", "timeout:SECONDS"),
+        ("toleration:key:value:Sometimes", "EFFECT one of"),
+        ("prev:bad name", "prev:STEP"),
+    ],
+)
 def test_malformed_tags(tag: str, fragment: str) -> None:
     _, problems = parse("step:a", tag)
     assert [(p.code, p.severity, p.cell) for p in problems] == [("NB202", "error", 4)]
@@ -101,7 +126,9 @@ def test_settings_on_imports_cell_are_ignored_with_warning() -> None:
     assert sorted((p.code, p.severity) for p in problems) == [("NB202", "warning")] * 2
 
 
-@pytest.mark.parametrize(("name", "kfp"), [
-    ("load", "load"), ("Load_Data", "load-data"), ("_private", "private"), ("a--b", "a-b")])
+@pytest.mark.parametrize(
+    ("name", "kfp"),
+    [("load", "load"), ("Load_Data", "load-data"), ("_private", "private"), ("a--b", "a-b")],
+)
 def test_normalize_step_name(name: str, kfp: str) -> None:
     assert normalize_step_name(name) == kfp
