@@ -1330,10 +1330,15 @@ class _Analyser:
         self._expr(node.test)
         test = node.test
         infinite = isinstance(test, ast.Constant) and bool(test.value)
-        self._loop(None, node.body, node.orelse, infinite)
+
+        def test_again() -> None:
+            self._expr(test)
+
+        self._loop(None, node.body, node.orelse, infinite, test_again)
 
     def _loop(self, before_body: Callable[[], None] | None, body: list[ast.stmt],
-              orelse: list[ast.stmt], infinite: bool) -> None:
+              orelse: list[ast.stmt], infinite: bool,
+              before_repeat: Callable[[], None] | None = None) -> None:
         flow = self._flow()
         if flow is None:
             if before_body is not None:
@@ -1342,14 +1347,26 @@ class _Analyser:
             self._block(orelse)
             return
         entry = flow.save()
-        loop = _Loop()
-        self.loops.append(loop)
         mark = len(self.definite_log)
-        if before_body is not None:
-            before_body()
-        self._block(body)
-        end = flow.save()
-        self.loops.pop()
+        start = entry
+        while True:
+            loop = _Loop()
+            self.loops.append(loop)
+            if before_body is not None:
+                before_body()
+            self._block(body)
+            end = flow.save()
+            self.loops.pop()
+            # A later iteration starts without what this one deleted (``del x`` in the
+            # body): walk the body again from that weaker state until nothing changes.
+            again = [s.must for s in (end, *loop.continues) if not s.dead]
+            must_again = start.must.intersection(*again) if again else start.must
+            if must_again == start.must:
+                break
+            start = _State(must_again, start.may | end.may, False)
+            flow.restore(start)
+            if before_repeat is not None:
+                before_repeat()
         # A read early in the body may follow a binding made late in the previous
         # iteration: such reads are only maybe-free.
         may_again = set(end.may)
@@ -1927,9 +1944,7 @@ class _Analyser:
         flow = self._walrus_flow() if self.walrus else None
         saved = set(flow.must) if flow is not None else None
         targets = {n for g in generators for n in _target_names(g.target)}
-        self._push(_COMPREHENSION, targets)
-        scope = self.scope
-        assert scope is not None
+        scope = self._push(_COMPREHENSION, targets)
         for index, generator in enumerate(generators):
             if index:
                 self._expr(generator.iter)
@@ -1945,9 +1960,7 @@ class _Analyser:
             self._expr(node.value)
         else:
             self._expr(node.elt)
-        globals_ = self._pop()
-        if globals_ is not None:
-            self._read_now(globals_)
+        self._pop()  # its reads were resolved on the spot, or go to the enclosing function
         if flow is not None and saved is not None:
             flow.must = saved  # it may iterate zero times: walrus binds are maybe
 

@@ -161,6 +161,11 @@ def test_module_level(case: Case) -> None:
          "with contextlib.suppress(KeyError):\n    q = d['a']\nprint(q)\n",
          free="contextlib d q"),
     Case("del-in-branch", "x = 1\nif c:\n    del x\nprint(x)\n", free="c x", maybe_free="x"),
+    Case("del-in-loop-body-next-iteration", "x = 1\nfor i in r:\n    del x\n", free="r x",
+         maybe_free="x"),
+    Case("del-in-loop-rebound-before-next", "x = 1\nfor i in r:\n    print(x)\n    del x\n"
+         "    x = 2\n", free="r"),
+    Case("while-test-after-del", "x = 1\nwhile x:\n    del x\n", free="x"),
     Case("star-import-makes-reads-maybe", "from m import *\nprint(y)\n", free="y",
          maybe_free="y"),
     Case("walrus-in-and-is-maybe", "if a and (m := g()):\n    pass\nprint(m)\n",
