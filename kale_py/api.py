@@ -18,8 +18,17 @@ from .notebook import notebook_from_dict, read_notebook
 from .runs import get_run, list_runs, read_log, read_report, start_local_run
 
 __all__ = [
-    "analyse", "check_notebook", "compile_notebook", "get_run", "list_experiments", "list_runs",
-    "list_volumes", "read_log", "read_report", "start_local_run", "submit",
+    "analyse",
+    "check_notebook",
+    "compile_notebook",
+    "get_run",
+    "list_experiments",
+    "list_runs",
+    "list_volumes",
+    "read_log",
+    "read_report",
+    "start_local_run",
+    "submit",
 ]
 
 
@@ -48,8 +57,9 @@ def analyse(path: str | Path, notebook: dict[str, Any] | None = None) -> dict[st
 def compile_notebook(
     path: str | Path,
     output: str | Path | None = None,
-    params: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
     image: str | None = None,
+    install_packages: bool = False,
 ) -> dict[str, Any]:
     """Compile to Kubeflow Pipelines v2 YAML and write it (default: beside the notebook).
 
@@ -63,7 +73,7 @@ def compile_notebook(
     path = Path(path)
     pipeline = _checked(path)
     values = parse_param_overrides(pipeline.parameters, _texts(params))
-    compiled = compile_pipeline(pipeline, values, image=image)
+    compiled = compile_pipeline(pipeline, values, image=image, install_packages=install_packages)
     target = Path(output) if output is not None else path.with_suffix(".yaml")
     write_pipeline(compiled, target)
     return {
@@ -82,11 +92,12 @@ def submit(
     experiment: str | None = None,
     namespace: str | None = None,
     token: str | None = None,
-    params: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
     name: str | None = None,
     version: str | None = None,
     image: str | None = None,
     watch: bool = False,
+    install_packages: bool = False,
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Compile (for a notebook) and submit to a KFP endpoint; with ``watch``, wait for the end.
@@ -107,7 +118,7 @@ def submit(
 
         pipeline = _checked(path)
         typed = parse_param_overrides(pipeline.parameters, _texts(params))
-        compiled = compile_pipeline(pipeline, image=image)
+        compiled = compile_pipeline(pipeline, image=image, install_packages=install_packages)
         text, default_name = compiled.yaml, compiled.name
         s = pipeline.settings
         description, settings_host = s.pipeline_description, s.kfp_host

@@ -250,37 +250,74 @@ def _print_diagnostics(
 
 def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     compile_ = sub.add_parser(
-        "compile", help="write Kubeflow Pipelines v2 YAML",
+        "compile",
+        help="write Kubeflow Pipelines v2 YAML",
         description="Compile the notebook to Kubeflow Pipelines v2 YAML (validated against "
-        "KFP's own schema before it is written).")
+        "KFP's own schema before it is written).",
+    )
     _notebook_arg(compile_)
-    compile_.add_argument("-o", "--output", type=Path, metavar="PIPELINE.yaml",
-                          help="where to write (default: NOTEBOOK's name with .yaml, beside it)")
-    compile_.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                          help="change a parameter's default in the compiled pipeline")
-    compile_.add_argument("--image", help="the default image of the steps (default: the "
-                          "notebook's base_image, else $KALE_PY_IMAGE, else python:3.11)")
+    compile_.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="PIPELINE.yaml",
+        help="where to write (default: NOTEBOOK's name with .yaml, beside it)",
+    )
+    compile_.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a parameter's default in the compiled pipeline",
+    )
+    compile_.add_argument(
+        "--image",
+        help="the default image of the steps (default: the "
+        "notebook's base_image, else $KALE_PY_IMAGE, else python:3.11)",
+    )
+    compile_.add_argument(
+        "--install-packages",
+        action="store_true",
+        help="steps pip-install, when they start, the packages they import, "
+        "pinned to this environment's versions (needs a package index from the "
+        "pods; by default the image must hold them)",
+    )
     compile_.set_defaults(command=_compile)
 
 
 def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit = sub.add_parser(
-        "submit", help="upload and run on a Kubeflow Pipelines endpoint",
+        "submit",
+        help="upload and run on a Kubeflow Pipelines endpoint",
         description="Upload the pipeline (or a new version of it), create the experiment if "
         "needed and start a run. The host comes from --host, the notebook's kfp_host, "
-        "$KF_PIPELINES_ENDPOINT, or the cluster when run inside a Kubeflow notebook.")
+        "$KF_PIPELINES_ENDPOINT, or the cluster when run inside a Kubeflow notebook.",
+    )
     submit.add_argument("notebook", type=Path, metavar="NOTEBOOK|PIPELINE.yaml")
-    submit.add_argument("--host", help="the KFP endpoint, e.g. https://kubeflow.example.com/pipeline")
+    submit.add_argument(
+        "--host", help="the KFP endpoint, e.g. https://kubeflow.example.com/pipeline"
+    )
     submit.add_argument("--experiment", help="experiment name (default: the notebook's)")
     submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
-    submit.add_argument("--token", help="bearer token (default: $KF_PIPELINES_TOKEN, the "
-                        "in-cluster service account token, or the kubeconfig)")
+    submit.add_argument(
+        "--token",
+        help="bearer token (default: $KF_PIPELINES_TOKEN, the "
+        "in-cluster service account token, or the kubeconfig)",
+    )
     submit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     submit.add_argument("--name", help="pipeline name (default: the notebook's pipeline_name)")
     submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
     submit.add_argument("--image", help="the default image of the steps")
-    submit.add_argument("--watch", action="store_true",
-                        help="follow the run to its end; exit 0 only if it succeeded")
+    submit.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the run to its end; exit 0 only if it succeeded",
+    )
+    submit.add_argument(
+        "--install-packages",
+        action="store_true",
+        help="as for compile: steps pip-install their pinned imports at start",
+    )
     submit.set_defaults(command=_submit)
 
 
@@ -288,7 +325,13 @@ def _compile(args: argparse.Namespace) -> int:
     from .api import compile_notebook
 
     output = args.output or args.notebook.with_suffix(".yaml")
-    result = compile_notebook(args.notebook, output, _overrides(args.param), image=args.image)
+    result = compile_notebook(
+        args.notebook,
+        output,
+        _overrides(args.param),
+        image=args.image,
+        install_packages=args.install_packages,
+    )
     for d in result["diagnostics"]:
         print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
     print(f"{result['path']}: {result['steps']} steps, {result['bytes']} bytes")
@@ -298,9 +341,19 @@ def _compile(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from .api import submit
 
-    result = submit(args.notebook, host=args.host, experiment=args.experiment,
-                    namespace=args.namespace, token=args.token, params=_overrides(args.param),
-                    name=args.name, version=args.version, image=args.image, watch=args.watch)
+    result = submit(
+        args.notebook,
+        host=args.host,
+        experiment=args.experiment,
+        namespace=args.namespace,
+        token=args.token,
+        params=_overrides(args.param),
+        name=args.name,
+        version=args.version,
+        image=args.image,
+        watch=args.watch,
+        install_packages=args.install_packages,
+    )
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1
     return 0

@@ -41,6 +41,7 @@ _KALE_KEYS = {
     "notebook_path",
     "snapshot_volumes",
     "autosnapshot",
+    "install_packages",
 }
 _VOLUME_TYPES = ("pvc", "new_pvc", "pv", "clone")
 
@@ -83,12 +84,8 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
     if experiment is None and isinstance(raw.get("experiment"), dict):
         name = raw["experiment"].get("name")
         experiment = name if isinstance(name, str) and name else None
-    caching = raw.get("enable_caching", True)
-    if not isinstance(caching, bool):
-        problems.append(
-            error("NB004", f"metadata.{METADATA_KEY}.enable_caching must be true or false")
-        )
-        caching = True
+    caching = _flag(raw, "enable_caching", True, problems)
+    install = _flag(raw, "install_packages", False, problems)
     settings = NotebookSettings(
         pipeline_name=text("pipeline_name"),
         experiment_name=experiment,
@@ -99,9 +96,18 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
         steps_defaults=_steps_defaults(raw.get("steps_defaults"), problems),
         kfp_host=text("kfp_host"),
         namespace=text("namespace"),
+        install_packages=install,
         extra=tuple((k, v) for k, v in raw.items() if k not in _KALE_KEYS),
     )
     return settings, problems
+
+
+def _flag(raw: dict[str, Any], key: str, default: bool, problems: list[Diagnostic]) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        problems.append(error("NB004", f"metadata.{METADATA_KEY}.{key} must be true or false"))
+        return default
+    return value
 
 
 def _steps_defaults(value: Any, problems: list[Diagnostic]) -> StepSettings:

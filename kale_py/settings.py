@@ -114,4 +114,5 @@ class NotebookSettings:
     steps_defaults: StepSettings = field(default_factory=StepSettings)
     kfp_host: str | None = None
     namespace: str | None = None
+    install_packages: bool = False
     extra: tuple[tuple[str, Any], ...] = ()

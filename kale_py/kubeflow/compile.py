@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..codegen import StepProgram, generate_programs
-from ..diagnostics import CompileError, Diagnostic, error
+from ..diagnostics import CompileError, Diagnostic, error, warning
 from ..graph import Pipeline
 from ..parameters import type_of
+from ..pipeline import Step
 from .ir import PipelineDef, PipelineParam, TaskDef, build_ir, ir_to_yaml
 from .validate import validate_ir
 
@@ -51,6 +52,7 @@ def compile_pipeline(
     image: str | None = None,
     *,
     discover: bool = True,
+    install_packages: bool = False,
 ) -> CompiledPipeline:
     """Build, validate and render the pipeline; ``params`` override parameter defaults.
 
@@ -62,7 +64,8 @@ def compile_pipeline(
     found: list[Diagnostic] = []
     if discover:
         pipeline, image, found = _with_cluster_defaults(pipeline, image)
-    definition = pipeline_to_definition(pipeline, params or {}, image)
+    install = install_packages or pipeline.settings.install_packages
+    definition = pipeline_to_definition(pipeline, params or {}, image, install, found)
     spec, platform = build_ir(definition)
     validate_ir(spec, platform)
     text = ir_to_yaml(spec, platform)
@@ -105,7 +108,11 @@ def pipeline_name(pipeline: Pipeline) -> str:
 
 
 def pipeline_to_definition(
-    pipeline: Pipeline, params: Mapping[str, Any], image: str | None
+    pipeline: Pipeline,
+    params: Mapping[str, Any],
+    image: str | None,
+    install_packages: bool = False,
+    problems: list[Diagnostic] | None = None,
 ) -> PipelineDef:
     programs = generate_programs(pipeline)
     settings = pipeline.settings
@@ -132,6 +139,7 @@ def pipeline_to_definition(
                 has_report=merged.report is not False,
                 settings=merged,
                 image=merged.image or base_image,
+                packages=_packages(pipeline, step, problems) if install_packages else (),
             )
         )
     return PipelineDef(
@@ -144,6 +152,26 @@ def pipeline_to_definition(
         enable_caching=settings.enable_caching,
         runtime=runtime_zip(),
     )
+
+
+def _packages(pipeline: Pipeline, step: Step, problems: list[Diagnostic] | None) -> tuple[str, ...]:
+    """The step's imports (its cells and the prelude), pinned to this environment's versions."""
+    from ..packages import imported_modules, pinned_requirements
+
+    blocks = pipeline.blocks
+    pins, unknown = pinned_requirements(
+        imported_modules([*blocks.imports, *blocks.functions, *step.cells])
+    )
+    if unknown and problems is not None:
+        problems.append(
+            warning(
+                "KF003",
+                f"step {step.name!r} imports {', '.join(unknown)}, which is not installed here: "
+                "its version cannot be pinned, so the image must provide it",
+                step=step.name,
+            )
+        )
+    return tuple(pins)
 
 
 def _params(pipeline: Pipeline, overrides: Mapping[str, Any]) -> list[PipelineParam]:

@@ -89,6 +89,12 @@ UNPACK_RUNTIME = "; ".join([
     "json.dump({'artifacts': {'runtime': {'artifacts': [{'name': 'runtime', 'uri': uri}]}}}, f)",
     "f.close()",
 ])
+#: With package installation opted in: ``sh -c INSTALL_THEN_RUN BOOTSTRAP <args>``, so ``$0`` is
+#: the bootstrap and ``"$@"`` its arguments. The pins are in ``$KALE_PY_PACKAGES``.
+INSTALL_THEN_RUN = (
+    'PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet --no-warn-script-location '
+    '$KALE_PY_PACKAGES && exec python3 -c "$0" "$@"'
+)
 PAYLOAD_CHUNK = 96 * 1024
 
 PARAMETER_TYPES = {
@@ -135,6 +141,8 @@ class TaskDef:
     has_report: bool
     settings: StepSettings
     image: str
+    #: pinned requirements installed with pip when the step starts (an explicit opt-in)
+    packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -334,10 +342,16 @@ def _runtime_args(t: TaskDef, p: PipelineDef) -> list[str]:
 
 def _container_spec(t: TaskDef, p: PipelineDef, plan: _Plan) -> Json:
     shared = ["--runtime", "{{$.inputs.artifacts['runtime'].path}}"] if plan.runtime_task else []
+    env = _environment(t, p)
+    command = ["python3", "-c", BOOTSTRAP]
+    if t.packages:
+        # Opt-in only: this needs pip and a package index reachable from the pod.
+        env.append(("KALE_PY_PACKAGES", " ".join(t.packages)))
+        command = ["sh", "-c", INSTALL_THEN_RUN, BOOTSTRAP]
     container: Json = {
         "args": shared + payload_args(t.payload) + _runtime_args(t, p),
-        "command": ["python3", "-c", BOOTSTRAP],
-        "env": [{"name": k, "value": v} for k, v in _environment(t, p)],
+        "command": command,
+        "env": [{"name": k, "value": v} for k, v in env],
         "image": t.image,
     }
     resources = _resources(t)
