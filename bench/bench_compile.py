@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -59,8 +60,8 @@ def kale_compatible(path: Path) -> Path:
     for cell in notebook["cells"]:
         if "pipeline-metrics" in cell["metadata"].get("tags", []):
             source = "".join(cell["source"])
-            names = [line.rsplit(",", 1)[-1].strip(" )") for line in source.splitlines()]
-            cell["source"] = "\n".join(f"print({name})" for name in names if name)
+            names = [re.findall(r"(\w+)\)?\s*$", line) for line in source.splitlines()]
+            cell["source"] = "\n".join(f"print({found[0]})" for found in names if found)
     target = path.with_name(f"{path.stem}_for_kale.ipynb")
     target.write_text(json.dumps(notebook))
     return target
