@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .diagnostics import CompileError, Diagnostic, KalePyError, error, info, warning
+from .http_errors import error_message, one_line
 from .settings import Volume
 
 Json = dict[str, Any]
@@ -335,11 +336,11 @@ def _wait_for_snapshot(config: ClusterConfig, name: str, options: SnapshotOption
         # The snapshot controller records conflicts it then retries in status.error as well:
         # an error is the snapshot's fate only when the next poll still shows it.
         if message and message == last_error:
-            raise _fail("KF204", f"VolumeSnapshot {name} failed: {_one_line(str(message))}"
+            raise _fail("KF204", f"VolumeSnapshot {name} failed: {one_line(str(message))}"
                         f"{_class_hint(message)}")
         last_error = message
         if time.monotonic() >= deadline:
-            why = f" (last error: {_one_line(str(message))})" if message else ""
+            why = f" (last error: {one_line(str(message))})" if message else ""
             raise _fail("KF204", f"VolumeSnapshot {name} was not ready after "
                         f"{options.timeout:g} s{why}: see kubectl describe volumesnapshot "
                         f"{name} -n {config.namespace}")
@@ -435,7 +436,7 @@ def _request(config: ClusterConfig, call: _Call, body: Json | None = None) -> Js
             text = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         with e:  # closes the connection the error still holds
-            raise _http_error(config, call, e.code, _status_message(e)) from None
+            raise _http_error(config, call, e.code, error_message(e)) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise _fail("KF201", f"cannot reach the Kubernetes API at {config.api_url} to "
@@ -489,31 +490,12 @@ def _what(call: _Call) -> str:
     return f"{singular} {call.name}" if call.name else call.resource
 
 
-def _status_message(e: urllib.error.HTTPError) -> str:
-    """The ``message`` of the Kubernetes Status object in an error answer, on one line."""
-    try:
-        raw = e.read().decode("utf-8", "replace")
-    except OSError:
-        raw = ""
-    try:
-        body = json.loads(raw)
-    except json.JSONDecodeError:
-        body = None
-    text = str(body.get("message") or raw) if isinstance(body, dict) else raw
-    return _one_line(text) or str(e.reason)
-
-
 # --- small helpers -------------------------------------------------------------------------------
 
 def _obj(value: object, key: str) -> Json:
     """``value[key]`` when both are JSON objects, else ``{}``: API answers may leave fields out."""
     found = value.get(key) if isinstance(value, dict) else None
     return found if isinstance(found, dict) else {}
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text[:limit] + "..." if len(text) > limit else text
 
 
 def _token_subject(token: str) -> str | None:

@@ -7,6 +7,8 @@ Do not set pytest-asyncio's ``asyncio_mode = "auto"``: two loops make every requ
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,3 +42,31 @@ else:
     @pytest.fixture
     def jp_fetch() -> None:
         pytest.fail("the server tests need pytest-jupyter: pip install -e '.[test,e2e]'")
+
+
+# --- Kubeflow Pipelines: a fake backend and a machine without KFP settings -----------------
+
+
+@pytest.fixture
+def clean_kfp_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No KFP, Kubernetes or proxy settings from the machine running the tests."""
+    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT", "KF_PIPELINES_TOKEN",
+                 "KF_PIPELINES_SA_TOKEN_PATH", "KUBERNETES_SERVICE_HOST", "KUBECONFIG",
+                 "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    from kale_py.kubeflow import client
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(client, "DEFAULT_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
+    monkeypatch.setattr(client, "POD_NAMESPACE_PATH", str(tmp_path / "no-namespace"))
+
+
+@pytest.fixture
+def kfp() -> Iterator[Any]:
+    """A fake KFP backend on 127.0.0.1 (see fake_kfp.py)."""
+    from fake_kfp import FakeKfp
+
+    fake = FakeKfp().start()
+    yield fake
+    fake.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,37 +15,12 @@ import yaml
 from fake_kfp import FakeKfp
 
 from kale_py.cli import main
-from kale_py.kubeflow import client
 
 SAMPLES = Path(__file__).parent.parent / "sample_notebooks"
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 
 
-@pytest.fixture(autouse=True)
-def no_cluster_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in (
-        "KF_PIPELINES_ENDPOINT",
-        "KF_PIPELINES_UI_ENDPOINT",
-        "KF_PIPELINES_TOKEN",
-        "KF_PIPELINES_SA_TOKEN_PATH",
-        "KUBERNETES_SERVICE_HOST",
-        "KUBECONFIG",
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(client, "DEFAULT_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
-    monkeypatch.setattr(client, "POD_NAMESPACE_PATH", str(tmp_path / "no-namespace"))
-
-
-@pytest.fixture
-def kfp() -> Iterator[FakeKfp]:
-    fake = FakeKfp().start()
-    yield fake
-    fake.stop()
+pytestmark = pytest.mark.usefixtures("clean_kfp_environment")
 
 
 @pytest.fixture

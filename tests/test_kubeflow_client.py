@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,7 @@ from kale_py.kubeflow.client import (
 PIPELINE_YAML = "# PIPELINE DEFINITION\n# Name: demo\npipelineInfo:\n  name: demo\n"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No KFP, Kubernetes or proxy settings from the machine running the tests."""
-    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT", "KF_PIPELINES_TOKEN",
-                 "KF_PIPELINES_SA_TOKEN_PATH", "KUBERNETES_SERVICE_HOST", "KUBECONFIG",
-                 "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(client, "DEFAULT_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
-    monkeypatch.setattr(client, "POD_NAMESPACE_PATH", str(tmp_path / "no-namespace"))
-
-
-@pytest.fixture
-def kfp() -> Iterator[FakeKfp]:
-    fake = FakeKfp().start()
-    yield fake
-    fake.stop()
+pytestmark = pytest.mark.usefixtures("clean_kfp_environment")
 
 
 def submit(fake: FakeKfp, **kwargs: Any) -> tuple[client.SubmitResult, list[str]]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from kale_py.diagnostics import Diagnostic, SubmitError
+from kale_py.http_errors import error_message
 
 Json = dict[str, Any]
 Output = Callable[[str], object]
@@ -434,7 +435,7 @@ class Client:
         if e.code == 404:
             return _error("KF103", f"{where} answered 404 Not Found: the host is not a KFP API "
                           "endpoint or its path prefix is wrong (e.g. https://HOST/pipeline)")
-        message = _server_message(e)
+        message = error_message(e, ("message", "error"))
         kind = "server error" if e.code >= 500 else "refused the request"
         return _error("KF104", f"KFP {kind} (HTTP {e.code}) on {where}: {message}")
 
@@ -447,23 +448,6 @@ def _auth_hint(auth: Auth) -> str:
         return ("the notebook's service account may lack access to this namespace: check the "
                 "access-ml-pipeline PodDefault and --namespace")
     return "the token may have expired or lack access to this namespace: use a fresh one"
-
-
-def _server_message(e: urllib.error.HTTPError) -> str:
-    """The error text a KFP server (grpc-gateway JSON) puts in its answer, on one line."""
-    try:
-        raw = e.read().decode("utf-8", "replace")
-    except OSError:
-        raw = ""
-    try:
-        body = json.loads(raw)
-    except json.JSONDecodeError:
-        body = None
-    text = raw
-    if isinstance(body, dict):
-        text = str(body.get("message") or body.get("error") or raw)
-    text = " ".join(text.split())
-    return (text[:300] + "...") if len(text) > 300 else (text or str(e.reason))
 
 
 def _multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
