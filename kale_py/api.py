@@ -15,7 +15,6 @@ from typing import Any
 from .diagnostics import CheckError, SubmitError, error
 from .graph import Pipeline, build_pipeline
 from .notebook import notebook_from_dict, read_notebook
-from .runs import get_run, list_runs, read_log, read_report, start_local_run
 
 __all__ = [
     "analyse",
@@ -156,6 +155,40 @@ def list_experiments(
         {"id": e.experiment_id, "name": e.display_name}
         for e in list_remote(host=host, token=token, namespace=namespace)
     ]
+
+
+def start_local_run(path: str | Path, params: Mapping[str, Any] | None = None,
+                    only: list[str] | None = None, from_step: str | None = None) -> dict[str, Any]:
+    """Start ``nb2pipe run`` in the background; returns ``{"run_id", "run_dir"}`` at once."""
+    from . import runs
+
+    return runs.start_local_run(path, dict(params or {}), list(only or []), from_step)
+
+
+def list_runs(path: str | Path) -> list[dict[str, Any]]:
+    """The notebook's local runs, newest first."""
+    from . import runs
+
+    return runs.list_runs(path)
+
+
+def get_run(path: str | Path, run_id: str) -> dict[str, Any]:
+    """One run's manifest: status, per-step status and timings, metrics."""
+    from . import runs
+
+    return runs.get_run(path, run_id)
+
+
+def read_log(path: str | Path, run_id: str, step: str) -> str:
+    from . import runs
+
+    return runs.read_log(path, run_id, step)
+
+
+def read_report(path: str | Path, run_id: str, step: str) -> str:
+    from . import runs
+
+    return runs.read_report(path, run_id, step)
 
 
 def list_volumes() -> dict[str, Any]:

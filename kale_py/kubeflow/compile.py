@@ -77,11 +77,13 @@ def compile_pipeline(
 def _with_cluster_defaults(
     pipeline: Pipeline, image: str | None
 ) -> tuple[Pipeline, str | None, list[Diagnostic]]:
-    from ..cluster import notebook_defaults
-
     settings = pipeline.settings
     if pipeline.notebook.path is None or (settings.volumes and (image or settings.base_image)):
         return pipeline, image, []
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        return pipeline, image, []  # not in a pod: nothing to discover, nothing to import
+    from ..cluster import notebook_defaults
+
     pod_image, volumes, found = notebook_defaults(
         pipeline.notebook.path.resolve().parent, discover_volumes=not settings.volumes
     )
