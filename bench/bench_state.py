@@ -9,7 +9,8 @@ small dicts. ``--quick`` divides the sizes by 16.
 Methods, interleaved in a shuffled order within each repeat (the machine is shared, so
 only same-run comparisons mean anything):
 
-- marshal: save_variable (write + fsync + rename) / load_variable;
+- marshal: save_variable (write + fsync + rename, content hash) / load_variable;
+- marshal-nohash: the same with the content hash stubbed out (a diagnostic);
 - dill: dill.dump + fsync / dill.load;
 - raw: the same number of bytes written + fsync / read back through mmap, touching every page.
 
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -199,6 +201,40 @@ class Marshal(Method):
         return marshal.load_variable(self.path, self.state, allowed_root=self.workdir)
 
 
+class _NoHash:
+    """Stands in for marshal's content hasher: what the file format costs without it."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def writer_waits(self) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return ""
+
+    def cancel(self) -> None:
+        pass
+
+
+class MarshalNoHash(Marshal):
+    """A diagnostic, not a product path: separates the format's cost from the hash's."""
+
+    name = "marshal-nohash"
+
+    def __init__(self, workdir: Path, case: Case) -> None:
+        super().__init__(workdir, case)
+        self.state = workdir / "state-nohash"
+        self.path = self.state / f"{case.key}{marshal.SUFFIX}"
+
+    def save(self, obj: Any) -> None:
+        with mock.patch.object(marshal, "_TreeHasher", _NoHash):
+            super().save(obj)
+
+
 class Dill(Method):
     name = "dill"
 
@@ -224,7 +260,7 @@ class Raw(Method):
 
     def save(self, obj: Any) -> None:
         with open(self.path, "wb", buffering=0) as f:
-            f.write(memoryview(self.source))
+            f.write(self.source.data)
             os.fsync(f.fileno())
 
     def load_and_touch(self) -> int:
@@ -279,7 +315,8 @@ def run_case(case: Case, scale: int, repeats: int, workdir: Path) -> dict[str, A
     marshal_method, dill_method = Marshal(workdir, case), Dill(workdir, case)
     ok = check_round_trips(case, obj, [marshal_method, dill_method])
     size = marshal_method.record.bytes
-    methods: list[Method] = [marshal_method, dill_method, Raw(workdir, case, size)]
+    methods: list[Method] = [marshal_method, MarshalNoHash(workdir, case), dill_method,
+                             Raw(workdir, case, size)]
     timings = {m.name: Timings() for m in methods}
     for repeat in range(repeats):
         random.shuffle(methods)
@@ -312,11 +349,14 @@ def summarize(key: str, result: dict[str, Any]) -> dict[str, Any]:
         "marshal_vs_raw_cold_read_rate": t["raw"]["cold"] / t["marshal"]["cold"],
         "dill_over_marshal_save_time": t["dill"]["save"] / t["marshal"]["save"],
         "dill_over_marshal_cold_load_time": t["dill"]["cold"] / t["marshal"]["cold"],
+        "marshal_without_hash_vs_raw_write_rate": t["raw"]["save"] / t["marshal-nohash"]["save"],
         # the same ratios from the fastest repeat of each, less sensitive to a busy machine
         "best_of": {
             "marshal_vs_raw_write_rate": best["raw"]["save"] / best["marshal"]["save"],
             "marshal_vs_raw_cold_read_rate": best["raw"]["cold"] / best["marshal"]["cold"],
             "dill_over_marshal_save_time": best["dill"]["save"] / best["marshal"]["save"],
+            "marshal_without_hash_vs_raw_write_rate":
+                best["raw"]["save"] / best["marshal-nohash"]["save"],
         },
     }
     if key in ("a", "b"):
@@ -350,12 +390,13 @@ def ratio_cell(summary: dict[str, Any], name: str, width: int, digits: int) -> s
 
 def print_summary(cases: dict[str, dict[str, Any]]) -> None:
     print("\nmedians [best repeat]")
-    print("object | marshal/raw write rate | marshal/raw cold read rate "
+    print("object | marshal/raw write rate | (without the hash) | marshal/raw cold read rate "
           "| dill/marshal save time | dill/marshal cold load time | target (on medians)")
     for key, result in cases.items():
         s = result["summary"]
         verdict = f"{s['target']}: {'PASS' if s['pass'] else 'FAIL'}" if "target" in s else "-"
         print(f"({key})    | {ratio_cell(s, 'marshal_vs_raw_write_rate', 22, 2)} | "
+              f"{ratio_cell(s, 'marshal_without_hash_vs_raw_write_rate', 18, 2)} | "
               f"{ratio_cell(s, 'marshal_vs_raw_cold_read_rate', 26, 2)} | "
               f"{ratio_cell(s, 'dill_over_marshal_save_time', 22, 1)} | "
               f"{s['dill_over_marshal_cold_load_time']:27.1f} | {verdict}")

@@ -506,21 +506,20 @@ def _layout(enc: _Encoded, name: str, type_name: str) -> tuple[list[bytes | memo
     return segments, position
 
 
-def _hash_threads() -> int:
+def _cores() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    # Two SHA-256 streams already outrun write+fsync on a 1 GB/s disk; beyond the core
-    # count they only compete with the writer.
-    return max(1, min(cpus, 4))
+        return os.cpu_count() or 1
 
 
 class _TreeHasher:
     """Hashes 16 MiB blocks of a byte sequence, in worker threads for large files.
 
     hashlib releases the GIL on large updates, so the blocks hash on other cores while
-    the main thread writes the same memory to the file.
+    the main thread writes the same memory to the file. While it writes, the writer keeps
+    a core to itself (a hasher beside it on the same core slowed writing twofold); while
+    it waits in fsync, hashers take every core (up to 4: two already outrun a 1 GB/s disk).
     """
 
     def __init__(self, segments: Sequence[bytes | memoryview], size: int) -> None:
@@ -530,12 +529,27 @@ class _TreeHasher:
         self._lock = threading.Lock()
         self._cancelled = False
         self._error: BaseException | None = None
-        count = _hash_threads() if size >= _THREADED_HASH_MIN else 0
-        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(count)]
+        self._threads: list[threading.Thread] = []
+        self._threaded = size >= _THREADED_HASH_MIN
 
     def start(self) -> None:
-        for thread in self._threads:
+        """Hash beside the writer: on every core but one."""
+        self._add_threads(_cores() - 1)
+
+    def writer_waits(self) -> None:
+        """The writer is about to block in fsync: hash on every core."""
+        self._add_threads(_cores() - len(self._threads))
+
+    def _add_threads(self, count: int) -> None:
+        if not self._threaded:
+            return
+        count = min(count, 4 - len(self._threads))
+        if not self._threads:
+            count = max(count, 1)  # even on one core: hashing overlaps the disk's work
+        for _ in range(count):
+            thread = threading.Thread(target=self._work, daemon=True)
             thread.start()
+            self._threads.append(thread)
 
     def _work(self) -> None:
         try:
@@ -552,8 +566,7 @@ class _TreeHasher:
             self._error = exc
 
     def hexdigest(self) -> str:
-        if not self._threads:
-            self._work()
+        self._work()  # the caller helps with whatever blocks are left
         for thread in self._threads:
             thread.join()
         if self._error is not None:
@@ -563,8 +576,7 @@ class _TreeHasher:
     def cancel(self) -> None:
         self._cancelled = True
         for thread in self._threads:
-            if thread.is_alive():
-                thread.join()
+            thread.join()
 
 
 def _split_blocks(segments: Sequence[bytes | memoryview]) -> list[list[memoryview]]:
@@ -625,6 +637,7 @@ class _PendingFile:
             _write_all(self._fd, segment)
 
     def sync(self) -> None:
+        self._hasher.writer_waits()
         os.fsync(self._fd)
 
     def commit(self) -> str:

@@ -204,6 +204,14 @@ def test_hash_is_the_tree_hash_of_the_file(tmp_path: Path) -> None:
     assert marshal.save_variable("big", big, state).hash != one.hash
 
 
+def test_a_large_in_band_object(tmp_path: Path) -> None:
+    strided = np.arange(6_000_000.0)[::2]  # 24 MB that pickle copies into the main stream
+    loaded, record = round_trip(tmp_path, {"view": strided, "blob": bytes(range(256)) * 40_000})
+    assert isinstance(loaded, dict)
+    assert np.array_equal(loaded["view"], strided) and loaded["blob"] == bytes(range(256)) * 40_000
+    assert record.hash == marshal.hash_file(tmp_path / "state" / record.file)
+
+
 def test_saving_again_replaces_the_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
     marshal.save_variable("x", list(range(10)), state)
@@ -229,7 +237,7 @@ def test_loads_without_mmap_support(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 # --- functions and classes from notebook code ---------------------------------------------------
 
 PRODUCER = """
-import functools, json, sys
+import functools, json
 from kale_py import marshal
 
 FACTOR = 3
@@ -259,7 +267,7 @@ values = {
     "points": [Point(1, 1), Point(2, 2)],
     "point_class": Point,
 }
-records = marshal.save_variables(values, sys.argv[1] if len(sys.argv) > 1 else "state", step="p")
+records = marshal.save_variables(values, "state", step="p")
 marshal.write_manifest("state", "p", records)
 print(json.dumps({r.name: r.format for r in records}))
 """
