@@ -40,7 +40,7 @@ import struct
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -250,22 +250,31 @@ class _NotebookCodePickler(pickle.Pickler):
     """
 
     def __init__(self, file: Any, protocol: int,
-                 buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> None:
+                 buffer_callback: Callable[[pickle.PickleBuffer], bool],
+                 shared: Collection[str] | None = None) -> None:
         super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
         self._instance_class: type | None = None
+        self._shared = shared
 
     def reducer_override(self, obj: object) -> Any:
         expected, self._instance_class = self._instance_class, None
-        if isinstance(obj, type):
-            if obj.__module__ == _NOTEBOOK_MODULE and obj is not expected:
-                raise _NeedsByValue(obj)
-        elif isinstance(obj, types.FunctionType):
-            if obj.__module__ == _NOTEBOOK_MODULE:
+        if isinstance(obj, (type, types.FunctionType)):
+            if obj.__module__ == _NOTEBOOK_MODULE and not self._by_name(obj, expected):
                 raise _NeedsByValue(obj)
         elif type(obj).__module__ == _NOTEBOOK_MODULE:
             # The pickler saves the instance's class right after this call.
             self._instance_class = type(obj)
         return NotImplemented
+
+    def _by_name(self, obj: type | types.FunctionType, instance_class: type | None) -> bool:
+        """Whether the consumer can find ``obj`` by name in its own ``__main__``.
+
+        With ``shared`` (the names every step defines: imports and functions cells) that is
+        exactly those; without it, the class of an instance is assumed to be defined there.
+        """
+        if self._shared is not None:
+            return obj.__qualname__.split(".")[0] in self._shared
+        return obj is instance_class
 
 
 def _guarded(base: type, check: Callable[[object], None]) -> type:
@@ -362,7 +371,8 @@ def _dump(obj: object, pickler: Callable[..., Any], name: str, **options: Any) -
 _REFUSALS = (pickle.PicklingError, TypeError, AttributeError)
 
 
-def _encode(name: str, obj: object, step: str | None) -> _Encoded:
+def _encode(name: str, obj: object, step: str | None,
+            shared: Collection[str] | None = None) -> _Encoded:
     """Pickle `obj` with plain pickle, or by value when plain pickle cannot carry it."""
     try:
         plain = _dump(obj, pickle.Pickler, "pickle5")
@@ -375,7 +385,7 @@ def _encode(name: str, obj: object, step: str | None) -> _Encoded:
     # Something from __main__ is in there: instances of notebook classes are fine by
     # reference, functions and classes themselves are not (see _NotebookCodePickler).
     try:
-        return _dump(obj, _NotebookCodePickler, "pickle5")
+        return _dump(obj, _NotebookCodePickler, "pickle5", shared=shared)
     except _NeedsByValue:
         by_value, _ = _dump_by_value(obj)
         # By name still works when the consumer defines it (a cell tagged functions), and
@@ -674,8 +684,8 @@ def _fsync_directory(directory: Path) -> None:
 # --- saving ---------------------------------------------------------------------------------
 
 
-def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | None = None
-                  ) -> VariableRecord:
+def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | None = None,
+                  shared: Collection[str] | None = None) -> VariableRecord:
     """Save one variable as ``<state_dir>/<name>.kpk``, atomically and durably.
 
     Raises StateError (naming the variable, its type, the step and a fix) when the
@@ -684,11 +694,12 @@ def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | No
         >>> save_variable("df", df, "state/load", step="load").format  # doctest: +SKIP
         'pickle5'
     """
-    return save_variables({name: obj}, state_dir, step=step)[0]
+    return save_variables({name: obj}, state_dir, step=step, shared=shared)[0]
 
 
 def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
-                   step: str | None = None) -> list[VariableRecord]:
+                   step: str | None = None, shared: Collection[str] | None = None
+                   ) -> list[VariableRecord]:
     """Save several variables; all files appear only when every one of them was saved.
 
     Writing everything before the first fsync lets the disk flush all files at once.
@@ -703,7 +714,7 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
     pending: list[tuple[_PendingFile, VariableRecord]] = []
     try:
         for name, obj in names_values.items():
-            pending.append(_write_variable(name, obj, directory, step))
+            pending.append(_write_variable(name, obj, directory, step, shared))
         records = []
         for file, record in pending:
             with _io_errors(record, step, file.final):
@@ -717,13 +728,14 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
     return records
 
 
-def _write_variable(name: str, obj: object, directory: Path, step: str | None
+def _write_variable(name: str, obj: object, directory: Path, step: str | None,
+                    shared: Collection[str] | None = None
                     ) -> tuple[_PendingFile, VariableRecord]:
     if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
         raise _save_error(str(name), obj, step, "the name is not a Python identifier",
                           "only variables (valid Python names) are passed between steps")
     type_name = _type_name(obj)
-    encoded = _encode(name, obj, step)
+    encoded = _encode(name, obj, step, shared)
     segments, size = _layout(encoded, name, type_name)
     file_name = name + SUFFIX
     record = VariableRecord(name, type_name, encoded.pickler, size, "", file_name)

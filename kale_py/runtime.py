@@ -420,6 +420,9 @@ class StepRuntime:
         self.notices: list[str] = []
         self.module = types.ModuleType("__main__")
         self.namespace: dict[str, Any] = self.module.__dict__
+        # What the imports and functions cells define: every step defines it too, so it
+        # travels by name; classes and functions from the step's own cells travel by value.
+        self.shared: set[str] | None = None
         self.magics = Magics(self)
 
     def notice(self, message: str) -> None:
@@ -499,9 +502,16 @@ class StepRuntime:
 
     # -- cells -----------------------------------------------------------------------------
 
-    def run_cells(self) -> None:
+    def run_cells(self, prelude: bool) -> None:
+        """The imports and functions cells (``prelude``), or else the step's own cells.
+
+        The prelude runs before the inputs are loaded: loading an instance of a class it
+        defines needs the class, and a loaded value must win over a prelude definition.
+        """
         lines = self.program.splitlines(keepends=True)
         for cell in self.spec["cells"]:
+            if (cell["role"] in ("imports", "functions")) != prelude:
+                continue
             source = "".join(lines[cell["start"] - 1 : cell["end"]])
             self.current = CellReport(cell["cell"], cell["role"], source)
             self.reports.append(self.current)
@@ -601,7 +611,9 @@ class StepRuntime:
                 missing.append(name)
                 continue
             records.append(
-                marshal.save_variable(name, self.namespace[name], out, step=self.spec["step"])
+                marshal.save_variable(
+                    name, self.namespace[name], out, step=self.spec["step"], shared=self.shared
+                )
             )
         if missing:
             self.notice(f"not defined at the end of the step, so not saved: {', '.join(missing)}")
@@ -621,7 +633,11 @@ class StepRuntime:
             if value is _MISSING or isinstance(value, types.ModuleType):
                 continue
             try:
-                records.append(marshal.save_variable(name, value, out, step=self.spec["step"]))
+                records.append(
+                    marshal.save_variable(
+                        name, value, out, step=self.spec["step"], shared=self.shared
+                    )
+                )
             except marshal.StateError as exc:
                 self.notice(f"not exported: {exc}")
         marshal.write_manifest(out, self.spec["step"], records)
@@ -720,8 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"step": spec["step"], "status": "succeeded", "error": None}
     try:
         runtime.prepare_namespace()
+        runtime.run_cells(prelude=True)
+        runtime.shared = set(runtime.namespace)
         runtime.load_inputs()
-        runtime.run_cells()
+        runtime.run_cells(prelude=False)
         result["metrics"] = runtime.metrics()
         result["saved"] = runtime.save_outputs()
         runtime.export_all()

@@ -292,3 +292,19 @@ def test_cell_magics() -> None:
         "pass  # %%capture out\nprint(1)",
         ("capture", "out"),
     )
+
+
+def test_instances_of_functions_cell_classes_stay_the_same_class(tmp_path: Path) -> None:
+    path = _notebook(
+        tmp_path,
+        [
+            (["functions"], "class Point:\n    def __init__(self, x):\n        self.x = x"),
+            (["step:a"], "p = Point(3)\ncheck = lambda v: isinstance(v, Point)"),
+            (["step:b"], "print(isinstance(p, Point), check(p), p.x)"),
+        ],
+    )
+    steps = Steps(path)
+    assert steps.step("a")[0].returncode == 0
+    done, _ = steps.step("b")
+    assert done.returncode == 0, done.stderr
+    assert "True True 3" in done.stdout  # by name: the class every step defines
