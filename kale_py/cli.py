@@ -135,12 +135,9 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         ".nb2pipe/runs/ next to the notebook.",
     )
     _notebook_arg(run)
-    run.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a pipeline parameter (repeatable); strings need no quotes, "
+    _param_arg(
+        run,
+        "override a pipeline parameter (repeatable); strings need no quotes, "
         "lists and dicts are JSON",
     )
     run.add_argument(
@@ -192,15 +189,9 @@ def _positive_int(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .diagnostics import RunError, error
     from .local import RunOptions, run_local
 
-    overrides: dict[str, str] = {}
-    for item in args.param:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise RunError(error("NB307", f"--param {item!r}: expected NAME=VALUE"))
-        overrides[name.strip()] = value
+    overrides = _overrides(args.param)
     pipeline = _load(args.notebook)
     if not pipeline.ok:
         errors = [d for d in pipeline.diagnostics if d.is_error]
@@ -263,13 +254,7 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PIPELINE.yaml",
         help="where to write (default: NOTEBOOK's name with .yaml, beside it)",
     )
-    compile_.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="change a parameter's default in the compiled pipeline",
-    )
+    _param_arg(compile_, "change a parameter's default in the compiled pipeline")
     compile_.add_argument(
         "--image",
         help="the default image of the steps (default: the "
@@ -304,7 +289,7 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="bearer token (default: $KF_PIPELINES_TOKEN, the "
         "in-cluster service account token, or the kubeconfig)",
     )
-    submit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    _param_arg(submit, "a run parameter (repeatable), typed by the pipeline's parameters")
     submit.add_argument("--name", help="pipeline name (default: the notebook's pipeline_name)")
     submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
     submit.add_argument("--image", help="the default image of the steps")
@@ -359,11 +344,18 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _param_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=help)
+
+
 def _overrides(items: list[str]) -> dict[str, str]:
+    """``--param NAME=VALUE`` texts by name; each is typed later by its parameter."""
+    from .diagnostics import CheckError, error
+
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"nb2pipe: --param takes NAME=VALUE, got {item!r}")
-        out[name] = value
+        if not sep or not name.strip():
+            raise CheckError(error("NB307", f"--param {item!r}: expected NAME=VALUE"))
+        out[name.strip()] = value
     return out
