@@ -612,7 +612,14 @@ class StepRuntime:
                 continue
             records.append(
                 marshal.save_variable(
-                    name, self.namespace[name], out, step=self.spec["step"], shared=self.shared
+                    name,
+                    self.namespace[name],
+                    out,
+                    step=self.spec["step"],
+                    shared=self.shared,
+                    # Only the local runner's cache reads hashes; in a Kubeflow pod
+                    # (--executor-output) nothing does, so the CPU is spared.
+                    content_hash=not self.args.executor_output,
                 )
             )
         if missing:

@@ -631,3 +631,13 @@ def test_manifest_errors(tmp_path: Path) -> None:
         marshal.read_manifest(tmp_path)
     with pytest.raises(StateError, match="not a manifest entry"):
         marshal.load_variable({"name": "x"}, tmp_path, allowed_root=tmp_path)
+
+
+def test_content_hash_can_be_skipped(tmp_path: Path) -> None:
+    data = np.arange(100_000, dtype=np.float64)
+    hashed = marshal.save_variable("a", data, tmp_path / "h")
+    plain = marshal.save_variable("a", data, tmp_path / "p", content_hash=False)
+    assert hashed.hash == marshal.hash_file(tmp_path / "h" / hashed.file)
+    assert plain.hash == ""
+    loaded = marshal.load_variable(plain, tmp_path / "p", allowed_root=tmp_path)
+    assert np.array_equal(loaded, data)
