@@ -108,9 +108,6 @@ class Pipeline:
                 return step
         raise KeyError(name)
 
-    def predecessors(self, name: str) -> tuple[str, ...]:
-        return tuple(e.source for e in self.edges if e.target == name)
-
 
 def build_pipeline(notebook: Notebook) -> Pipeline:
     """Split, analyse and connect a notebook. Problems are in ``Pipeline.diagnostics``."""

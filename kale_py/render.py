@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -37,10 +36,6 @@ def _cell(notebook: Notebook | None, index: int | None) -> Any:
     if notebook is None or index is None or not 1 <= index <= len(notebook.cells):
         return None
     return notebook.cells[index - 1]
-
-
-def diagnostics_to_json(diagnostics: Iterable[Diagnostic]) -> str:
-    return json.dumps([d.to_dict() for d in diagnostics], indent=2)
 
 
 def pipeline_to_dict(p: Pipeline) -> dict[str, Any]:
