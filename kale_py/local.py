@@ -1165,7 +1165,7 @@ def run_local(
             manifest.write()
             console.close()
     result = _result(manifest, run)
-    console.summary(_summary(result, manifest, console.symbols))
+    console.summary(_summary(result, manifest, console.symbols, pipeline))
     return result
 
 
@@ -1274,7 +1274,7 @@ def _result(manifest: _RunManifest, run: RunDirectory) -> RunResult:
 
 
 def _summary(
-    result: RunResult, manifest: _RunManifest, symbols: Mapping[str, str]
+    result: RunResult, manifest: _RunManifest, symbols: Mapping[str, str], pipeline: Pipeline
 ) -> Iterator[str]:
     statuses = list(result.steps.values())
     tally = ", ".join(f"{statuses.count(s)} {s}" for s in STATUS_ORDER if s in statuses)
@@ -1283,10 +1283,20 @@ def _summary(
     yield f"{symbol} run {result.run_id} {result.status} in {elapsed:.1f}s ({tally})"
     for name, failure in result.failed:
         yield f"  step {name} failed: {failure.describe()}"
+        if failure.cell is not None:  # file:line, which editors turn into a link
+            yield f"    at {_failure_location(pipeline, failure)}"
         yield f"    log: {_display_path(failure.log)}"
     if result.metrics:
         yield "  metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items())
     yield f"  run directory: {_display_path(result.run_dir)}"
+
+
+def _failure_location(pipeline: Pipeline, failure: StepError) -> str:
+    from .render import location
+
+    notebook = pipeline.notebook
+    label = _display_path(notebook.path) if notebook.path else notebook.name
+    return location(notebook, label, failure.cell, failure.line)[0]
 
 
 def _display_path(path: Path | None) -> str:

@@ -16,20 +16,28 @@ def diagnostic_to_text(d: Diagnostic, notebook: Notebook | None, label: str) -> 
 
     The script form gives the file line, which editors (VS Code included) turn into a link.
     """
-    where = label
-    cell = _cell(notebook, d.cell)
-    if cell is not None and cell.first_line is not None:
-        line = cell.first_line + (d.line or 1) - 1
-        where += f":{line}"
-        suffix = f" (cell {d.cell})"
-    else:
-        if d.cell is not None:
-            where += f":cell {d.cell}"
-            if d.line is not None:
-                where += f":{d.line}"
-        suffix = ""
+    where, script = location(notebook, label, d.cell, d.line)
+    suffix = f" (cell {d.cell})" if script else ""
     step = f" [step {d.step}]" if d.step else ""
     return f"{where}: {d.severity} {d.code}: {d.message}{suffix}{step}"
+
+
+def location(
+    notebook: Notebook | None, label: str, cell: int | None, line: int | None
+) -> tuple[str, bool]:
+    """``label:cell 7:3``, or ``label:42`` (a file line) for a percent script's cell.
+
+    The flag says whether the file-line form was used.
+    """
+    found = _cell(notebook, cell)
+    if found is not None and found.first_line is not None:
+        return f"{label}:{found.first_line + (line or 1) - 1}", True
+    where = label
+    if cell is not None:
+        where += f":cell {cell}"
+        if line is not None:
+            where += f":{line}"
+    return where, False
 
 
 def _cell(notebook: Notebook | None, index: int | None) -> Any:

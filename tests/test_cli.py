@@ -169,3 +169,12 @@ def test_every_code_used_in_the_package_is_documented() -> None:
     for path in package.rglob("*.py"):
         used |= set(re.findall(r'"((?:NB|KF)\d{3})"', path.read_text()))
     assert sorted(used - set(CODES)) == []
+
+
+def test_failed_run_of_a_percent_script_points_at_the_file_line(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text('# %% tags=["step:a"]\nx = 1\n\n# %% tags=["step:b"]\ny = x\nz = y / 0\n')
+    done = nb2pipe("run", str(script), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "step b failed: ZeroDivisionError: division by zero (cell 2, line 2)" in done.stdout
+    assert f"at {script.name}:6" in done.stdout or f"at {script}:6" in done.stdout
