@@ -30,7 +30,7 @@ from kale_py.graph import Pipeline
 
 SAMPLES = Path(__file__).parent.parent / "sample_notebooks"
 NAMES = sorted(p.stem for p in SAMPLES.glob("*.ipynb"))
-KFP_SAMPLES = ["fan_out_fan_in", "iris_classifier"]
+KFP_SAMPLES = NAMES
 
 
 def _final_writers(pipeline: Pipeline) -> dict[str, str]:
