@@ -9,6 +9,7 @@ runtime exports every variable a step writes when KALE_PY_EXPORT_ALL is set).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -29,8 +30,26 @@ from kale_py.api import check_notebook, compile_notebook
 from kale_py.graph import Pipeline
 
 SAMPLES = Path(__file__).parent.parent / "sample_notebooks"
-NAMES = sorted(p.stem for p in SAMPLES.glob("*.ipynb"))
-KFP_SAMPLES = NAMES
+PATTERNS = Path(__file__).parent / "notebooks"
+
+
+def _equivalence_notebooks(runner: str) -> list[Path]:
+    """Sample notebooks, and test notebooks whose ``kale_py_test.equivalence`` lists ``runner``.
+
+    A test notebook opts in with ``"equivalence": ["local"]`` or ``["local", "kfp"]`` in its
+    ``metadata.kale_py_test``: it is then run by a kernel and as a pipeline, every variable
+    compared, like the samples.
+    """
+    chosen = sorted(SAMPLES.glob("*.ipynb"))
+    for path in sorted(PATTERNS.glob("*.ipynb")):
+        meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+        if runner in meta.get("kale_py_test", {}).get("equivalence", []):
+            chosen.append(path)
+    return chosen
+
+
+LOCAL_NOTEBOOKS = _equivalence_notebooks("local")
+KFP_NOTEBOOKS = _equivalence_notebooks("kfp")
 
 
 def _final_writers(pipeline: Pipeline) -> dict[str, str]:
@@ -42,10 +61,13 @@ def _final_writers(pipeline: Pipeline) -> dict[str, str]:
     return writers
 
 
-def _copy_sample(name: str, tmp_path: Path) -> Path:
-    target = tmp_path / name
-    shutil.copytree(SAMPLES, target, ignore=shutil.ignore_patterns(".nb2pipe", "*.yaml"))
-    return target / f"{name}.ipynb"
+def _copy_notebook(source: Path, tmp_path: Path) -> Path:
+    """The notebook's folder copied (data files beside it included), without run state."""
+    target = tmp_path / source.stem
+    shutil.copytree(
+        source.parent, target, ignore=shutil.ignore_patterns(".nb2pipe", "*.yaml", "*.py")
+    )
+    return target / source.name
 
 
 def _kernel_values(path: Path, names: list[str], out: Path) -> dict[str, Any]:
@@ -122,11 +144,11 @@ def _compare(expected: dict[str, Any], actual: dict[str, Any]) -> None:
     assert different == [], f"variables that differ from the notebook: {different}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("source", LOCAL_NOTEBOOKS, ids=lambda p: p.stem)
 def test_local_run_matches_notebook(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = _copy_sample(name, tmp_path)
+    path = _copy_notebook(source, tmp_path)
     pipeline = check_notebook(path)
     writers = _final_writers(pipeline)
     expected = _kernel_values(path, sorted(writers), tmp_path / "kernel.pkl")
@@ -141,18 +163,18 @@ def test_local_run_matches_notebook(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     _compare(expected, _exported(export, writers))
-    assert path.read_bytes() == (SAMPLES / f"{name}.ipynb").read_bytes()
+    assert path.read_bytes() == source.read_bytes()
 
 
-@pytest.mark.parametrize("name", KFP_SAMPLES)
+@pytest.mark.parametrize("source", KFP_NOTEBOOKS, ids=lambda p: p.stem)
 def test_compiled_yaml_on_kfp_local_matches_notebook(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The YAML that would be submitted, executed by kfp.local (see tests/kfp_local_shim.py)."""
     from kfp import components
     from kfp_local_shim import container_components_as_subprocesses
 
-    path = _copy_sample(name, tmp_path)
+    path = _copy_notebook(source, tmp_path)
     writers = _final_writers(check_notebook(path))
     expected = _kernel_values(path, sorted(writers), tmp_path / "kernel.pkl")
     compiled = compile_notebook(path, tmp_path / "pipeline.yaml")
