@@ -504,41 +504,74 @@ class _RunManifest:
 # --- the cache -----------------------------------------------------------------------------
 
 
+class DamagedEntry(Exception):
+    """A cache entry failed its checks; it has been removed. The message says why."""
+
+
 @dataclass(frozen=True)
 class StepCache:
-    """Content-addressed step outputs: ``<root>/<key>/{state/,report.html,...}``."""
+    """Step outputs by derivation (see kale_py.derivation):
+    ``<root>/<key>/{state/,report.html,...,seal}``.
+
+    Entries hold hard links to the run's files (never copies where links work). An entry is
+    served only when its seal (kale_py.integrity), its signed manifest and every file's
+    digest check out; otherwise it is removed and the step runs again.
+    """
 
     root: Path
+    secret: bytes | None = None
 
     @staticmethod
     def key(program: StepProgram, params: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
-        python = ".".join(map(str, sys.version_info[:3]))
-        payload = json.dumps(
-            {
-                "program": program.source,
-                "spec": program.spec,
-                "parameters": dict(params),
-                "inputs": dict(inputs),
-                "python": python,
-                "kale_py": __version__,
-            },
-            sort_keys=True,
-            default=repr,
-        )
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        from .derivation import import_versions, step_key
 
-    def restore(self, key: str, run: RunDirectory, kfp_name: str) -> bool:
-        """Link the cached outputs into the run; False on a miss (or a damaged entry)."""
+        versions = import_versions(program.source)
+        return step_key(program.source, program.spec, params, inputs, versions)
+
+    def restore(self, key: str, run: RunDirectory, kfp_name: str, step: str) -> bool:
+        """Link the cached outputs into the run; False on a miss. Raises DamagedEntry
+        (after removing the entry) when an entry is there but fails its checks."""
         entry = self.root / key
         if not (entry / "result.json").is_file():
             return False
+        problem = self._problem(key, entry, step)
+        if problem is not None:
+            self.evict(key)
+            raise DamagedEntry(problem)
         try:
             cached = {name: entry / name for name in run.outputs(kfp_name)}
             run.adopt(kfp_name, entry / "state", cached)
         except OSError:
             run.forget(kfp_name)
             return False
+        with contextlib.suppress(OSError):
+            os.utime(entry)  # least recently used entries go first when space runs out
         return True
+
+    def _problem(self, key: str, entry: Path, step: str) -> str | None:
+        if self.secret is None:
+            return None
+        from . import integrity, marshal
+
+        if not integrity.sealed(self.secret, key, entry):
+            return "its seal does not match (edited, moved, or written by someone else)"
+        try:
+            manifest = marshal.read_manifest(entry / "state", key=self.secret, producer=step)
+            marshal.check_state(entry / "state", manifest, allowed_root=entry, producer=step)
+        except marshal.StateError as exc:
+            variable = f"variable {exc.variable!r}: " if exc.variable else ""
+            return variable + str(exc).split(". Hint:")[0]
+        return None
+
+    def evict(self, key: str) -> None:
+        """Remove an entry (renamed away first, so no reader sees half of it)."""
+        entry = self.root / key
+        trash = self.root / f".{key}.{os.getpid()}.evicted"
+        try:
+            os.rename(entry, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
 
     def store(self, key: str, run: RunDirectory, kfp_name: str) -> None:
         """Keep a succeeded step's outputs; the entry appears whole (rename) or not at all."""
@@ -551,6 +584,10 @@ class StepCache:
             for name, path in run.outputs(kfp_name).items():
                 if path.is_file():
                     _link_or_copy(path, tmp / name)
+            if self.secret is not None:
+                from .integrity import SEAL_NAME, seal
+
+                (tmp / SEAL_NAME).write_text(seal(self.secret, key, tmp) + "\n")
             os.rename(tmp, entry)
         except OSError:
             # A full disk or a concurrent run storing the same key: the cache is an
@@ -579,7 +616,8 @@ class _Console:
             self._print(f"[{step}] {line}")
 
     def event(self, kind: str, text: str) -> None:
-        """An event line: ``kind`` is started, done, failed, skipped, retry or cancelled."""
+        """An event line: ``kind`` is started, done, failed, skipped, retry, warning or
+        cancelled."""
         if self.mode == "live" and kind == "started":
             return  # the status line shows what runs
         if self.mode != "quiet":
@@ -638,6 +676,7 @@ def _symbols(out: TextIO) -> dict[str, str]:
         "retry": "↻",
         "cancelled": "■",
         "reused": "✔",
+        "warning": "⚠",
         "sep": " · ",
     }
     encoding = getattr(out, "encoding", None) or "utf-8"
@@ -653,6 +692,7 @@ def _symbols(out: TextIO) -> dict[str, str]:
             "retry": "retry",
             "cancelled": "cancelled",
             "reused": "ok",
+            "warning": "warning:",
             "sep": ", ",
         }
 
@@ -710,6 +750,7 @@ class _Context:
     jobs: int
     runtime: tuple[str, ...]
     grace: float
+    key_file: Path | None = None  # the user's key, which signs the steps' manifests
 
 
 class _Scheduler:
@@ -774,8 +815,17 @@ class _Scheduler:
             record.cache_key is None
             or not self.ctx.use_cache
             or not _cache_enabled(self.ctx.plan.pipeline, name)
-            or not self.ctx.cache.restore(record.cache_key, self.ctx.run, kfp)
         ):
+            return False
+        try:
+            if not self.ctx.cache.restore(record.cache_key, self.ctx.run, kfp, name):
+                return False
+        except DamagedEntry as damaged:
+            self.ctx.console.event(
+                "warning",
+                f"{name}: the cached outputs are damaged or not yours ({damaged}); "
+                "removed from the cache, running the step again",
+            )
             return False
         result = read_json(self.ctx.run.result(kfp)) or {}
         self.records[name].metrics = dict(result.get("metrics") or {})
@@ -788,6 +838,12 @@ class _Scheduler:
         program = self.ctx.programs[name]
         inputs: dict[str, Any] = {}
         for var, producer in program.spec.get("inputs", {}).items():
+            # A producer's derivation stands for its outputs, unless its cache is off (it
+            # may read something outside the notebook): then the content digest does.
+            derived = self.records[producer].cache_key
+            if derived and _cache_enabled(self.ctx.plan.pipeline, producer):
+                inputs[var] = f"derivation:{derived}"
+                continue
             state = self.ctx.run.state(self.steps[producer].kfp_name)
             manifest = read_json(state / "manifest.json")
             if not isinstance(manifest, dict):
@@ -1076,6 +1132,8 @@ def _step_command(ctx: _Context, name: str) -> list[str]:
     for param in program.spec.get("parameters", {}):
         command += ["--param", f"{param}={json.dumps(ctx.plan.params[param])}"]
     command += ["--workdir", str(ctx.plan.workdir), "--allowed-root", str(run.path)]
+    if ctx.key_file is not None:
+        command += ["--key-file", str(ctx.key_file)]
     return command
 
 
@@ -1129,10 +1187,12 @@ def run_local(
     :attr:`RunResult.status` and :attr:`RunResult.failed`.
     """
     from .codegen import generate_programs
+    from .integrity import key_path, user_key
 
     options = options or RunOptions()
     out = out if out is not None else sys.stdout
     plan = plan_run(pipeline, options)
+    secret = user_key()  # before anything is written: an unreadable key stops the run
     programs = generate_programs(pipeline)
     run = RunDirectory.create(plan.run_root / "runs", options.run_id)
     manifest = _new_manifest(plan, run, options, programs)
@@ -1147,13 +1207,14 @@ def run_local(
                 programs,
                 run,
                 manifest,
-                StepCache(plan.run_root / "cache"),
+                StepCache(plan.run_root / "cache", secret),
                 options.cache,
                 console,
                 interrupts,
                 options.jobs or os.cpu_count() or 1,
                 options.runtime_command or (sys.executable, "-m", RUNTIME_MODULE),
                 options.grace_seconds,
+                key_path(),
             )
             _Scheduler(ctx).run()
             manifest.status = _final_status(manifest)
@@ -1224,6 +1285,7 @@ def _reuse(plan: RunPlan, run: RunDirectory, manifest: _RunManifest, console: _C
         record.metrics = dict((read_json(source.result(kfp)) or {}).get("metrics") or {})
         earlier = (read_json(source.path / "run.json") or {}).get("steps", {}).get(name, {})
         stale = earlier.get("program_hash") != record.program_hash
+        record.cache_key = None if stale else earlier.get("cache_key")
         note = "; its code has changed since: run it to update" if stale else ""
         console.event("reused", f"{name} reused from run {source_id}{note}")
     manifest.write()

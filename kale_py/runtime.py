@@ -72,6 +72,20 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir")
     p.add_argument("--allowed-root", action="append", default=[])
     p.add_argument(
+        "--key-file",
+        help="the user's key: input manifests must be signed with it, outputs are (local runs)",
+    )
+    p.add_argument(
+        "--state-digest",
+        action="append",
+        default=[],
+        metavar="STEP=DIGEST",
+        help="the digest of an input step's manifest, as that step reported it (Kubeflow)",
+    )
+    p.add_argument(
+        "--manifest-digest-out", help="write the digest of this step's state manifest here"
+    )
+    p.add_argument(
         "--export-all",
         metavar="DIR",
         help="also save every variable the step writes, for comparing runs "
@@ -452,23 +466,43 @@ class StepRuntime:
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
         roots = self.args.allowed_root or list(dirs.values())
+        manifests: dict[str, dict[str, Any]] = {}
         for var, producer in self.spec.get("inputs", {}).items():
             directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
             if directory is None:
                 raise SystemExit(
                     f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
                 )
-            manifest = marshal.read_manifest(directory)
-            record = manifest["variables"].get(var)
+            if producer not in manifests:
+                manifests[producer] = self._input_manifest(producer, directory)
+            record = manifests[producer]["variables"].get(var)
             if record is None:
                 raise NameError(
                     f"name {var!r} is not defined: step {producer!r} did not define it "
                     "when it ran (was it bound only on some paths?)"
                 )
             value = marshal.load_variable(
-                record["file"], directory, allowed_root=_common_root(roots, directory)
+                record,
+                directory,
+                allowed_root=_common_root(roots, directory),
+                step=self.spec.get("step"),
+                producer=producer,
             )
             self.namespace[var] = self._rebind(value)
+
+    def _input_manifest(self, producer: str, directory: str) -> dict[str, Any]:
+        """An input step's manifest, proven to be its producer's before anything is loaded:
+        signed with the user's key (local runs) or matching the digest the producer
+        reported (Kubeflow)."""
+        digests = _pairs(self.args.state_digest, "--state-digest")
+        kfp_name = self.spec.get("kfp_names", {}).get(producer, "")
+        digest = digests.get(producer) or digests.get(kfp_name)
+        return marshal.read_manifest(
+            directory, key=self.key(), digest=digest or None, producer=producer
+        )
+
+    def key(self) -> bytes | None:
+        return marshal.read_key(self.args.key_file) if self.args.key_file else None
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""
@@ -617,14 +651,13 @@ class StepRuntime:
                     out,
                     step=self.spec["step"],
                     shared=self.shared,
-                    # Only the local runner's cache reads hashes; in a Kubeflow pod
-                    # (--executor-output) nothing does, so the CPU is spared.
-                    content_hash=not self.args.executor_output,
                 )
             )
         if missing:
             self.notice(f"not defined at the end of the step, so not saved: {', '.join(missing)}")
-        marshal.write_manifest(out, self.spec["step"], records)
+        manifest = marshal.write_manifest(out, self.spec["step"], records, key=self.key())
+        if self.args.manifest_digest_out:
+            _write_atomic(self.args.manifest_digest_out, marshal.manifest_digest(manifest))
         return [r.name for r in records]
 
     def export_all(self) -> None:

@@ -70,3 +70,23 @@ def kfp() -> Iterator[Any]:
     fake = FakeKfp().start()
     yield fake
     fake.stop()
+
+
+# --- the user's key that signs local run records --------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _user_key_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Local runs sign their records with the user's key: the tests' runs use one of their
+    own instead of the key in the user's configuration folder."""
+    import os
+
+    from kale_py.integrity import KEY_ENV
+
+    saved = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("user-config") / "key")
+    yield
+    if saved is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = saved
