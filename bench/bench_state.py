@@ -9,8 +9,11 @@ small dicts. ``--quick`` divides the sizes by 16.
 Methods, interleaved in a shuffled order within each repeat (the machine is shared, so
 only same-run comparisons mean anything):
 
-- marshal: save_variable (write + fsync + rename, content hash) / load_variable;
-- marshal-nohash: the same without the content hash, as Kubeflow pods save;
+- marshal: save_variable (write + fsync + rename, content digest) / load_variable of the
+  manifest's record, which verifies every byte against the digest before unpickling (the
+  product's path: verification is always on);
+- marshal-unverified: the same without the digest, loaded by path without verification
+  (a diagnostic: the cost of computing and checking the digest);
 - dill: dill.dump + fsync / dill.load;
 - raw: the same number of bytes written + fsync / read back through mmap, touching every page.
 
@@ -104,7 +107,9 @@ def touch_frame(frame: Any) -> int:
         values = frame[name].array
         if isinstance(values, pd.Categorical):
             total += touch_array(values.codes)
-        elif hasattr(values, "__arrow_array__"):
+        elif getattr(values.dtype, "storage", None) == "python":
+            total += len(values)  # object array: unpickling already built every string
+        elif hasattr(values, "__arrow_array__"):  # pyarrow-backed strings (when installed)
             for chunk in values.__arrow_array__().chunks:
                 total += sum(touch_array(np.frombuffer(b, np.uint8))
                              for b in chunk.buffers() if b is not None)
@@ -197,23 +202,26 @@ class Marshal(Method):
         self.record = marshal.save_variable(self.case.key, obj, self.state, step="bench")
 
     def load(self) -> Any:
-        return marshal.load_variable(self.path, self.state, allowed_root=self.workdir)
+        # From the record, as steps load: the file is verified against its digest first.
+        return marshal.load_variable(self.record, self.state, allowed_root=self.workdir)
 
 
-class MarshalNoHash(Marshal):
-    """A diagnostic, not a product path: separates the format's cost from the hash's."""
+class MarshalUnverified(Marshal):
+    """A diagnostic, not a product path: the format's cost without the digest's."""
 
-    name = "marshal-nohash"
+    name = "marshal-unverified"
 
     def __init__(self, workdir: Path, case: Case) -> None:
         super().__init__(workdir, case)
-        self.state = workdir / "state-nohash"
+        self.state = workdir / "state-unverified"
         self.path = self.state / f"{case.key}{marshal.SUFFIX}"
 
     def save(self, obj: Any) -> None:
-        # As a Kubeflow pod saves (nothing reads the hash there).
         self.record = marshal.save_variable(self.case.key, obj, self.state, step="bench",
                                             content_hash=False)
+
+    def load(self) -> Any:
+        return marshal.load_variable(self.path, self.state, allowed_root=self.workdir)
 
 
 class Dill(Method):
@@ -296,7 +304,7 @@ def run_case(case: Case, scale: int, repeats: int, workdir: Path) -> dict[str, A
     marshal_method, dill_method = Marshal(workdir, case), Dill(workdir, case)
     ok = check_round_trips(case, obj, [marshal_method, dill_method])
     size = marshal_method.record.bytes
-    methods: list[Method] = [marshal_method, MarshalNoHash(workdir, case), dill_method,
+    methods: list[Method] = [marshal_method, MarshalUnverified(workdir, case), dill_method,
                              Raw(workdir, case, size)]
     timings = {m.name: Timings() for m in methods}
     for repeat in range(repeats):
@@ -330,18 +338,22 @@ def summarize(key: str, result: dict[str, Any]) -> dict[str, Any]:
         "marshal_vs_raw_cold_read_rate": t["raw"]["cold"] / t["marshal"]["cold"],
         "dill_over_marshal_save_time": t["dill"]["save"] / t["marshal"]["save"],
         "dill_over_marshal_cold_load_time": t["dill"]["cold"] / t["marshal"]["cold"],
-        "marshal_without_hash_vs_raw_write_rate": t["raw"]["save"] / t["marshal-nohash"]["save"],
+        "marshal_without_hash_vs_raw_write_rate":
+            t["raw"]["save"] / t["marshal-unverified"]["save"],
+        "unverified_vs_raw_cold_read_rate": t["raw"]["cold"] / t["marshal-unverified"]["cold"],
         # the same ratios from the fastest repeat of each, less sensitive to a busy machine
         "best_of": {
             "marshal_vs_raw_write_rate": best["raw"]["save"] / best["marshal"]["save"],
             "marshal_vs_raw_cold_read_rate": best["raw"]["cold"] / best["marshal"]["cold"],
             "dill_over_marshal_save_time": best["dill"]["save"] / best["marshal"]["save"],
             "marshal_without_hash_vs_raw_write_rate":
-                best["raw"]["save"] / best["marshal-nohash"]["save"],
+                best["raw"]["save"] / best["marshal-unverified"]["save"],
+            "unverified_vs_raw_cold_read_rate":
+                best["raw"]["cold"] / best["marshal-unverified"]["cold"],
         },
     }
     if key in ("a", "b"):
-        summary["target"] = "write and cold read >= 0.9 of raw"
+        summary["target"] = "write and verified cold read >= 0.9 of raw"
         summary["pass"] = (summary["marshal_vs_raw_write_rate"] >= 0.9
                            and summary["marshal_vs_raw_cold_read_rate"] >= 0.9)
     elif key == "d":
@@ -371,14 +383,16 @@ def ratio_cell(summary: dict[str, Any], name: str, width: int, digits: int) -> s
 
 def print_summary(cases: dict[str, dict[str, Any]]) -> None:
     print("\nmedians [best repeat]")
-    print("object | marshal/raw write rate | (without the hash) | marshal/raw cold read rate "
-          "| dill/marshal save time | dill/marshal cold load time | target (on medians)")
+    print("object | marshal/raw write rate | (without the digest) | verified/raw cold read rate "
+          "| (unverified) | dill/marshal save time | dill/marshal cold load time "
+          "| target (on medians)")
     for key, result in cases.items():
         s = result["summary"]
         verdict = f"{s['target']}: {'PASS' if s['pass'] else 'FAIL'}" if "target" in s else "-"
         print(f"({key})    | {ratio_cell(s, 'marshal_vs_raw_write_rate', 22, 2)} | "
-              f"{ratio_cell(s, 'marshal_without_hash_vs_raw_write_rate', 18, 2)} | "
-              f"{ratio_cell(s, 'marshal_vs_raw_cold_read_rate', 26, 2)} | "
+              f"{ratio_cell(s, 'marshal_without_hash_vs_raw_write_rate', 20, 2)} | "
+              f"{ratio_cell(s, 'marshal_vs_raw_cold_read_rate', 27, 2)} | "
+              f"{ratio_cell(s, 'unverified_vs_raw_cold_read_rate', 12, 2)} | "
               f"{ratio_cell(s, 'dill_over_marshal_save_time', 22, 1)} | "
               f"{s['dill_over_marshal_cold_load_time']:27.1f} | {verdict}")
 
