@@ -29,6 +29,7 @@ Standard library only: the command line must start fast.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -52,6 +53,7 @@ from .diagnostics import Diagnostic, RunError, error
 if TYPE_CHECKING:
     from .codegen import StepProgram
     from .graph import Pipeline
+    from .resources import MemoryWatch, Usage
 
 Progress = Literal["auto", "live", "plain", "quiet"]
 
@@ -126,11 +128,16 @@ class RunResult:
     steps: Mapping[str, str]  # step -> final status
     metrics: Mapping[str, Any]
     failed: tuple[tuple[str, StepError], ...]
+    #: The signal that cancelled the run (SIGINT, SIGTERM), if one did.
+    signal_number: int | None = None
 
     @property
     def exit_code(self) -> int:
-        """The command line's exit code: 0 succeeded, 1 failed, 130 cancelled."""
-        return {"succeeded": 0, "cancelled": 130}.get(self.status, 1)
+        """The command line's exit code: 0 succeeded, 1 failed, 128 + the signal when a
+        signal cancelled it (130 for Ctrl-C, 143 for SIGTERM), 130 for another cancel."""
+        if self.status == "cancelled":
+            return 128 + (self.signal_number or signal.SIGINT)
+        return 0 if self.status == "succeeded" else 1
 
 
 # --- planning: what runs, what is reused ---------------------------------------------------
@@ -326,6 +333,40 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def _process_start(pid: int) -> int | None:
+    """When a process started (clock ticks since boot): with its pid, it names the process
+    even after the pid is reused. None where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def runner_alive(manifest: Mapping[str, Any]) -> bool:
+    """Whether the runner that wrote a run.json still runs (False once it died)."""
+    pid, started = manifest.get("runner_pid"), manifest.get("runner_started")
+    if not isinstance(pid, int):
+        return False
+    if started is None:  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _process_start(pid) == started and _state(pid) not in ("Z", "X", None)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -443,6 +484,8 @@ class _StepRecord:
     reason: str | None = None  # why a step was skipped
     attempts: int = 0
     program_hash: str | None = None  # of the step program and spec, to tell stale reuse
+    peak_rss_bytes: int | None = None  # the step process's peak resident memory
+    cpu_seconds: float | None = None  # its user + system CPU time
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -459,6 +502,8 @@ class _StepRecord:
             "reason": self.reason,
             "attempts": self.attempts,
             "program_hash": self.program_hash,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "cpu_seconds": self.cpu_seconds,
         }
 
 
@@ -494,6 +539,7 @@ class _RunManifest:
             "steps": {name: r.to_dict() for name, r in self.steps.items()},
             "metrics": self.metrics(),
             "runner_pid": os.getpid(),
+            "runner_started": _process_start(os.getpid()),
             "kale_py": __version__,
         }
 
@@ -706,6 +752,7 @@ class _Interrupts:
 
     def __init__(self) -> None:
         self.count = 0
+        self.first: int | None = None  # the first signal received
         self._saved: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupts:
@@ -720,6 +767,8 @@ class _Interrupts:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
+        if self.first is None:
+            self.first = signum
 
 
 # --- running steps -------------------------------------------------------------------------
@@ -735,6 +784,9 @@ class _Process:
     exited_at: float | None = None
     timed_out: bool = False
     reader: threading.Thread | None = None
+    memory: MemoryWatch | None = None  # the step's limit:memory, watched while it runs
+    over_memory: bool = False
+    usage: Usage | None = None  # peak memory and CPU time, once it has exited
 
 
 @dataclass(frozen=True)
@@ -876,9 +928,13 @@ class _Scheduler:
             self._set(name, "running", started=_now(), attempts=attempt)
             self._failed(name, StepError(f"the step process cannot start: {exc}", None, None, log))
             return
-        timeout = _settings(self.ctx.plan.pipeline, name).timeout
+        from .resources import memory_limit
+
+        settings = _settings(self.ctx.plan.pipeline, name)
+        timeout = settings.timeout
         now = time.monotonic()
         process = _Process(name, proc, now, now + timeout if timeout else None, attempt)
+        process.memory = memory_limit(dict(settings.limits))
         process.reader = threading.Thread(
             target=_pump,
             args=(process, log, self.ctx.console, self.events),
@@ -912,7 +968,10 @@ class _Scheduler:
         _kill_group(process.proc.pid, signal.SIGKILL)  # whatever the step left running
         kfp = self.steps[name].kfp_name
         result = read_json(self.ctx.run.result(kfp))
-        failure = _failure(process, code, result, self.ctx.run.log(kfp))
+        failure = _memory_failure(process, self.ctx.run.log(kfp)) or _failure(
+            process, code, result, self.ctx.run.log(kfp)
+        )
+        self._record_usage(name, process)
         retries = _settings(self.ctx.plan.pipeline, name).retry or 0
         if failure is not None and attempt <= retries:
             self.ctx.console.event(
@@ -932,6 +991,12 @@ class _Scheduler:
             self.ctx.console.event("done", f"{name} {record.seconds:.1f}s")
         else:
             self._failed(name, failure, ((result or {}).get("error") or {}).get("type"))
+
+    def _record_usage(self, name: str, process: _Process) -> None:
+        record = self.records[name]
+        if process.usage is not None:
+            record.peak_rss_bytes = process.usage.peak_rss_bytes
+            record.cpu_seconds = process.usage.cpu_seconds
 
     def _failed(self, name: str, failure: StepError, kind: str | None = None) -> None:
         self.records[name].error = {
@@ -967,7 +1032,12 @@ class _Scheduler:
             if process.deadline is not None and now > process.deadline and not process.timed_out:
                 process.timed_out = True
                 _terminate(process, self.ctx.grace)
-            if process.exited_at is None and process.proc.poll() is not None:
+            if process.memory is not None and not process.over_memory and (
+                process.memory.over(process.proc.pid)
+            ):
+                process.over_memory = True
+                _kill_group(process.proc.pid, signal.SIGKILL)
+            if process.exited_at is None and _exited(process):
                 process.exited_at = now
             elif process.exited_at is not None and now - process.exited_at > 1.0:
                 _kill_group(process.proc.pid, signal.SIGKILL)
@@ -1060,7 +1130,19 @@ def _pump(
         if log_file is not None:
             log_file.close()
         stream.close()
-        events.put((process.name, process.attempt, process.proc.wait()))
+        events.put((process.name, process.attempt, _reaped(process)))
+
+
+def _reaped(process: _Process) -> int:
+    """Wait for the step process, keeping its peak memory and CPU time."""
+    from .resources import reap
+
+    code, usage = reap(process.proc.pid)
+    if usage is None:  # reaped elsewhere (a cancel): no usage figures
+        return process.proc.wait()
+    process.usage = usage
+    process.proc.returncode = code
+    return code
 
 
 def _append(log_file: IO[bytes], raw: bytes) -> IO[bytes] | None:
@@ -1073,6 +1155,15 @@ def _append(log_file: IO[bytes], raw: bytes) -> IO[bytes] | None:
     except OSError:
         log_file.close()
         return None
+
+
+def _memory_failure(process: _Process, log: Path) -> StepError | None:
+    """A step over its limit:memory fails as the cluster's OOM killer would fail it."""
+    watch, usage = process.memory, process.usage
+    peak = usage.peak_rss_bytes if usage is not None else 0
+    if watch is None or not (process.over_memory or peak > watch.limit):
+        return None
+    return StepError(watch.message(process.name, peak), None, None, log)
 
 
 def _failure(process: _Process, code: int, result: Any, log: Path) -> StepError | None:
@@ -1095,6 +1186,12 @@ def _failure(process: _Process, code: int, result: Any, log: Path) -> StepError 
     return StepError(
         f"the step process exited with code {code} without a result; see its log", None, None, log
     )
+
+
+def _exited(process: _Process) -> bool:
+    from .resources import exited
+
+    return process.proc.returncode is not None or exited(process.proc.pid)
 
 
 def _kill_group(pid: int, sig: int) -> None:
@@ -1138,7 +1235,10 @@ def _step_command(ctx: _Context, name: str) -> list[str]:
 
 
 def _step_environment() -> dict[str, str]:
+    from .resources import PARENT_ENV
+
     env = kale_py_environment()
+    env[PARENT_ENV] = str(os.getpid())  # a step dies with its runner (see resources.py)
     # Output must reach the log as it is printed, not when a buffer fills.
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PYTHONIOENCODING", "utf-8")
@@ -1225,7 +1325,7 @@ def run_local(
             manifest.ended = _now()
             manifest.write()
             console.close()
-    result = _result(manifest, run)
+    result = dataclasses.replace(_result(manifest, run), signal_number=interrupts.first)
     console.summary(_summary(result, manifest, console.symbols, pipeline))
     return result
 
@@ -1350,7 +1450,22 @@ def _summary(
         yield f"    log: {_display_path(failure.log)}"
     if result.metrics:
         yield "  metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items())
+    usage = _usage_line(manifest)
+    if usage:
+        yield usage
     yield f"  run directory: {_display_path(result.run_dir)}"
+
+
+def _usage_line(manifest: _RunManifest) -> str:
+    """``  peak memory: one 45.2 MiB (0.3 s CPU), two 1.0 GiB (2.1 s CPU)``."""
+    from .resources import format_bytes
+
+    parts = [
+        f"{name} {format_bytes(r.peak_rss_bytes)} ({r.cpu_seconds or 0:.1f} s CPU)"
+        for name, r in manifest.steps.items()
+        if r.peak_rss_bytes is not None and r.status in ("succeeded", "failed")
+    ]
+    return "  peak memory: " + ", ".join(parts) if parts else ""
 
 
 def _failure_location(pipeline: Pipeline, failure: StepError) -> str:

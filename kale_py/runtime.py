@@ -763,6 +763,10 @@ def _write_atomic(path: str | None, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("KALE_PY_RUNNER_PID"):  # a local run: die with the runner
+        from kale_py.resources import die_with_parent
+
+        die_with_parent()
     args = _arguments(list(sys.argv[1:] if argv is None else argv))
     spec = json.loads(_read_payload(args.spec, ".json"))
     program = _read_payload(args.program, ".py")

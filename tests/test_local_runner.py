@@ -446,7 +446,7 @@ def test_interrupt_cancels_the_run_and_its_processes(tmp_path: Path, sig: signal
             runner.kill()
             runner.wait()
 
-    assert code == 130, (tmp_path / "out.txt").read_text()
+    assert code == 128 + sig, (tmp_path / "out.txt").read_text()
     assert [pid for pid in pids if _alive(pid)] == []
     assert _processes_mentioning(str(tmp_path)) == []
     manifest = last_run(notebook)
