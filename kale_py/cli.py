@@ -25,8 +25,10 @@ Command = Callable[[argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nb2pipe`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    from .runs_command import with_default_verb
+
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_verb(sys.argv[1:] if argv is None else argv))
     command: Command = args.command
     try:
         return command(args)
@@ -66,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     graph.set_defaults(command=_graph)
 
     _run_parser(sub)
+    from .runs_command import add_parser as add_runs_parser
+
+    add_runs_parser(sub)
     _compile_parser(sub)
     _submit_parser(sub)
     return parser
@@ -173,6 +178,12 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="live: a status line redrawn in place (the default in a terminal); "
         "plain: one line per event; quiet: only the summary",
     )
+    run.add_argument(
+        "--suggest-resources",
+        action="store_true",
+        help="after the run, print request:/limit: memory tags for each step from the "
+        "peak memory it used",
+    )
     # The Jupyter server picks the id so that it can answer before the run starts.
     run.add_argument("--run-id", help=argparse.SUPPRESS)
     run.set_defaults(command=_run)
@@ -206,7 +217,30 @@ def _run(args: argparse.Namespace) -> int:
         progress=args.progress,
         run_id=args.run_id,
     )
-    return run_local(pipeline, options, sys.stdout).exit_code
+    from .storage import LimitError
+
+    try:
+        result = run_local(pipeline, options, sys.stdout)
+    except LimitError as exc:
+        print(f"nb2pipe run: error: {exc}", file=sys.stderr)
+        return 2
+    if args.suggest_resources:
+        _suggest_resources(result.run_dir)
+    return result.exit_code
+
+
+def _suggest_resources(run_dir: Path) -> None:
+    from .local import read_json
+    from .resources import format_bytes, suggestions
+
+    steps = (read_json(run_dir / "run.json") or {}).get("steps", {})
+    peaks = {n: s["peak_rss_bytes"] for n, s in steps.items() if s.get("peak_rss_bytes")}
+    if not peaks:
+        print("no step ran in this run, so there is nothing measured to suggest from")
+        return
+    print("resource tags from the measured peaks (add them to each step's first cell):")
+    for step, request, limit in suggestions(peaks):
+        print(f"  {step}: {request} {limit}    (peak {format_bytes(peaks[step])})")
 
 
 def _print_diagnostics(

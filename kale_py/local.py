@@ -519,6 +519,7 @@ class _RunManifest:
     status: str = "running"
     started: str = field(default_factory=_now)
     ended: str | None = None
+    size_bytes: int | None = None
 
     def metrics(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -538,6 +539,7 @@ class _RunManifest:
             "request": dict(self.request),
             "steps": {name: r.to_dict() for name, r in self.steps.items()},
             "metrics": self.metrics(),
+            "size_bytes": self.size_bytes,
             "runner_pid": os.getpid(),
             "runner_started": _process_start(os.getpid()),
             "kale_py": __version__,
@@ -1288,11 +1290,13 @@ def run_local(
     """
     from .codegen import generate_programs
     from .integrity import key_path, user_key
+    from .storage import storage_limit
 
     options = options or RunOptions()
     out = out if out is not None else sys.stdout
     plan = plan_run(pipeline, options)
     secret = user_key()  # before anything is written: an unreadable key stops the run
+    limit = storage_limit(plan.run_root)  # a bad setting, too (LimitError: a usage error)
     programs = generate_programs(pipeline)
     run = RunDirectory.create(plan.run_root / "runs", options.run_id)
     manifest = _new_manifest(plan, run, options, programs)
@@ -1323,11 +1327,39 @@ def run_local(
             raise
         finally:
             manifest.ended = _now()
+            manifest.size_bytes = directory_bytes(run.path)
             manifest.write()
             console.close()
     result = dataclasses.replace(_result(manifest, run), signal_number=interrupts.first)
     console.summary(_summary(result, manifest, console.symbols, pipeline))
+    _keep_under_limit(plan.run_root, limit, run, console)
     return result
+
+
+def directory_bytes(path: Path) -> int:
+    """The disk space a run's directory holds (hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_blocks * 512
+    return total
+
+
+def _keep_under_limit(root: Path, limit: Any, run: RunDirectory, console: _Console) -> None:
+    """After the run: older runs' state and unused cache entries go when over the limit."""
+    from .storage import enforce
+
+    try:
+        line = enforce(root, limit, keep=[run.run_id]).line(limit)
+    except OSError as exc:
+        line = f"warning: storage: could not clean up {root}: {exc}"
+    if line:
+        console.summary([line])
 
 
 def _new_manifest(
