@@ -206,6 +206,10 @@ def _with_lost_runner(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]
     """A run whose runner process is gone without finishing is reported failed."""
     if manifest.get("status") != "running":
         return manifest
+    if "runner_started" in manifest:  # the runner's own record: it names its process exactly
+        from .storage import settle_lost
+
+        return settle_lost(manifest, run_dir)
     pid = manifest.get("runner_pid")
     if not isinstance(pid, int):
         text = (run_dir / "runner.pid").read_text() if (run_dir / "runner.pid").is_file() else ""
