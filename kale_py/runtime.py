@@ -497,9 +497,15 @@ class StepRuntime:
         digests = _pairs(self.args.state_digest, "--state-digest")
         kfp_name = self.spec.get("kfp_names", {}).get(producer, "")
         digest = digests.get(producer) or digests.get(kfp_name)
-        return marshal.read_manifest(
-            directory, key=self.key(), digest=digest or None, producer=producer
-        )
+        key = self.key()
+        if key is None and not digest:
+            raise marshal.StateError(
+                f"nothing proves that the state of step {producer!r} in {directory} is the "
+                "one that step wrote, so it is not loaded. Hint: the runtime needs --key-file "
+                "(local runs) or --state-digest (Kubeflow); recompile the pipeline",
+                step=producer,
+            )
+        return marshal.read_manifest(directory, key=key, digest=digest or None, producer=producer)
 
     def key(self) -> bytes | None:
         return marshal.read_key(self.args.key_file) if self.args.key_file else None

@@ -21,11 +21,13 @@ import yaml
 from kale_py.diagnostics import CompileError
 from kale_py.kubeflow.ir import (
     BOOTSTRAP,
+    DIGEST_OUTPUT,
     PAYLOAD_CHUNK,
     PipelineDef,
     PipelineParam,
     TaskDef,
     build_ir,
+    digest_input,
     ir_to_yaml,
 )
 from kale_py.kubeflow.validate import validate_ir
@@ -107,13 +109,16 @@ def sdk_pipeline_yaml(p: PipelineDef, path: Path) -> str:
             args = list(_payload_args(t))
             args += ["--step", t.display_name]
             for src in t.inputs:
-                args += ["--state-in", f"{src}={v[_state(src)].path}"]
+                args += ["--state-in", f"{src}={v[_state(src)].path}",
+                         "--state-digest", f"{src}={v[digest_input(src)]}"]
             for out, wanted in (("state", t.has_state_output), ("metrics", t.has_metrics),
                                 ("report", t.has_report)):
                 if wanted:
                     args += [f"--{out}-out", v[out].path]
             for q in t.parameters:
                 args += ["--param", f"{q}={v[q]}", "--param-type", f"{q}={types[q].type}"]
+            if t.has_state_output:
+                args += ["--manifest-digest-out", v[DIGEST_OUTPUT]]
             args += ["--executor-output", dsl.PIPELINE_TASK_EXECUTOR_OUTPUT_PATH_PLACEHOLDER]
             if p.working_dir:
                 args += ["--workdir", p.working_dir]
@@ -125,6 +130,12 @@ def sdk_pipeline_yaml(p: PipelineDef, path: Path) -> str:
         signature += [inspect.Parameter(q, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                         annotation=python_types[types[q].type])
                       for q in t.parameters]
+        signature += [inspect.Parameter(digest_input(src), inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        annotation=str) for src in t.inputs]
+        if t.has_state_output:
+            signature.append(inspect.Parameter(DIGEST_OUTPUT,
+                                               inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                               annotation=dsl.OutputPath(str)))
         for out, kind, wanted in (("state", dsl.Artifact, t.has_state_output),
                                   ("metrics", dsl.Metrics, t.has_metrics),
                                   ("report", dsl.HTML, t.has_report)):
@@ -147,6 +158,8 @@ def sdk_pipeline_yaml(p: PipelineDef, path: Path) -> str:
         tasks: dict[str, Any] = {}
         for t in p.tasks:
             op = component(t)(**{_state(s): tasks[s].outputs["state"] for s in t.inputs},
+                              **{digest_input(s): tasks[s].outputs[DIGEST_OUTPUT]
+                                 for s in t.inputs},
                               **{q: kwargs[q] for q in t.parameters})
             configure(op, t, clones)
             op.after(*[tasks[a] for a in t.after])
@@ -260,11 +273,13 @@ def test_runtime_command_line_contract() -> None:
     assert container["args"][1:] == [
         "--step", "b",
         "--state-in", "a={{$.inputs.artifacts['state-a'].path}}",
+        "--state-digest", "a={{$.inputs.parameters['state_digest_a']}}",
         "--state-out", "{{$.outputs.artifacts['state'].path}}",
         "--metrics-out", "{{$.outputs.artifacts['metrics'].path}}",
         "--report-out", "{{$.outputs.artifacts['report'].path}}",
         "--param", "n={{$.inputs.parameters['n']}}", "--param-type", "n=int",
         "--param", "seed={{$.inputs.parameters['seed']}}", "--param-type", "seed=none",
+        "--manifest-digest-out", "{{$.outputs.parameters['state_digest'].output_file}}",
         "--executor-output", "{{$.outputs.output_file}}",
         "--workdir", "/work"]
     assert container["env"] == [{"name": "KALE_PY_STEP", "value": "b"}]
@@ -435,9 +450,9 @@ def write(path, text):
 def main(argv):
     ap = argparse.ArgumentParser()
     for flag in ("--step", "--state-out", "--metrics-out", "--report-out",
-                 "--executor-output", "--workdir"):
+                 "--executor-output", "--workdir", "--manifest-digest-out"):
         ap.add_argument(flag)
-    for flag in ("--state-in", "--param", "--param-type"):
+    for flag in ("--state-in", "--param", "--param-type", "--state-digest"):
         ap.add_argument(flag, action="append", default=[])
     a = ap.parse_args(argv)
     types = dict(x.split("=", 1) for x in a.param_type)
@@ -450,7 +465,10 @@ def main(argv):
     import kale_py_step  # the step's own module, from the step's payload
 
     record = {"step": a.step, "params": params, "loaded": loaded,
-              "env": os.environ.get("KALE_PY_STEP"), "program": kale_py_step.NAME}
+              "env": os.environ.get("KALE_PY_STEP"), "program": kale_py_step.NAME,
+              "digests": sorted(a.state_digest)}
+    if a.manifest_digest_out:
+        write(a.manifest_digest_out, "digest-of-" + a.step)
     outputs = {}
     if a.state_out:
         write(os.path.join(a.state_out, "record.json"), json.dumps(record))
@@ -501,6 +519,9 @@ def test_compiled_yaml_runs_with_kfp_local(tmp_path: Path, shared_runtime: bool)
     join = json.loads((run / "join" / "state" / "record.json").read_text())
     assert join["step"] == join["env"] == join["program"] == "join"
     assert sorted(join["loaded"]) == ["left", "right"]
+    # each producer's digest reached its consumers through KFP's output parameters
+    assert join["digests"] == ["left=digest-of-left", "right=digest-of-right"]
+    assert join["loaded"]["left"]["digests"] == ["prepare=digest-of-prepare"]
     prepare = join["loaded"]["left"]["loaded"]["prepare"]
     assert prepare["params"] == {"n": 5, "msg": "hello", "seed": None, "rate": 0.5,
                                  "flag": True, "opts": {"k": 1.0}}

@@ -76,6 +76,8 @@ class Steps:
             str(self.path.parent),
             "--allowed-root",
             str(self.run),
+            "--key-file",
+            str(_user_key_file()),
         ]
         for producer in sorted(set(program.spec["inputs"].values())):
             cmd += ["--state-in", f"{producer}={self.run / 'state' / producer}"]
@@ -89,6 +91,14 @@ class Steps:
 
     def report(self, name: str) -> str:
         return (self.run / f"{name}.html").read_text()
+
+
+def _user_key_file() -> Path:
+    """The key local runs sign manifests with (made on first use)."""
+    from kale_py.integrity import key_path, user_key
+
+    user_key()
+    return key_path()
 
 
 def test_string_parameter_round_trips(tmp_path: Path) -> None:

@@ -10,8 +10,16 @@ Every step is a *container component*: the step pod needs nothing but ``python3`
 
 With :attr:`PipelineDef.runtime` set, the runtime zip travels once instead of in every step: a
 first task (``kale-runtime``) writes it as an artifact, each step receives it as the input artifact
-``runtime`` and is started as ``python3 -c BOOTSTRAP --runtime <zip> <payload> <runtime args>``, its
-payload holding only the step's own files. A pipeline's size then grows by the step programs only.
+``runtime`` and is started as ``python3 -c BOOTSTRAP --runtime <zip> <sha256> <payload> <runtime
+args>``, its payload holding only the step's own files. A pipeline's size then grows by the step
+programs only. The runtime's SHA-256 is in the compiled spec (kept by the KFP API server, not in
+the artifact store that most installs share between profiles): the bootstrap checks the zip
+against it before putting it on ``sys.path``.
+
+State between steps is checked the same way. A step that saves state reports the digest of its
+state manifest as the output parameter ``state_digest`` (parameters live in KFP's database); a
+consumer receives it as ``state_digest_<producer>`` and the runtime checks the manifest against it,
+and every file against the manifest, before anything is unpickled.
 
 The runtime's command line::
 
@@ -24,6 +32,8 @@ The runtime's command line::
     --param-type <name>=<type>             strings as-is, numbers (an int may arrive as "3.0"),
                                            booleans as true/false, lists and dicts as JSON
     --executor-output <file>             the runtime writes KFP's ExecutorOutput JSON here
+    --manifest-digest-out <file>         the output parameter state_digest, if it saves state
+    --state-digest <producer>=<digest>   one per producer: the digest it reported
     --workdir <dir>                      if the notebook has a working directory
 
 A ``None``-valued parameter is declared ``STRING`` with the default ``""`` (KFP has no null
@@ -40,6 +50,7 @@ path itself when it has none of these prefixes (``kfp.local``, whose URIs are lo
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib
 import re
 from collections.abc import Iterable
@@ -58,10 +69,15 @@ SDK_VERSION = "kfp-2.17.3"
 #: Runs inside the step container as ``python3 -c BOOTSTRAP``. The payload may be split over
 #: several arguments (Linux caps one at 128 KiB); base64 never starts with "--" as flags do.
 BOOTSTRAP = "; ".join([
-    "import atexit, base64, os, sys, tempfile",
+    "import atexit, base64, hashlib, os, sys, tempfile",
     "a = sys.argv[1:]",
     "r = a[1:2] if a[0] == '--runtime' else []",
-    "a = a[2:] if r else a",
+    "h = a[2] if r else ''",
+    "a = a[3:] if r else a",
+    "r and hashlib.sha256(open(r[0], 'rb').read()).hexdigest() != h and sys.exit("
+    "'kale_py: the step runtime in ' + r[0] + ' differs from the one this pipeline was compiled"
+    " with (its SHA-256 is in the pipeline spec): it was damaged or replaced in the artifact "
+    "store, so nothing was run. Re-run the pipeline')",
     "n = next(i for i, s in enumerate(a) if s.startswith('--'))",
     "fd, z = tempfile.mkstemp(prefix='kale-py-', suffix='.zip')",
     "f = os.fdopen(fd, 'wb')",
@@ -304,9 +320,11 @@ def _component_spec(t: TaskDef, params: dict[str, PipelineParam], plan: _Plan) -
         artifacts["runtime"] = _artifact_type("system.Artifact")
     if artifacts:
         inputs["artifacts"] = artifacts
-    if t.parameters:
-        inputs["parameters"] = {name: {"parameterType": PARAMETER_TYPES[params[name].type]}
-                                for name in t.parameters}
+    parameters = {name: {"parameterType": PARAMETER_TYPES[params[name].type]}
+                  for name in t.parameters}
+    parameters.update({digest_input(src): {"parameterType": "STRING"} for src in t.inputs})
+    if parameters:
+        inputs["parameters"] = parameters
     if inputs:
         spec["inputDefinitions"] = inputs
     outputs = {name: _artifact_type(kind) for name, kind, wanted in (
@@ -315,7 +333,18 @@ def _component_spec(t: TaskDef, params: dict[str, PipelineParam], plan: _Plan) -
         ("report", "system.HTML", t.has_report)) if wanted}
     if outputs:
         spec["outputDefinitions"] = {"artifacts": outputs}
+    if t.has_state_output:
+        spec["outputDefinitions"]["parameters"] = {DIGEST_OUTPUT: {"parameterType": "STRING"}}
     return spec
+
+
+#: The output parameter that carries the digest of a step's state manifest.
+DIGEST_OUTPUT = "state_digest"
+
+
+def digest_input(producer: str) -> str:
+    """The input parameter through which a consumer receives ``producer``'s digest."""
+    return f"{DIGEST_OUTPUT}_{producer.replace('-', '_')}"
 
 
 def _artifact_type(schema_title: str) -> Json:
@@ -326,7 +355,8 @@ def _runtime_args(t: TaskDef, p: PipelineDef) -> list[str]:
     params = {q.name: q for q in p.params}
     args = ["--step", t.display_name]
     for src in t.inputs:
-        args += ["--state-in", f"{src}={{{{$.inputs.artifacts['state-{src}'].path}}}}"]
+        args += ["--state-in", f"{src}={{{{$.inputs.artifacts['state-{src}'].path}}}}",
+                 "--state-digest", f"{src}={{{{$.inputs.parameters['{digest_input(src)}']}}}}"]
     for name, wanted in (("state", t.has_state_output), ("metrics", t.has_metrics),
                          ("report", t.has_report)):
         if wanted:
@@ -334,6 +364,9 @@ def _runtime_args(t: TaskDef, p: PipelineDef) -> list[str]:
     for name in t.parameters:
         args += ["--param", f"{name}={{{{$.inputs.parameters['{name}']}}}}",
                  "--param-type", f"{name}={params[name].type}"]
+    if t.has_state_output:
+        args += ["--manifest-digest-out",
+                 f"{{{{$.outputs.parameters['{DIGEST_OUTPUT}'].output_file}}}}"]
     args += ["--executor-output", "{{$.outputs.output_file}}"]
     if p.working_dir:
         args += ["--workdir", p.working_dir]
@@ -341,7 +374,10 @@ def _runtime_args(t: TaskDef, p: PipelineDef) -> list[str]:
 
 
 def _container_spec(t: TaskDef, p: PipelineDef, plan: _Plan) -> Json:
-    shared = ["--runtime", "{{$.inputs.artifacts['runtime'].path}}"] if plan.runtime_task else []
+    shared = []
+    if plan.runtime_task:
+        digest = hashlib.sha256(p.runtime or b"").hexdigest()
+        shared = ["--runtime", "{{$.inputs.artifacts['runtime'].path}}", digest]
     env = _environment(t, p)
     command = ["python3", "-c", BOOTSTRAP]
     if t.packages:
@@ -400,9 +436,13 @@ def _task_spec(t: TaskDef, p: PipelineDef, plan: _Plan) -> Json:
         inputs["artifacts"] = {
             key: {"taskOutputArtifact": {"outputArtifactKey": output, "producerTask": producer}}
             for key, (producer, output) in sources.items()}
-    if t.parameters:
-        inputs["parameters"] = {name: {"componentInputParameter": name}
-                                for name in t.parameters}
+    parameters: Json = {name: {"componentInputParameter": name} for name in t.parameters}
+    parameters.update({
+        digest_input(src): {"taskOutputParameter": {"outputParameterKey": DIGEST_OUTPUT,
+                                                    "producerTask": src}}
+        for src in t.inputs})
+    if parameters:
+        inputs["parameters"] = parameters
     if inputs:
         task["inputs"] = inputs
     if t.settings.retry:
