@@ -20,7 +20,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from . import __version__
@@ -75,7 +75,7 @@ def _imported(source: str) -> set[str]:
     return names - set(sys.stdlib_module_names) - {"__future__", "kale_py"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def package_version(name: str) -> str:
     """The installed distribution version of a top-level module, or a fingerprint of its
     file when no distribution carries its name; "" when it is not installed."""

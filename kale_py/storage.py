@@ -17,6 +17,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -189,10 +190,8 @@ def settle_lost(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         if step.get("status") == "running" else step
         for name, step in manifest.get("steps", {}).items()
     }
-    try:
+    with contextlib.suppress(OSError):
         write_json_atomic(run_dir / "run.json", lost)
-    except OSError:
-        pass
     return lost
 
 

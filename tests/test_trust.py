@@ -18,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_local_runner import last_run, statuses, write_notebook
 
 from kale_py import marshal
 from kale_py.cli import main
-
-from test_local_runner import last_run, statuses, write_notebook
 
 EXPECTED = "RESULT 45 7999998000000"
 
