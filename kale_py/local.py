@@ -486,6 +486,7 @@ class _StepRecord:
     program_hash: str | None = None  # of the step program and spec, to tell stale reuse
     peak_rss_bytes: int | None = None  # the step process's peak resident memory
     cpu_seconds: float | None = None  # its user + system CPU time
+    warnings: list[str] = field(default_factory=list)  # e.g. a damaged cache entry removed
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -504,6 +505,7 @@ class _StepRecord:
             "program_hash": self.program_hash,
             "peak_rss_bytes": self.peak_rss_bytes,
             "cpu_seconds": self.cpu_seconds,
+            "warnings": self.warnings,
         }
 
 
@@ -875,11 +877,12 @@ class _Scheduler:
             if not self.ctx.cache.restore(record.cache_key, self.ctx.run, kfp, name):
                 return False
         except DamagedEntry as damaged:
-            self.ctx.console.event(
-                "warning",
+            text = (
                 f"{name}: the cached outputs are damaged or not yours ({damaged}); "
-                "removed from the cache, running the step again",
+                "removed from the cache, running the step again"
             )
+            record.warnings.append(text)
+            self.ctx.console.event("warning", text)
             return False
         result = read_json(self.ctx.run.result(kfp)) or {}
         self.records[name].metrics = dict(result.get("metrics") or {})
@@ -1296,7 +1299,8 @@ def run_local(
     out = out if out is not None else sys.stdout
     plan = plan_run(pipeline, options)
     secret = user_key()  # before anything is written: an unreadable key stops the run
-    limit = storage_limit(plan.run_root)  # a bad setting, too (LimitError: a usage error)
+    # a bad setting, too (LimitError: a usage error)
+    limit = storage_limit(plan.run_root, pipeline.notebook.metadata)
     programs = generate_programs(pipeline)
     run = RunDirectory.create(plan.run_root / "runs", options.run_id)
     manifest = _new_manifest(plan, run, options, programs)

@@ -42,6 +42,7 @@ _KALE_KEYS = {
     "snapshot_volumes",
     "autosnapshot",
     "install_packages",
+    "storage_limit",  # read by kale_py.storage: the local runs' storage limit
 }
 _VOLUME_TYPES = ("pvc", "new_pvc", "pv", "clone")
 

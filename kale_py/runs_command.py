@@ -147,10 +147,22 @@ def _prune(args: argparse.Namespace) -> int:
 
     root = _root(args.notebook)
     try:
-        limit = storage_limit(root)
+        limit = storage_limit(root, _metadata(args.notebook))
     except LimitError as exc:
         print(f"nb2pipe runs prune: error: {exc}", file=sys.stderr)
         return 2
     line = enforce(root, limit).line(limit)
     print(line or f"storage: under the limit {limit.source}, nothing removed")
     return 0
+
+
+def _metadata(notebook: Path) -> dict[str, Any]:
+    """The notebook's metadata (for its storage_limit), without parsing its cells."""
+    import json
+
+    try:
+        data = json.loads(notebook.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    metadata = data.get("metadata") if isinstance(data, dict) else None
+    return metadata if isinstance(metadata, dict) else {}

@@ -8,8 +8,8 @@ After each run, :func:`enforce` keeps ``.nb2pipe/`` under the storage limit: fir
 state of the oldest runs goes, then the least recently used cache entries, then (only if
 that was not enough) the oldest runs' records. The latest successful run of each notebook
 stays whole (``--from`` and ``--only`` need its state), and nothing a running run uses is
-touched. The limit is ``NB2PIPE_STORAGE_LIMIT`` (``300M``, ``20G``, ``512Mi``), else the
-user setting ``storage_limit`` in ``~/.config/kale_py/settings.json``, else the smaller of
+touched. The limit is ``NB2PIPE_STORAGE_LIMIT`` (``300M``, ``20G``, ``512Mi``), else
+``storage_limit`` in the notebook's ``kubeflow_notebook`` metadata, else the user setting ``storage_limit`` in ``~/.config/kale_py/settings.json``, else the smaller of
 10 GiB and a fifth of the volume's free space.
 
 Standard library only.
@@ -53,11 +53,20 @@ def settings_path() -> Path:
     return Path(config) / "kale_py" / "settings.json"
 
 
-def storage_limit(root: Path) -> Limit:
-    """The limit in force for the state folder ``root``; LimitError naming a bad setting."""
+def storage_limit(root: Path, metadata: Mapping[str, Any] | None = None) -> Limit:
+    """The limit in force for the state folder ``root``; LimitError naming a bad setting.
+
+    ``metadata``: the notebook's metadata, whose ``kubeflow_notebook.storage_limit`` comes
+    after the environment and before the user setting.
+    """
     text = os.environ.get(LIMIT_ENV)
     if text is not None:
         return Limit(_parse(text, LIMIT_ENV), f"{LIMIT_ENV}={text}")
+    settings = (metadata or {}).get("kubeflow_notebook")
+    value = settings.get("storage_limit") if isinstance(settings, dict) else None
+    if value is not None:
+        name = "storage_limit in the notebook's metadata.kubeflow_notebook"
+        return Limit(_parse(str(value), name), f"{name} ({value})")
     user = _user_setting()
     if user is not None:
         name = f"storage_limit in {settings_path()}"

@@ -279,3 +279,28 @@ def test_the_user_setting_sets_the_limit_and_prune_applies_it(
     settings.write_text(json.dumps({"storage_limit": "twelve"}))
     code, out = run(capsys, "runs", "prune", notebook)
     assert code == 2 and f"storage_limit in {settings}: 'twelve' is not a size" in out
+
+
+def test_the_notebook_metadata_sets_the_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbformat
+
+    notebook = state_notebook(tmp_path, mib=8)
+    for _ in range(2):
+        assert run(capsys, "run", notebook, "--progress", "quiet", "--no-cache")[0] == 0
+    monkeypatch.delenv("NB2PIPE_STORAGE_LIMIT", raising=False)
+    nb = nbformat.read(str(notebook), as_version=4)
+    nb.metadata["kubeflow_notebook"] = {"storage_limit": "12M"}
+    nbformat.write(nb, str(notebook))
+    code, out = run(capsys, "check", notebook)
+    assert code == 0 and "NB003" not in out
+    code, out = run(capsys, "run", notebook, "--progress", "quiet", "--no-cache")
+    assert code == 0, out
+    assert "removed the state of 2 runs" in out
+    assert "storage_limit in the notebook's metadata.kubeflow_notebook (12M)" in out
+    nb.metadata["kubeflow_notebook"] = {"storage_limit": "a lot"}
+    nbformat.write(nb, str(notebook))
+    code, out = run(capsys, "run", notebook)
+    assert code == 2
+    assert "storage_limit in the notebook's metadata.kubeflow_notebook: 'a lot' is not a size" in out

@@ -149,6 +149,8 @@ def test_a_damaged_cache_entry_is_reported_evicted_and_recomputed(
     assert len(warnings) == 1, out
     assert warnings[0].startswith("⚠ one:") or warnings[0].startswith("warning: one:")
     assert re.search(variable, warnings[0])
+    assert [f"⚠ {w}" for w in last_run(notebook)["steps"]["one"]["warnings"]] in (
+        warnings, [w.replace("warning: ", "⚠ ") for w in warnings])
     code, out = run(capsys, notebook, "--no-cache")  # two really loads what one saved now
     assert code == 0, out
     assert EXPECTED in out
