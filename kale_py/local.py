@@ -608,9 +608,8 @@ class StepCache:
         try:
             manifest = marshal.read_manifest(entry / "state", key=self.secret, producer=step)
             marshal.check_state(entry / "state", manifest, allowed_root=entry, producer=step)
-        except marshal.StateError as exc:
-            variable = f"variable {exc.variable!r}: " if exc.variable else ""
-            return variable + str(exc).split(". Hint:")[0]
+        except marshal.StateError as exc:  # names the variable and the file
+            return str(exc).split(". Hint:")[0]
         return None
 
     def evict(self, key: str) -> None:
