@@ -13,6 +13,7 @@ it at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,8 +21,8 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import datetime
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -165,10 +166,9 @@ def cancel_run(path: str | Path, run_id: str) -> dict[str, Any]:
     pid = _runner_pid(manifest, _runs_dir(path) / run_id)
     if pid is None:
         raise RunError(error("NB504", f"run {run_id} has no runner process to stop"))
-    try:
+    # A runner that ended meanwhile has said how in its run.json.
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass  # it ended meanwhile: its run.json says how
     return manifest
 
 
