@@ -142,7 +142,7 @@ function roleTitle(kind: Exclude<CellKind, 'step'>): string {
 export function unlabelCell(node: HTMLElement): void {
   node.classList.remove(LABELLED_CLASS);
   node.style.removeProperty('--kale-py-step-color');
-  node.querySelectorAll(`:scope > .${LABEL_CLASS}`).forEach(el => el.remove());
+  node.querySelectorAll(`.${LABEL_CLASS}`).forEach(el => el.remove());
 }
 
 /** Put (or replace) a cell's label; `onClick` runs when the label is clicked. */
@@ -169,5 +169,7 @@ export function labelCell(
     event.stopPropagation();
     onClick();
   });
-  node.insertBefore(el, node.firstChild);
+  // In the input area (bottom right), where JupyterLab's cell toolbar does not go.
+  const input = node.querySelector(':scope > .jp-Cell-inputWrapper') ?? node;
+  input.appendChild(el);
 }

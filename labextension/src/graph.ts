@@ -220,6 +220,26 @@ export function fitTransform(
   };
 }
 
+/** Below this scale the first view is not fitted: labels would be too small to read. */
+export const READABLE_ZOOM = 0.75;
+
+/**
+ * The first view of a drawing: fitted when it is readable so; otherwise at a
+ * readable scale, centred horizontally, from the top (where the pipeline starts).
+ */
+export function initialTransform(
+  layout: Pick<IGraphLayout, 'width' | 'height'>,
+  width: number,
+  height: number
+): IViewTransform {
+  const fitted = fitTransform(layout, width, height);
+  if (fitted.k >= READABLE_ZOOM) {
+    return fitted;
+  }
+  const k = READABLE_ZOOM;
+  return { k, x: (width - layout.width * k) / 2, y: 0 };
+}
+
 /** Zoom by `factor` keeping the point (`px`, `py`) of the view where it is. */
 export function zoomAt(
   t: IViewTransform,

@@ -13,6 +13,7 @@ import {
   IGraphLayout,
   IViewTransform,
   fitTransform,
+  initialTransform,
   layoutGraph,
   zoomAt
 } from './graph';
@@ -110,8 +111,19 @@ function Drawing(props: IGraphViewProps & { layout: IGraphLayout }): JSX.Element
   );
 }
 
+function graphKey(graph: IGraphInput): string {
+  return JSON.stringify([
+    graph.steps.map(s => s.name),
+    graph.edges.map(e => [e.source, e.target, e.kind, e.variables]),
+    graph.levels
+  ]);
+}
+
 export function GraphView(props: IGraphViewProps): JSX.Element {
-  const layout = React.useMemo(() => layoutGraph(props.graph), [props.graph]);
+  // Re-analyses that change nothing in the graph keep the layout (and the view).
+  const key = graphKey(props.graph);
+  // eslint-disable-next-line react-hooks/exhaustive-deps
+  const layout = React.useMemo(() => layoutGraph(props.graph), [key]);
   if (!layout.nodes.length) {
     return <div className="kale-py-graph-empty">No steps yet.</div>;
   }
@@ -140,27 +152,41 @@ function ZoomableGraph(props: IGraphViewProps & { layout: IGraphLayout }): JSX.E
   const [t, setT] = React.useState<IViewTransform>({ k: 1, x: 0, y: 0 });
   const drag = React.useRef<{ x: number; y: number } | null>(null);
 
-  const fit = React.useCallback(() => {
+  // What a resize of the tab re-applies: the first view, the fitted view, or
+  // nothing once the user has panned or zoomed.
+  const mode = React.useRef<'initial' | 'fit' | 'manual'>('initial');
+  const apply = React.useCallback(() => {
     const el = box.current;
-    if (el) {
-      setT(fitTransform(layout, el.clientWidth, el.clientHeight));
+    if (!el || mode.current === 'manual') {
+      return;
     }
+    const view = mode.current === 'fit' ? fitTransform : initialTransform;
+    setT(view(layout, el.clientWidth, el.clientHeight));
   }, [layout]);
-  React.useEffect(fit, [fit]);
+  const fit = () => {
+    mode.current = 'fit';
+    apply();
+  };
+  // A new layout (the pipeline changed) starts from the first view again.
+  React.useEffect(() => {
+    mode.current = 'initial';
+    apply();
+  }, [apply]);
   React.useEffect(() => {
     const el = box.current;
     if (!el || typeof ResizeObserver === 'undefined') {
       return;
     }
-    const observer = new ResizeObserver(() => fit());
+    const observer = new ResizeObserver(() => apply());
     observer.observe(el);
     return () => observer.disconnect();
-  }, [fit]);
+  }, [apply]);
 
   const zoom = (factor: number, px?: number, py?: number) => {
     const el = box.current;
     const cx = px ?? (el ? el.clientWidth / 2 : 0);
     const cy = py ?? (el ? el.clientHeight / 2 : 0);
+    mode.current = 'manual';
     setT(current => zoomAt(current, factor, cx, cy));
   };
   const onWheel = (e: React.WheelEvent) => {
@@ -179,6 +205,7 @@ function ZoomableGraph(props: IGraphViewProps & { layout: IGraphLayout }): JSX.E
       return;
     }
     drag.current = { x: e.clientX, y: e.clientY };
+    mode.current = 'manual';
     setT(c => ({ ...c, x: c.x + e.clientX - start.x, y: c.y + e.clientY - start.y }));
   };
   const stop = () => {

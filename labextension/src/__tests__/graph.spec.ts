@@ -4,7 +4,9 @@ import {
   INodeBox,
   MAX_ZOOM,
   MIN_ZOOM,
+  READABLE_ZOOM,
   fitTransform,
+  initialTransform,
   layoutGraph,
   pathThrough,
   shorten,
@@ -204,5 +206,20 @@ describe('shorten', () => {
   it('cuts with an ellipsis', () => {
     expect(shorten('abcdef', 10)).toBe('abcdef');
     expect(shorten('abcdef', 4)).toBe('abc…');
+  });
+});
+
+describe('initialTransform', () => {
+  it('fits a drawing that stays readable when fitted', () => {
+    expect(initialTransform({ width: 400, height: 300 }, 800, 600)).toEqual(
+      fitTransform({ width: 400, height: 300 }, 800, 600)
+    );
+  });
+
+  it('keeps a wide drawing readable, from its top, centred', () => {
+    const t = initialTransform({ width: 1400, height: 300 }, 500, 600);
+    expect(t.k).toBe(READABLE_ZOOM);
+    expect(t.y).toBe(0);
+    expect(t.x).toBeCloseTo((500 - 1400 * READABLE_ZOOM) / 2);
   });
 });
