@@ -97,7 +97,12 @@ export function notebookForAnalysis(model: INotebookModel): unknown {
 export class PipelineModel {
   constructor(
     readonly tracker: INotebookTracker,
-    readonly api: KalePyAPI
+    readonly api: KalePyAPI,
+    /** How often runs are polled (tests poll faster). */
+    private readonly _poll: { runMs: number; kfpMs: number } = {
+      runMs: RUN_POLL_MS,
+      kfpMs: KFP_POLL_MS
+    }
   ) {
     this._debouncer = new Debouncer(() => this.analyseNow(), ANALYSE_DELAY_MS);
     tracker.currentChanged.connect(this._onCurrentChanged, this);
@@ -444,7 +449,7 @@ export class PipelineModel {
       if (state.kfpRun && KFP_DONE.has(state.kfpRun.state)) {
         return;
       }
-      await new Promise(resolve => setTimeout(resolve, KFP_POLL_MS));
+      await new Promise(resolve => setTimeout(resolve, this._poll.kfpMs));
     }
   }
 
@@ -465,7 +470,7 @@ export class PipelineModel {
   ): Promise<void> {
     let failures = 0;
     for (;;) {
-      await new Promise(resolve => setTimeout(resolve, RUN_POLL_MS));
+      await new Promise(resolve => setTimeout(resolve, this._poll.runMs));
       if (this._disposed) {
         return;
       }
