@@ -263,16 +263,16 @@ async def test_tag_see_graph_and_diagnostics_and_run_locally(
                 '.kale-py-run-step[data-step="train"] .kale-py-open-report').click()
             frame = page.locator("iframe.kale-py-report")
             await expect(frame).to_have_attribute("sandbox", "allow-scripts allow-popups")
-            await expect(page.frame_locator("iframe.kale-py-report").locator("body")).to_contain_text(
-                "mean 2.5", timeout=15_000)
+            report = page.frame_locator("iframe.kale-py-report").locator("body")
+            await expect(report).to_contain_text("mean 2.5", timeout=15_000)
             await page.screenshot(path=str(tmp_path / "panel-report.png"))
 
             # A second run; the history lists both, and the first can be reopened.
             first_run = (await status.inner_text()).split()[1].rstrip(":")
             await panel.locator("#kale-py-run").click()
             await expect(panel.locator("#kale-py-run-status")).not_to_contain_text(first_run)
-            await expect(panel.locator('#kale-py-run-status[data-status="succeeded"]')).to_be_visible(
-                timeout=180_000)
+            succeeded = panel.locator('#kale-py-run-status[data-status="succeeded"]')
+            await expect(succeeded).to_be_visible(timeout=180_000)
             history = panel.locator("#kale-py-history .kale-py-history-run")
             await expect(history).to_have_count(2, timeout=15_000)
             await expect(history.first).to_have_attribute("data-status", "succeeded")
