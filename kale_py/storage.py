@@ -9,8 +9,9 @@ state of the oldest runs goes, then the least recently used cache entries, then 
 that was not enough) the oldest runs' records. The latest successful run of each notebook
 stays whole (``--from`` and ``--only`` need its state), and nothing a running run uses is
 touched. The limit is ``NB2PIPE_STORAGE_LIMIT`` (``300M``, ``20G``, ``512Mi``), else
-``storage_limit`` in the notebook's ``kubeflow_notebook`` metadata, else the user setting ``storage_limit`` in ``~/.config/kale_py/settings.json``, else the smaller of
-10 GiB and a fifth of the volume's free space.
+``storage_limit`` in the notebook's ``kubeflow_notebook`` metadata, else the user setting
+``storage_limit`` in ``~/.config/kale_py/settings.json``, else the smaller of 10 GiB and a
+fifth of the volume's free space.
 
 Standard library only.
 """

@@ -303,4 +303,5 @@ def test_the_notebook_metadata_sets_the_limit(
     nbformat.write(nb, str(notebook))
     code, out = run(capsys, "run", notebook)
     assert code == 2
-    assert "storage_limit in the notebook's metadata.kubeflow_notebook: 'a lot' is not a size" in out
+    assert ("storage_limit in the notebook's metadata.kubeflow_notebook: 'a lot' is not a "
+            "size") in out
