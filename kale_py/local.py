@@ -1331,11 +1331,14 @@ def run_local(
         finally:
             manifest.ended = _now()
             manifest.size_bytes = directory_bytes(run.path)
+            # Before the final status: whoever waits for it finds the runner done.
+            removed = _keep_under_limit(plan.run_root, limit, run)
             manifest.write()
             console.close()
     result = dataclasses.replace(_result(manifest, run), signal_number=interrupts.first)
     console.summary(_summary(result, manifest, console.symbols, pipeline))
-    _keep_under_limit(plan.run_root, limit, run, console)
+    if removed:
+        console.summary([removed])
     return result
 
 
@@ -1353,16 +1356,15 @@ def directory_bytes(path: Path) -> int:
     return total
 
 
-def _keep_under_limit(root: Path, limit: Any, run: RunDirectory, console: _Console) -> None:
-    """After the run: older runs' state and unused cache entries go when over the limit."""
+def _keep_under_limit(root: Path, limit: Any, run: RunDirectory) -> str | None:
+    """After the run: older runs' state and unused cache entries go when over the limit.
+    Returns the line that says what was removed, if anything was."""
     from .storage import enforce
 
     try:
-        line = enforce(root, limit, keep=[run.run_id]).line(limit)
+        return enforce(root, limit, keep=[run.run_id]).line(limit)
     except OSError as exc:
-        line = f"warning: storage: could not clean up {root}: {exc}"
-    if line:
-        console.summary([line])
+        return f"warning: storage: could not clean up {root}: {exc}"
 
 
 def _new_manifest(
