@@ -1332,7 +1332,7 @@ def run_local(
             manifest.ended = _now()
             manifest.size_bytes = directory_bytes(run.path)
             # Before the final status: whoever waits for it finds the runner done.
-            removed = _keep_under_limit(plan.run_root, limit, run)
+            removed = _keep_under_limit(plan.run_root, limit, run, manifest.status)
             manifest.write()
             console.close()
     result = dataclasses.replace(_result(manifest, run), signal_number=interrupts.first)
@@ -1356,13 +1356,13 @@ def directory_bytes(path: Path) -> int:
     return total
 
 
-def _keep_under_limit(root: Path, limit: Any, run: RunDirectory) -> str | None:
+def _keep_under_limit(root: Path, limit: Any, run: RunDirectory, status: str) -> str | None:
     """After the run: older runs' state and unused cache entries go when over the limit.
     Returns the line that says what was removed, if anything was."""
     from .storage import enforce
 
     try:
-        return enforce(root, limit, keep=[run.run_id]).line(limit)
+        return enforce(root, limit, keep=[run.run_id], ending={run.run_id: status}).line(limit)
     except OSError as exc:
         return f"warning: storage: could not clean up {root}: {exc}"
 

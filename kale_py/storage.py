@@ -304,9 +304,12 @@ class Removal:
         return text or None
 
 
-def enforce(root: Path, limit: Limit, keep: Iterable[str] = ()) -> Removal:
-    """Bring ``root`` (a ``.nb2pipe`` folder) under ``limit``; ``keep``: run ids to spare."""
-    runs = read_all_runs(root / "runs")
+def enforce(root: Path, limit: Limit, keep: Iterable[str] = (),
+            ending: Mapping[str, str] | None = None) -> Removal:
+    """Bring ``root`` (a ``.nb2pipe`` folder) under ``limit``; ``keep``: run ids to spare;
+    ``ending``: the final status of runs that are about to record it (the caller's run)."""
+    runs = [RunInfo(r.run_id, r.path, dict(r.manifest, status=(ending or {})[r.run_id]))
+            if r.run_id in (ending or {}) else r for r in read_all_runs(root / "runs")]
     spared = protected(runs) | set(keep)
     files = _Files()
     for run in runs:
