@@ -268,22 +268,27 @@ class Timings:
     save: list[float] = field(default_factory=list)
     cold: list[float] = field(default_factory=list)
     warm: list[float] = field(default_factory=list)
+    # CPU seconds of this process (every thread): what the digest costs whatever the load
+    save_cpu: list[float] = field(default_factory=list)
+    cold_cpu: list[float] = field(default_factory=list)
 
 
-def timed(fn: Callable[[], Any]) -> float:
+def timed(fn: Callable[[], Any], cpu: list[float] | None = None) -> float:
     gc.collect()  # earlier garbage must not be collected inside the measurement
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = fn()
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     del result
     return elapsed
 
 
 def measure_once(method: Method, obj: Any, timings: Timings) -> None:
     method.path.unlink(missing_ok=True)  # every method writes a new file
-    timings.save.append(timed(lambda: method.save(obj)))
+    timings.save.append(timed(lambda: method.save(obj), timings.save_cpu))
     drop_cache(method.path)
-    timings.cold.append(timed(method.load_and_touch))
+    timings.cold.append(timed(method.load_and_touch, timings.cold_cpu))
     timings.warm.append(timed(method.load_and_touch))
 
 
@@ -366,14 +371,15 @@ def print_case(result: dict[str, Any]) -> None:
     size = result["file_bytes"]
     print(f"\n{result['title']}: file {size / 1e6:.1f} MB, {result['repeats']} repeats, "
           f"marshal format {result['marshal_format']}, round trips ok: {result['round_trip_ok']}")
-    print("  median s [min]  | save (write+fsync) | cold load+touch | warm load+touch "
-          "| save GB/s | cold GB/s")
+    print("  median s [min]     | save (write+fsync) | cold load+touch | warm load+touch "
+          "| save GB/s | cold GB/s | save CPU s | cold load CPU s")
     for name, phases in result["times"].items():
         cells = [f"{median(phases[p]):8.3f} [{min(phases[p]):.3f}]"
                  for p in ("save", "cold", "warm")]
         rates = [f"{size / median(phases[p]) / 1e9:9.2f}" for p in ("save", "cold")]
-        print(f"  {name:15s} | {cells[0]:>18s} | {cells[1]:>15s} | {cells[2]:>15s} | "
-              f"{rates[0]} | {rates[1]}")
+        cpu = [f"{median(phases[p]):10.3f}" for p in ("save_cpu", "cold_cpu")]
+        print(f"  {name:18s} | {cells[0]:>18s} | {cells[1]:>15s} | {cells[2]:>15s} | "
+              f"{rates[0]} | {rates[1]} | {cpu[0]} | {cpu[1]:>15s}")
 
 
 def ratio_cell(summary: dict[str, Any], name: str, width: int, digits: int) -> str:
