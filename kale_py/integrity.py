@@ -73,13 +73,22 @@ def user_key(path: Path | None = None) -> bytes:
 
 
 def _create(path: Path) -> None:
+    """Write a new key beside ``path`` and link it into place: two runs starting at once
+    both end up with the one key, never a half-written file. FileExistsError if there."""
+    if path.exists():
+        raise FileExistsError(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
-        os.fsync(fd)
+        try:
+            os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)  # FileExistsError when another run made it first
     finally:
-        os.close(fd)
+        temp.unlink(missing_ok=True)
 
 
 def _key_error(path: Path, what: str) -> RunError:
