@@ -53,7 +53,7 @@ from .diagnostics import Diagnostic, RunError, error
 if TYPE_CHECKING:
     from .codegen import StepProgram
     from .graph import Pipeline
-    from .resources import MemoryWatch, Usage
+    from .resources import Guardian, MemoryWatch, Usage
 
 Progress = Literal["auto", "live", "plain", "quiet"]
 
@@ -806,6 +806,7 @@ class _Context:
     runtime: tuple[str, ...]
     grace: float
     key_file: Path | None = None  # the user's key, which signs the steps' manifests
+    guardian: Guardian | None = None  # kills the step process groups if the runner dies
 
 
 class _Scheduler:
@@ -934,6 +935,8 @@ class _Scheduler:
             return
         from .resources import memory_limit
 
+        if self.ctx.guardian is not None:
+            self.ctx.guardian.watch(proc.pid)  # the step leads its own process group
         settings = _settings(self.ctx.plan.pipeline, name)
         timeout = settings.timeout
         now = time.monotonic()
@@ -970,6 +973,7 @@ class _Scheduler:
             return
         del self.running[name]
         _kill_group(process.proc.pid, signal.SIGKILL)  # whatever the step left running
+        self._released(process)
         kfp = self.steps[name].kfp_name
         result = read_json(self.ctx.run.result(kfp))
         failure = _memory_failure(process, self.ctx.run.log(kfp)) or _failure(
@@ -995,6 +999,10 @@ class _Scheduler:
             self.ctx.console.event("done", f"{name} {record.seconds:.1f}s")
         else:
             self._failed(name, failure, ((result or {}).get("error") or {}).get("type"))
+
+    def _released(self, process: _Process) -> None:
+        if self.ctx.guardian is not None:
+            self.ctx.guardian.release(process.proc.pid)
 
     def _record_usage(self, name: str, process: _Process) -> None:
         record = self.records[name]
@@ -1066,6 +1074,7 @@ class _Scheduler:
         if process is None:
             return
         _kill_group(process.proc.pid, signal.SIGKILL)
+        self._released(process)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.proc.wait(timeout=self.ctx.grace)
         if process.reader is not None:
@@ -1292,6 +1301,7 @@ def run_local(
     """
     from .codegen import generate_programs
     from .integrity import key_path, user_key
+    from .resources import Guardian
     from .storage import storage_limit
 
     options = options or RunOptions()
@@ -1309,6 +1319,7 @@ def run_local(
             _write_programs(run, programs)
             manifest.write()
             _reuse(plan, run, manifest, console)
+            guardian = Guardian()
             ctx = _Context(
                 plan,
                 programs,
@@ -1322,8 +1333,12 @@ def run_local(
                 options.runtime_command or (sys.executable, "-m", RUNTIME_MODULE),
                 options.grace_seconds,
                 key_path(),
+                guardian,
             )
-            _Scheduler(ctx).run()
+            try:
+                _Scheduler(ctx).run()
+            finally:
+                guardian.close()
             manifest.status = _final_status(manifest)
         except BaseException as exc:
             _abandon(manifest, exc)

@@ -139,3 +139,72 @@ def die_with_parent() -> None:
         return
     if os.getppid() != int(parent):  # the runner died before prctl took effect
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: The guardian: a small process of its own session that outlives the runner. It reads
+#: "+ PGID" / "- PGID" lines; at end of input (the runner exited or was killed, even by
+#: SIGKILL) it kills every process group still listed: the step processes and whatever
+#: they started.
+_GUARDIAN = "\n".join([
+    "import os, signal, sys",
+    "groups = set()",
+    "for line in sys.stdin:",
+    "    op, _, pgid = line.strip().partition(' ')",
+    "    if pgid.isdigit():",
+    "        (groups.add if op == '+' else groups.discard)(int(pgid))",
+    "for pgid in groups:",
+    "    try:",
+    "        os.killpg(pgid, signal.SIGKILL)",
+    "    except OSError:",
+    "        pass",
+])
+
+
+class Guardian:
+    """Step process groups die with the runner, however the runner ends."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self._process: subprocess.Popen[bytes] | None = None
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-S", "-c", _GUARDIAN],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # no terminal signal (Ctrl-C, hang-up) reaches it
+                close_fds=True,
+            )
+        except OSError:
+            self._process = None  # runs go on; steps still die with the runner (prctl)
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+ {pgid}\n")
+
+    def release(self, pgid: int) -> None:
+        """The group is gone (killed by the runner): its id may be reused, forget it."""
+        self._send(f"- {pgid}\n")
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.stdin is None:
+            return
+        try:
+            process.stdin.close()
+            process.wait(timeout=5)
+        except (OSError, ValueError):
+            pass
+        except Exception:  # subprocess.TimeoutExpired: it ends on its own
+            pass
+
+    def _send(self, line: str) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            return
+        try:
+            process.stdin.write(line.encode())
+            process.stdin.flush()
+        except (OSError, ValueError):
+            self._process = None

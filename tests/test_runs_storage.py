@@ -107,8 +107,9 @@ def test_a_killed_runner_takes_its_steps_with_it_and_reads_failed(
     notebook = write_notebook(
         tmp_path / "long.ipynb",
         [
-            (["imports"], "import os\nfrom time import sleep"),
-            (["step:slow"], "open('pids.txt', 'w').write(f'{os.getpid()} {os.getpid()}')\n"
+            (["imports"], "import os\nimport subprocess\nfrom time import sleep"),
+            (["step:slow"], "child = subprocess.Popen(['sleep', '120'])\n"
+                            "open('pids.txt', 'w').write(f'{os.getpid()} {child.pid}')\n"
                             "sleep(120)\ny = 1"),
         ],
     )
@@ -119,16 +120,16 @@ def test_a_killed_runner_takes_its_steps_with_it_and_reads_failed(
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        step_pid = _wait_for(tmp_path / "pids.txt")[0]
+        pids = _wait_for(tmp_path / "pids.txt")  # the step, and a process it started
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while _alive(step_pid) and time.monotonic() < deadline:
+        while any(map(_alive, pids)) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         runner.kill()
         runner.wait()
-    assert not _alive(step_pid)
+    assert [pid for pid in pids if _alive(pid)] == []
 
     code, out = run(capsys, "runs", notebook)
     assert code == 0
