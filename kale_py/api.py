@@ -59,8 +59,12 @@ def compile_notebook(
     params: Mapping[str, Any] | None = None,
     image: str | None = None,
     install_packages: bool = False,
+    step_image: str | None = None,
 ) -> dict[str, Any]:
     """Compile to Kubeflow Pipelines v2 YAML and write it (default: beside the notebook).
+
+    With ``step_image`` (``REGISTRY/REPOSITORY``) the steps' distributions are pushed there as a
+    step image first (see :func:`build_image`); the YAML references it by digest.
 
     ``params`` are ``--param``-style texts, read by each parameter's type. Returns
     ``{"path", "bytes", "steps", "name"}``. Raises :class:`~kale_py.diagnostics.KalePyError`
@@ -72,7 +76,8 @@ def compile_notebook(
     path = Path(path)
     pipeline = _checked(path)
     values = parse_param_overrides(pipeline.parameters, _texts(params))
-    compiled = compile_pipeline(pipeline, values, image=image, install_packages=install_packages)
+    compiled = compile_pipeline(pipeline, values, image=image, install_packages=install_packages,
+                                step_image=step_image)
     target = Path(output) if output is not None else path.with_suffix(".yaml")
     write_pipeline(compiled, target)
     return {
@@ -82,6 +87,36 @@ def compile_notebook(
         "name": compiled.name,
         "diagnostics": [d.to_dict() for d in compiled.diagnostics],
     }
+
+
+def build_image(path: str | Path, target: str | None = None,
+                base: str | None = None) -> dict[str, Any]:
+    """Build and push the notebook's step image; its reference by digest and what it holds.
+
+    ``target`` defaults to the metadata's ``step_image``; ``base`` to the image the steps would
+    get (the notebook pod's in a Kubeflow notebook, else ``base_image``).
+    """
+    from .diagnostics import KalePyError, error
+    from .images.build import build_step_image
+    from .kubeflow.compile import _default_image, _with_cluster_defaults
+    from .packages import imported_modules
+
+    pipeline = _checked(Path(path))
+    target = target or pipeline.settings.step_image
+    if not target:
+        raise KalePyError(error("IM001", "no registry to push the step image to: give --push "
+                                "REGISTRY/REPOSITORY or set step_image in the notebook metadata"))
+    if base is None:
+        pipeline, base, _ = _with_cluster_defaults(pipeline, None)
+    blocks = pipeline.blocks
+    cells = [*blocks.imports, *blocks.functions, *(c for s in pipeline.steps for c in s.cells)]
+    built = build_step_image(imported_modules(cells), target, _default_image(pipeline, base))
+    return {"reference": built.reference, "tag": built.tag, "base": built.base,
+            "python": built.python, "platform": built.platform,
+            "distributions": list(built.distributions), "layer_digest": built.layer_digest,
+            "layer_size": built.layer_size, "layer_files": built.layer_files,
+            "pushed": list(built.pushed), "seconds": round(built.seconds, 3),
+            "diagnostics": [d.to_dict() for d in built.diagnostics]}
 
 
 def submit(

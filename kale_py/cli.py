@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _run_parser(sub)
     _compile_parser(sub)
+    _image_parser(sub)
     _submit_parser(sub)
     return parser
 
@@ -267,7 +268,47 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "pinned to this environment's versions (needs a package index from the "
         "pods; by default the image must hold them)",
     )
+    compile_.add_argument(
+        "--step-image",
+        metavar="REGISTRY/REPO",
+        help="build a step image (the base image plus the distributions the steps import, "
+        "as installed here), push it there and run the steps in it",
+    )
     compile_.set_defaults(command=_compile)
+
+
+def _image_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    image = sub.add_parser(
+        "image",
+        help="build and push the step image; print its reference",
+        description="Build the step image without a container engine: the base image plus "
+        "one layer holding the installed distributions the steps import that the base lacks. "
+        "Push it and print its reference by digest. Credentials come from ~/.docker/config.json.",
+    )
+    _notebook_arg(image)
+    image.add_argument("--push", metavar="REGISTRY/REPO",
+                       help="where to push (default: the notebook's step_image)")
+    image.add_argument("--base", metavar="IMAGE",
+                       help="the base image (default: the notebook pod's, else base_image)")
+    image.add_argument("--format", choices=("text", "json"), default="text")
+    image.set_defaults(command=_image)
+
+
+def _image(args: argparse.Namespace) -> int:
+    from .api import build_image
+
+    result = build_image(args.notebook, args.push, args.base)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    for d in result["diagnostics"]:
+        print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
+    pushed = len(result["pushed"])
+    print(f"{len(result['distributions'])} distributions, layer {result['layer_size']} bytes, "
+          f"{pushed} blob{'s' * (pushed != 1)} pushed, {result['seconds']:.2f} s",
+          file=sys.stderr)
+    print(result["reference"])
+    return 0
 
 
 def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -316,6 +357,7 @@ def _compile(args: argparse.Namespace) -> int:
         _overrides(args.param),
         image=args.image,
         install_packages=args.install_packages,
+        step_image=args.step_image,
     )
     for d in result["diagnostics"]:
         print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)

@@ -66,6 +66,15 @@ CODES: dict[str, str] = {
     "KF205": "a ReadWriteOnce volume reaches the steps as a copy restored from a snapshot",
     "KF206": "a ReadWriteOnce volume is given to the steps without a snapshot",
     "KF207": "the notebook's directory is on no volume the steps mount",
+    "KF208": "the namespace's PodDefaults cannot be listed: named ones get the label NAME=true",
+    "IM001": "the step image cannot be built (a bad image reference, an unreadable installed file)",
+    "IM101": "the image registry cannot be reached",
+    "IM102": "the image registry refused the credentials, or none were found (401/403)",
+    "IM103": "the image or repository is not in the registry (404)",
+    "IM104": "the image registry answered with an error or an unexpected document",
+    "IM201": "the steps import a module that no installed distribution provides",
+    "IM202": "the base image's Python or architecture differs from this environment's",
+    "IM203": "the step image's registry needs credentials but the steps name no pull secret",
 }
 
 

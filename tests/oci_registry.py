@@ -7,9 +7,10 @@ user would make one without a container engine.
 
 from __future__ import annotations
 
-import crypt  # bcrypt hashes for htpasswd; the module is in the standard library up to 3.12
+import ctypes
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TOOLS = ("docker-registry", "skopeo", "umoci")
+#: A base image's module: its version, and certifi's one function (requests calls it).
+STUB_MODULE = """BASE_VERSION = {version!r}
+
+
+def where():
+    return "/etc/ssl/certs/ca-certificates.crt"
+"""
 
 
 def missing_tools() -> list[str]:
@@ -44,8 +52,18 @@ class OciRegistry:
             self.process.kill()
             self.process.wait()
 
-    def skopeo_creds(self) -> list[str]:
-        return [f"--creds={self.user}:{self.password}"] if self.user else []
+    def skopeo_creds(self, flag: str = "--creds") -> list[str]:
+        return [f"{flag}={self.user}:{self.password}"] if self.user else []
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash for htpasswd, from the system's libcrypt (the registry accepts only bcrypt)."""
+    alphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    salt = "$2b$05$" + "".join(secrets.choice(alphabet) for _ in range(22))
+    libcrypt = ctypes.CDLL("libcrypt.so.1")
+    libcrypt.crypt.restype = ctypes.c_char_p
+    hashed: bytes = libcrypt.crypt(password.encode(), salt.encode())
+    return hashed.decode()
 
 
 def start_registry(directory: Path, user: str | None = None,
@@ -59,14 +77,14 @@ def start_registry(directory: Path, user: str | None = None,
              "delete: {enabled: true}}",
              f"http: {{addr: 127.0.0.1:{port}}}"]
     if user and password:
-        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+        hashed = bcrypt_hash(password)
         (directory / "htpasswd").write_text(f"{user}:{hashed}\n")
         lines.append(f"auth: {{htpasswd: {{realm: test, path: {directory / 'htpasswd'}}}}}")
     config = directory / "config.yml"
     config.write_text("\n".join(lines) + "\n")
-    log = open(directory / "registry.log", "wb")  # noqa: SIM115 (lives as long as the process)
-    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log,
-                               stderr=subprocess.STDOUT)
+    with open(directory / "registry.log", "wb") as log:  # the child keeps its own copy
+        process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log,
+                                   stderr=subprocess.STDOUT)
     registry = OciRegistry(f"127.0.0.1:{port}", process, directory, user, password)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -108,7 +126,7 @@ def push_base_image(registry: OciRegistry, work: Path, repository: str,
         name, _, version = dist.partition("-")
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\n"
                                        f"Version: {version}\n")
-        (site / f"{module}.py").write_text(f"BASE_VERSION = {version!r}\n")
+        (site / f"{module}.py").write_text(STUB_MODULE.format(version=version))
     (bundle / "rootfs" / "etc").mkdir(exist_ok=True)
     (bundle / "rootfs" / "etc" / "base-marker").write_text("base\n")
     run("umoci", "repack", "--image", f"{layout}:base", str(bundle))
@@ -117,7 +135,8 @@ def push_base_image(registry: OciRegistry, work: Path, repository: str,
         "--config.entrypoint", "/usr/local/bin/entry", "--config.cmd", "serve",
         "--config.workingdir", "/srv", "--architecture", _arch())
     reference = f"{registry.host}/{repository}:1"
-    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", *registry.skopeo_creds(),
+    subprocess.run(["skopeo", "copy", "--dest-tls-verify=false",
+                    *registry.skopeo_creds("--dest-creds"),
                     f"oci:{layout}:base", f"docker://{reference}"], check=True,
                    capture_output=True)
     return reference
@@ -136,7 +155,8 @@ def skopeo_inspect(registry: OciRegistry, reference: str, raw: bool = False,
 def unpack(registry: OciRegistry, reference: str, work: Path) -> Path:
     """Copy the image into an OCI layout with skopeo and unpack it with umoci; the rootfs."""
     layout = work / "pulled"
-    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", *registry.skopeo_creds(),
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false",
+                    *registry.skopeo_creds("--src-creds"),
                     f"docker://{reference}", f"oci:{layout}:image"], check=True,
                    capture_output=True)
     bundle = work / "unpacked"

@@ -1,0 +1,196 @@
+"""Step images, built and pushed to a real OCI registry, checked with the field's own tools.
+
+The registry is Debian's ``docker-registry`` on 127.0.0.1 (plain HTTP, optionally with htpasswd
+logins), the base image is made with ``umoci`` and pushed with ``skopeo`` (tests/oci_registry.py),
+and every built image is read back with ``skopeo inspect`` and unpacked with ``umoci``: the
+oracle for the hand-written distribution-API client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from oci_registry import (
+    OciRegistry,
+    docker_config,
+    missing_tools,
+    push_base_image,
+    skopeo_inspect,
+    start_registry,
+    unpack,
+)
+
+from kale_py.diagnostics import KalePyError
+from kale_py.images.build import build_step_image, python_version
+from kale_py.images.distributions import closure
+from kale_py.images.layer import SITE_DIR, build_layer
+from kale_py.kubeflow.ir import check_python
+
+BASE_DISTS = {f"certifi-{metadata.version('certifi')}": "certifi", "idna-0.1": "idna"}
+SITE = f"usr/local/lib/python{python_version()}/site-packages"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    if missing_tools():
+        pytest.fail(f"the image tests need {', '.join(missing_tools())}: "
+                    "apt-get install -y docker-registry skopeo umoci (see .ci/run)")
+    running = start_registry(tmp_path_factory.mktemp("registry"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def base(registry: OciRegistry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    full = ".".join(map(str, sys.version_info[:3]))
+    return push_base_image(registry, tmp_path_factory.mktemp("base"), "team/base", BASE_DISTS,
+                           python=full)
+
+
+@pytest.fixture
+def no_docker_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_layer_holds_what_the_base_lacks_and_config_keeps_the_base(
+        registry: OciRegistry, base: str, tmp_path: Path, no_docker_login: None) -> None:
+    built = build_step_image({"requests", "json", "kale_py"}, f"{registry.host}/team/steps",
+                             base)
+    # idna is in the base at another version, certifi at the same one: only idna is added
+    names = {pin.partition("==")[0] for pin in built.distributions}
+    assert names == {"requests", "urllib3", "idna", "charset-normalizer"}
+    assert built.reference.startswith(f"{registry.host}/team/steps@sha256:")
+
+    inspected = skopeo_inspect(registry, built.reference)
+    assert inspected["Digest"] == built.reference.partition("@")[2]
+    base_layers = skopeo_inspect(registry, base)["Layers"]
+    assert inspected["Layers"] == [*base_layers, built.layer_digest]  # type: ignore[misc]
+    labels: dict[str, str] = inspected["Labels"]  # type: ignore[assignment]
+    assert labels["io.kale-py.python"] == python_version()
+    assert labels["io.kale-py.platform"] == built.platform
+    # the whole image's distributions, for builds that use this image as their base
+    assert json.loads(labels["io.kale-py.distributions"]) == {
+        "certifi": metadata.version("certifi"),
+        **{pin.partition("==")[0]: pin.partition("==")[2] for pin in built.distributions}}
+    config: Any = skopeo_inspect(registry, built.reference, config=True)
+    assert config["config"]["Entrypoint"] == ["/usr/local/bin/entry"]
+    assert config["config"]["Cmd"] == ["serve"]
+    assert config["config"]["WorkingDir"] == "/srv"
+    env = config["config"]["Env"]
+    assert "BASE_SETTING=kept" in env and f"KALE_PY_PYTHON={python_version()}" in env
+    assert f"PYTHONPATH=/{SITE_DIR}" in env
+
+    rootfs = unpack(registry, built.reference, tmp_path)
+    site = rootfs / SITE_DIR
+    assert sorted(p.name for p in site.glob("*.dist-info")) == sorted(
+        f"{d.name.replace('-', '_')}-{d.version}.dist-info"
+        for d in closure({"requests"}).distributions if d.name != "certifi")
+    assert (rootfs / "etc" / "base-marker").read_text() == "base\n"  # the base's files are there
+    # a Python of the recorded version imports the layer's packages, as the image's PYTHONPATH
+    # and the base's site-packages give them
+    paths = [str(rootfs / e.partition("=")[2].lstrip("/")) for e in env
+             if e.startswith("PYTHONPATH=")] + [str(rootfs / SITE)]
+    probe = ("import sys; sys.path[:0] = sys.argv[1:]; import requests, idna, certifi; "
+             "print(requests.__file__); print(idna.__version__); print(certifi.BASE_VERSION)")
+    done = subprocess.run([sys.executable, "-S", "-E", "-c", probe, *paths],
+                          capture_output=True, text=True, check=True)
+    requests_file, idna_version, certifi_version = done.stdout.split()
+    assert requests_file.startswith(str(site))
+    assert idna_version == __import__("idna").__version__
+    assert certifi_version == metadata.version("certifi")  # the base's, not a copy
+
+
+def test_unchanged_environment_gives_the_same_layer_and_pushes_nothing(
+        registry: OciRegistry, base: str, no_docker_login: None) -> None:
+    target = f"{registry.host}/team/again"
+    first = build_step_image({"yaml"}, target, base)
+    second = build_step_image({"yaml"}, target, base)
+    assert first.pushed and second.pushed == ()
+    assert (second.reference, second.layer_digest) == (first.reference, first.layer_digest)
+    dists = closure({"yaml"}).distributions
+    assert build_layer(dists).data == build_layer(dists).data
+
+
+def test_a_step_image_as_base_is_read_from_its_labels(
+        registry: OciRegistry, base: str, no_docker_login: None) -> None:
+    first = build_step_image({"yaml"}, f"{registry.host}/team/layered", base)
+    again = build_step_image({"yaml"}, f"{registry.host}/team/layered2", first.reference)
+    assert again.distributions == ()  # everything is in the base already
+
+
+def test_python_mismatch_is_warned_at_build_and_stops_the_step_at_once(
+        registry: OciRegistry, tmp_path: Path, no_docker_login: None) -> None:
+    old = push_base_image(registry, tmp_path, "team/old-python", {}, python="3.9.18")
+    built = build_step_image({"yaml"}, f"{registry.host}/team/mismatch", old)
+    [warned] = [d for d in built.diagnostics if d.code == "IM202"]
+    assert f"has Python 3.9 and this environment Python {python_version()}" in warned.message
+    done = subprocess.run([sys.executable, "-c", check_python("3.9"), "x", "--step", "a"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"kale_py: the step image was built for Python 3.9 but this "
+                                   f"is Python {python_version()}: rebuild it from an "
+                                   "environment with the image's Python")
+
+
+def code_of(call: Any) -> tuple[str, str]:
+    with pytest.raises(KalePyError) as caught:
+        call()
+    [d] = caught.value.diagnostics
+    assert "\n" not in d.message
+    return d.code, d.message
+
+
+def test_registry_errors_are_one_line_with_a_code(
+        registry: OciRegistry, base: str, no_docker_login: None) -> None:
+    code, message = code_of(lambda: build_step_image(
+        {"yaml"}, f"{registry.host}/team/x", f"{registry.host}/team/nothing-here:1"))
+    assert code == "IM103" and "team/nothing-here:1 not found in the registry" in message
+    code, message = code_of(lambda: build_step_image({"yaml"}, "127.0.0.1:9/team/x", base))
+    assert code == "IM101" and "cannot reach the registry http://127.0.0.1:9" in message
+    code, message = code_of(lambda: build_step_image({"yaml"}, "Not A Reference!", base))
+    assert code == "IM001"
+
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    if missing_tools():
+        pytest.fail("the image tests need docker-registry, skopeo and umoci")
+    running = start_registry(tmp_path_factory.mktemp("private"), "alice", "s3cret")
+    yield running
+    running.stop()
+
+
+def test_private_registry_with_docker_login_and_credential_helper(
+        private: OciRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    base = push_base_image(private, tmp_path / "b", "team/base", BASE_DISTS)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+    code, message = code_of(lambda: build_step_image({"yaml"}, f"{private.host}/t/s", base))
+    assert code == "IM102" and f"docker login {private.host}" in message
+
+    docker_config(tmp_path / "docker", private)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    built = build_step_image({"yaml"}, f"{private.host}/team/steps", base)
+    assert built.private
+    assert skopeo_inspect(private, built.reference)["Digest"] == built.reference.split("@")[1]
+
+    # a credential helper, as `credHelpers` names it, answering on stdin/stdout
+    helper = tmp_path / "bin" / "docker-credential-testhelper"
+    helper.parent.mkdir()
+    helper.write_text("#!/bin/sh\nread server\necho '{\"Username\": \"alice\", "
+                      "\"Secret\": \"wrong\"}'\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helper.parent}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "docker" / "config.json").write_text(
+        json.dumps({"credHelpers": {private.host: "testhelper"}}))
+    code, message = code_of(lambda: build_step_image({"yaml"}, f"{private.host}/t/s", base))
+    assert code == "IM102" and "user 'alice'" in message
