@@ -233,6 +233,13 @@ def list_volumes() -> dict[str, Any]:
     return discover()
 
 
+def list_poddefaults() -> dict[str, Any]:
+    """The namespace's Kubeflow PodDefaults (name, description, labels) for the panel."""
+    from .kubeflow.poddefaults import list_poddefaults as fetch
+
+    return fetch()
+
+
 def _texts(params: Mapping[str, Any] | None) -> dict[str, str]:
     """``--param``-style texts from values that may already be typed (JSON from the panel)."""
     import json

@@ -245,6 +245,18 @@ class VolumesHandler(KalePyHandler):
             self.finish_json(result)
 
 
+class PodDefaultsHandler(KalePyHandler):
+    """``GET kale-py/poddefaults``: the namespace's PodDefaults for the panel to offer."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        from kale_py import api
+
+        result = await self.call_api(api.list_poddefaults)
+        if result is not None:
+            self.finish_json(result)
+
+
 ROUTES: list[tuple[str, type[KalePyHandler]]] = [
     ("analyse", AnalyseHandler),
     ("compile", CompileHandler),
@@ -255,6 +267,7 @@ ROUTES: list[tuple[str, type[KalePyHandler]]] = [
     ("submit", SubmitHandler),
     ("experiments", ExperimentsHandler),
     ("volumes", VolumesHandler),
+    ("poddefaults", PodDefaultsHandler),
 ]
 
 

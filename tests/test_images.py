@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from oci_registry import (
     OciRegistry,
     docker_config,
@@ -194,3 +195,62 @@ def test_private_registry_with_docker_login_and_credential_helper(
         json.dumps({"credHelpers": {private.host: "testhelper"}}))
     code, message = code_of(lambda: build_step_image({"yaml"}, f"{private.host}/t/s", base))
     assert code == "IM102" and "user 'alice'" in message
+
+
+# --- compile and the command line ---------------------------------------------------------------
+
+def notebook(path: Path, metadata: dict[str, Any]) -> Path:
+    cells = [(["imports"], "import yaml\nimport json"),
+             (["step:load"], "data = yaml.safe_load('a: 1')"),
+             (["step:show", "image:python:3.12"], "print(json.dumps(data))")]
+    path.write_text(json.dumps({
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"},
+                     "kubeflow_notebook": metadata},
+        "cells": [{"cell_type": "code", "metadata": {"tags": tags}, "source": source,
+                   "outputs": [], "execution_count": None, "id": f"c{i}"}
+                  for i, (tags, source) in enumerate(cells)]}))
+    return path
+
+
+def test_compile_runs_the_steps_in_the_step_image_by_digest(
+        registry: OciRegistry, base: str, tmp_path: Path, no_docker_login: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kale_py.cli import main
+
+    nb = notebook(tmp_path / "nb.ipynb", {"base_image": base})
+    target = f"{registry.host}/team/nb"
+    assert main(["image", str(nb), "--push", target]) == 0
+    out, err = capsys.readouterr()
+    reference = out.strip()
+    assert reference.startswith(f"{target}@sha256:")
+    assert "1 distributions" in err and "blobs pushed" in err
+
+    assert main(["compile", str(nb), "--step-image", target]) == 0
+    spec = next(yaml.safe_load_all((tmp_path / "nb.yaml").read_text()))
+    load = spec["deploymentSpec"]["executors"]["exec-load"]["container"]
+    assert load["image"] == reference  # unchanged environment: the same image
+    assert load["command"] == ["python3", "-c", check_python(python_version())]
+    show = spec["deploymentSpec"]["executors"]["exec-show"]["container"]
+    assert show["image"] == "python:3.12"  # a step's own image tag wins, without the check
+    assert show["command"][2].startswith("import atexit")
+
+    # step_image in the metadata does the same
+    nb = notebook(tmp_path / "meta.ipynb", {"base_image": base, "step_image": target})
+    assert main(["compile", str(nb)]) == 0
+    spec = next(yaml.safe_load_all((tmp_path / "meta.yaml").read_text()))
+    assert spec["deploymentSpec"]["executors"]["exec-load"]["container"]["image"] == reference
+
+
+def test_compile_with_an_unreachable_registry_writes_nothing(
+        base: str, tmp_path: Path, no_docker_login: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kale_py.cli import main
+
+    nb = notebook(tmp_path / "nb.ipynb", {"base_image": base})
+    assert main(["compile", str(nb), "--step-image", "127.0.0.1:9/team/nb"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "IM101" in err[0] and "cannot reach the registry" in err[0]
+    assert not (tmp_path / "nb.yaml").exists()
+    assert main(["image", str(nb)]) == 1
+    assert "no registry to push the step image to" in capsys.readouterr().err

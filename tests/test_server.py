@@ -67,6 +67,10 @@ class FakeAPI:
                        "version_id": "v", "experiment_id": "e"},
             "list_experiments": [{"id": "e", "name": "Default"}],
             "list_volumes": {"in_cluster": False, "image": None, "volumes": []},
+            "list_poddefaults": {"in_cluster": True, "namespace": "ns", "message": None,
+                                 "poddefaults": [{"name": "access-ml-pipeline",
+                                                  "description": "Allow access to KFP",
+                                                  "labels": {"access-ml-pipeline": "true"}}]},
         }
         module = types.ModuleType("kale_py.api")
         for name, result in results.items():
@@ -104,6 +108,7 @@ ROUTES = [
     ("POST", "submit", {"path": "nb.ipynb"}),
     ("GET", "experiments", None),
     ("GET", "volumes", None),
+    ("GET", "poddefaults", None),
 ]
 ROUTE_IDS = [f"{method} {route}" for method, route, _ in ROUTES]
 
@@ -209,6 +214,8 @@ async def test_submit_experiments_and_volumes(
     await jp_fetch("kale-py", "experiments")
     volumes = await jp_fetch("kale-py", "volumes")
     assert body_of(volumes) == {"in_cluster": False, "image": None, "volumes": []}
+    poddefaults = await jp_fetch("kale-py", "poddefaults")
+    assert body_of(poddefaults)["poddefaults"][0]["labels"] == {"access-ml-pipeline": "true"}
     submit_call = fake_api.calls.pop(0)
     assert submit_call[:2] == ("submit", (jp_root_dir / "nb.ipynb",))
     assert {k: v for k, v in submit_call[2].items() if k != "out"} == {
@@ -217,6 +224,7 @@ async def test_submit_experiments_and_volumes(
         ("list_experiments", ("http://kfp",), {}),
         ("list_experiments", (None,), {}),
         ("list_volumes", (), {}),
+        ("list_poddefaults", (), {}),
     ]
 
 
