@@ -137,18 +137,23 @@ def _with_names(
 ) -> StepSettings:
     """``image_pull_secrets`` and ``poddefaults`` (lists of names) as step defaults."""
     found: dict[str, tuple[str, ...]] = {}
-    for key, field_name in (("image_pull_secrets", "pull_secrets"), ("poddefaults", "poddefaults")):
+    keys = (("image_pull_secrets", "pull_secrets"), ("poddefaults", "poddefaults"))
+    for key, field_name in keys:
         value = raw.get(key)
         if value in (None, ""):
             continue
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            problems.append(error("NB004", f"metadata.{METADATA_KEY}.{key} must be a list of names"))
+            where = f"metadata.{METADATA_KEY}.{key}"
+            problems.append(error("NB004", f"{where} must be a list of names"))
             continue
         found[field_name] = tuple(value)
     if not found:
         return defaults
-    return replace(defaults, **{k: tuple(dict.fromkeys(getattr(defaults, k) + v))
-                                for k, v in found.items()})
+    return replace(
+        defaults,
+        pull_secrets=tuple(dict.fromkeys(defaults.pull_secrets + found.get("pull_secrets", ()))),
+        poddefaults=tuple(dict.fromkeys(defaults.poddefaults + found.get("poddefaults", ()))),
+    )
 
 
 def _volumes(value: Any, problems: list[Diagnostic]) -> tuple[Volume, ...]:

@@ -254,3 +254,17 @@ def test_compile_with_an_unreachable_registry_writes_nothing(
     assert not (tmp_path / "nb.yaml").exists()
     assert main(["image", str(nb)]) == 1
     assert "no registry to push the step image to" in capsys.readouterr().err
+
+
+def test_a_changed_installed_file_changes_the_layer(tmp_path: Path) -> None:
+    from kale_py.images.distributions import Distribution
+    from kale_py.images.layer import fingerprint
+
+    (tmp_path / "pkg").mkdir()
+    module = tmp_path / "pkg" / "__init__.py"
+    module.write_text("X = 1\n")
+    dist = Distribution("pkg", "1.0", tmp_path, ("pkg/__init__.py",))
+    before, layer = fingerprint([dist]), build_layer([dist])
+    module.write_text("X = 22\n")
+    assert fingerprint([dist]) != before
+    assert build_layer([dist]).digest != layer.digest

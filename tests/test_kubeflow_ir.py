@@ -21,15 +21,15 @@ import yaml
 from kale_py.diagnostics import CompileError
 from kale_py.kubeflow.ir import (
     BOOTSTRAP,
-    RUN_CLEANUP,
     PAYLOAD_CHUNK,
+    RUN_CLEANUP,
     PipelineDef,
     PipelineParam,
     TaskDef,
+    _cleanup_source,
     build_ir,
     ir_to_yaml,
 )
-from kale_py.kubeflow.ir import _cleanup_source
 from kale_py.kubeflow.validate import validate_ir
 from kale_py.settings import SecretEnv, StepSettings, Toleration, Volume
 

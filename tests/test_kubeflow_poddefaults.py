@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,7 @@ def test_pod_settings_run_under_kfp_local(tmp_path: Path) -> None:
     assert json.loads((run / "only" / "state" / "record.json").read_text())["params"]["n"] == 4
 
 
-# --- in a cluster ----------------------------------------------------------------------------------
+# --- in a cluster -------------------------------------------------------------------------------
 
 def poddefault(name: str, labels: dict[str, str], desc: str) -> Json:
     return {"apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
@@ -104,7 +103,8 @@ def poddefault(name: str, labels: dict[str, str], desc: str) -> Json:
 def k8s() -> Iterator[FakeKubernetes]:
     fake = FakeKubernetes().start()
     fake.poddefaults[(NAMESPACE, "access-ml-pipeline")] = poddefault(
-        "access-ml-pipeline", {"access-ml-pipeline": "true"}, "Allow access to Kubeflow Pipelines")
+        "access-ml-pipeline", {"access-ml-pipeline": "true"},
+        "Allow access to Kubeflow Pipelines")
     fake.poddefaults[(NAMESPACE, "gcp-credentials")] = poddefault(
         "gcp-credentials", {"add-gcp-secret": "true"}, "Mount the GCP key")
     fake.poddefaults[("other-namespace", "not-ours")] = poddefault("not-ours", {"x": "y"}, "")

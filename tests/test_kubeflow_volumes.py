@@ -15,17 +15,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from fake_kubernetes import NAMESPACE, FakeKubernetes, claim
 from test_kubeflow_ir import (
     FAKE_RUNTIME,
     PARAMS,
-    documents,
     fake_runtime_zip,
     pipeline,
     task,

@@ -8,7 +8,7 @@ Read from the registry, never by running the image:
 * any other image is listed layer by layer: each ``.../lib/pythonX.Y/(site|dist)-packages/
   NAME-VERSION.dist-info`` (or ``.egg-info``) counts, whiteouts remove what lower layers had.
   Only file names are read, streaming; the answer is kept per manifest digest in
-  ``$XDG_CACHE_HOME/kale_py/base-images`` so a base is listed once.
+  ``$XDG_CACHE_HOME/kale_py/base-images/`` so a base is listed once.
 
 The Python version is the config's ``PYTHON_VERSION`` (official ``python`` images), else the one
 ``lib/pythonX.Y`` directory with distributions, else unknown.
@@ -65,13 +65,14 @@ def inspect_base(registry: Registry, reference: Reference, cache_dir: Path | Non
         dists = json.loads(labels[LABEL_DISTRIBUTIONS])
         return BaseImage(pinned, manifest, config, labels.get(LABEL_PYTHON), dists, "label")
     env_python = _env_python(config)
-    cache = (cache_dir or default_cache_dir()) / f"{digest.replace(':', '-')}.json"
+    directory = (cache_dir or default_cache_dir()) / "base-images"
+    cache = directory / f"{digest.replace(':', '-')}.json"
     source = "cache"
     try:
         per_python = json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         per_python, source = _list_layers(registry, pinned, manifest), "layers"
-        _write_cache(cache, per_python)
+        write_cache(cache, per_python)
     chosen = env_python or (python if python in per_python else None)
     if chosen is None and len(per_python) == 1:
         chosen = next(iter(per_python))
@@ -80,7 +81,7 @@ def inspect_base(registry: Registry, reference: Reference, cache_dir: Path | Non
 
 def default_cache_dir() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "kale_py" / "base-images"
+    return Path(root) / "kale_py"
 
 
 def _config(registry: Registry, reference: Reference, manifest: Json) -> Json:
@@ -112,9 +113,9 @@ def _list_layers(registry: Registry, reference: Reference, manifest: Json
         if "zstd" in media:
             raise KalePyError(error("IM104", f"layer {layer.get('digest')} of {reference} is "
                                     "zstd-compressed, which cannot be listed here"))
-        mode = "r|gz" if "gzip" in media else "r|*"
+        # "r|*": a stream, gzip or plain as its first bytes say
         with registry.open_blob(reference, str(layer["digest"])) as stream, \
-                tarfile.open(fileobj=stream, mode=mode) as tar:
+                tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 _apply(present, member.name.removeprefix("./"))
     out: dict[str, dict[str, str]] = {}
@@ -146,7 +147,8 @@ def _apply(present: dict[str, tuple[str, str, str]], path: str) -> None:
         present[key] = (match.group(1), named.group(1), named.group(2))
 
 
-def _write_cache(path: Path, value: object) -> None:
+def write_cache(path: Path, value: object) -> None:
+    """Write a JSON cache entry atomically; a cache that cannot be written is not an error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

@@ -21,10 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import Diagnostic, KalePyError, error, warning
-from .base import LABEL_DISTRIBUTIONS, LABEL_PLATFORM, LABEL_PYTHON, BaseImage, inspect_base
+from .base import (
+    LABEL_DISTRIBUTIONS,
+    LABEL_PLATFORM,
+    LABEL_PYTHON,
+    BaseImage,
+    default_cache_dir,
+    inspect_base,
+)
 from .credentials import Credentials, docker_config_path, find_credentials, read_docker_config
-from .distributions import closure, not_in_base
-from .layer import SITE_DIR, Layer, build_layer
+from .distributions import Distribution, closure, not_in_base
+from .layer import SITE_DIR, Layer, build_layer, cached_layer, fingerprint, remember_layer
 from .registry import (
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -63,7 +70,7 @@ class StepImage:
 
 
 def python_version() -> str:
-    return "%d.%d" % sys.version_info[:2]
+    return "{}.{}".format(*sys.version_info[:2])
 
 
 def build_step_image(modules: Iterable[str], target: str, base: str, *,
@@ -93,7 +100,7 @@ def build_step_image(modules: Iterable[str], target: str, base: str, *,
                              + ", which no distribution installed here provides: the base "
                              "image must have them"))
     extra = not_in_base(needed.distributions, base_image.distributions)
-    layer = build_layer(extra)
+    layer = _layer(extra, cache_dir or default_cache_dir(), registry, target_ref)
     config_blob = _config(base_image, layer, {d.name: d.version for d in extra})
     manifest, media_type = _manifest(base_image, layer, config_blob)
     pushed = _push_blobs(registry, base_registry, target_ref, base_image, layer, config_blob)
@@ -106,6 +113,19 @@ def build_step_image(modules: Iterable[str], target: str, base: str, *,
         layer_size=layer.size, layer_files=layer.files, pushed=tuple(pushed),
         private=registry.needs_auth or base_registry.needs_auth,
         seconds=time.perf_counter() - started, diagnostics=tuple(found))
+
+
+def _layer(extra: tuple[Distribution, ...], cache_dir: Path, registry: Registry,
+           target: Reference) -> Layer:
+    """The layer, or only its digests when these same files were packed before and the target
+    repository has the blob: an unchanged environment is not packed again."""
+    key = fingerprint(extra)
+    known = cached_layer(cache_dir, key)
+    if known is not None and registry.has_blob(target, known.digest):
+        return known
+    layer = build_layer(extra)
+    remember_layer(cache_dir, key, layer)
+    return layer
 
 
 def _creds(ref: Reference, config: Mapping[str, Any],
@@ -180,6 +200,9 @@ def _push_blobs(registry: Registry, base_registry: Registry, target: Reference,
         pushed.append(digest)
     for digest, data in ((layer.digest, layer.data), (_sha(config), config)):
         if not registry.has_blob(target, digest):
+            if data is None:  # the cached layer's blob vanished since it was checked
+                raise KalePyError(error("IM104", f"{target.registry}/{target.repository} lost "
+                                        f"blob {digest} while the image was pushed: try again"))
             registry.push_blob(target, digest, data)
             pushed.append(digest)
     return pushed

@@ -107,9 +107,9 @@ def _from_entry(host: str, entry: Mapping[str, Any]) -> Credentials | None:
             raise KalePyError(error("IM102", f"the Docker config's auth for {host} is not "
                                     "base64 of user:password: log in again"))
         return Credentials(user, password)
-    user, password = entry.get("username"), entry.get("password")
-    if isinstance(user, str) and isinstance(password, str) and user:
-        return Credentials(user, password)
+    name, secret = entry.get("username"), entry.get("password")
+    if isinstance(name, str) and isinstance(secret, str) and name:
+        return Credentials(name, secret)
     return None
 
 

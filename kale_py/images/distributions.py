@@ -113,5 +113,5 @@ def _describe(dist: metadata.Distribution) -> Distribution:
 def not_in_base(
     needed: Iterable[Distribution], base: Mapping[str, str]
 ) -> tuple[Distribution, ...]:
-    """The distributions that the base image (``{name: version}``) lacks or has at another version."""
+    """The distributions the base image (``{name: version}``) lacks or has at another version."""
     return tuple(d for d in needed if base.get(d.name) != d.version)

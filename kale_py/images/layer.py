@@ -2,8 +2,8 @@
 
 The same files give the same bytes: entries sorted, every mtime fixed, owner root, modes
 normalised (0644, 0755 for executables and directories), no user or group names, GNU long-name
-headers for long paths, and the gzip header without a name or a time. So an unchanged environment gives
-an unchanged layer digest, and the registry already has the blob.
+headers for long paths, and the gzip header without a name or a time. So an unchanged
+environment gives an unchanged layer digest, and the registry already has the blob.
 
 Files go under :data:`SITE_DIR` in the image; the image's ``PYTHONPATH`` starts there, so the
 layer's distributions win over the base image's other versions of them.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import stat
 import tarfile
 from collections.abc import Iterable
@@ -31,16 +32,48 @@ GZIP_LEVEL = 6
 
 @dataclass(frozen=True)
 class Layer:
-    """A built layer: its gzip bytes, their digest and the digest of the uncompressed tar."""
+    """A built layer: its gzip bytes, their digest and the digest of the uncompressed tar.
 
-    data: bytes
+    ``data`` is ``None`` for a layer known from the cache (the registry already has it).
+    """
+
+    data: bytes | None
     digest: str  # sha256:... of ``data`` (the blob)
     diff_id: str  # sha256:... of the tar (the image config's rootfs)
     files: int
+    size: int
 
-    @property
-    def size(self) -> int:
-        return len(self.data)
+
+def fingerprint(distributions: Iterable[Distribution]) -> str:
+    """What the layer's bytes depend on: every file's path, size and modification time."""
+    digest = hashlib.sha256(f"kale-py-layer-1 {SITE_DIR} {GZIP_LEVEL}".encode())
+    for dist in distributions:
+        digest.update(f"\n{dist.name} {dist.version} {dist.root}".encode())
+        for name in dist.files:
+            try:
+                status = (dist.root / name).lstat()
+            except OSError:
+                digest.update(f"\n{name} missing".encode())
+                continue
+            digest.update(f"\n{name} {status.st_size} {status.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def cached_layer(cache_dir: Path, key: str) -> Layer | None:
+    """The digests of the layer built earlier from the same files, if this machine built it."""
+    try:
+        known = json.loads((cache_dir / "layers" / f"{key}.json").read_text(encoding="utf-8"))
+        return Layer(None, known["digest"], known["diff_id"], known["files"], known["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_layer(cache_dir: Path, key: str, layer: Layer) -> None:
+    from .base import write_cache
+
+    write_cache(cache_dir / "layers" / f"{key}.json", {
+        "digest": layer.digest, "diff_id": layer.diff_id, "files": layer.files,
+        "size": layer.size})
 
 
 def build_layer(distributions: Iterable[Distribution]) -> Layer:
@@ -67,7 +100,7 @@ def build_layer(distributions: Iterable[Distribution]) -> Layer:
         gz.write(tar_bytes)
     data = packed.getvalue()
     files = sum(path is not None for path in entries.values())
-    return Layer(data, _sha256(data), _sha256(tar_bytes), files)
+    return Layer(data, _sha256(data), _sha256(tar_bytes), files, len(data))
 
 
 def _add(tar: tarfile.TarFile, name: str, source: Path | None) -> None:

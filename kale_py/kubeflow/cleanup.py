@@ -67,8 +67,8 @@ def main(argv: list[str]) -> int:
 
 def _arguments(argv: list[str]) -> tuple[str, list[str], list[str]]:
     run_id, suffixes, snapshots = "", [], []
-    pairs = zip(argv[::2], argv[1::2])
-    for flag, value in pairs:
+    for i in range(0, len(argv) - 1, 2):  # any Python 3 in the image: no zip(strict=)
+        flag, value = argv[i], argv[i + 1]
         if flag == "--run-id":
             run_id = value
         elif flag == "--claim-suffix":
