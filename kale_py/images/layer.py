@@ -27,7 +27,9 @@ from .distributions import Distribution
 SITE_DIR = "opt/kale-py/site-packages"
 #: 2000-01-01T00:00:00Z: a fixed time for every entry (0 upsets some unpackers).
 FIXED_MTIME = 946684800
-GZIP_LEVEL = 6
+#: Level 1: numpy + pandas (105 MB of files) pack to 33.5 MB in 3.8 s; level 6 (Docker's) gives
+#: 28.6 MB in 13.2 s on the same machine. Building is on the notebook's critical path.
+GZIP_LEVEL = 1
 
 
 @dataclass(frozen=True)
