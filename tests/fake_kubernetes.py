@@ -6,6 +6,7 @@ discovery makes:
 
 * ``GET /api/v1/namespaces/{ns}/pods/{name}``
 * ``GET /api/v1/namespaces/{ns}/persistentvolumeclaims/{name}``
+* ``GET /api/v1/namespaces/{ns}/secrets/{name}`` (seeded by tests: image pull secrets)
 * ``POST /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots`` (``generateName``)
 * ``GET /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{name}``
 * ``GET /api/v1/namespaces/{ns}/pods?labelSelector=KEY=VALUE`` (a list, one equality selector)
@@ -190,6 +191,7 @@ class FakeKubernetes:
     claims: dict[tuple[str, str], Json] = field(default_factory=_seed_claims)
     snapshots: dict[tuple[str, str], Json] = field(default_factory=dict)
     poddefaults: dict[tuple[str, str], Json] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], Json] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
     _polls: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -256,7 +258,8 @@ class FakeKubernetes:
         if listed is not None:
             return listed
         if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and r.method == "GET":
-            store = {"pods": self.pods, "persistentvolumeclaims": self.claims}.get(parts[4])
+            store = {"pods": self.pods, "persistentvolumeclaims": self.claims,
+                     "secrets": self.secrets}.get(parts[4])
             if store is not None:
                 return self._get(store, parts[3], parts[4], parts[5], "")
         if r.path.startswith(SNAPSHOT_PREFIX) and parts[5:6] == ["volumesnapshots"]:

@@ -268,3 +268,41 @@ def test_a_changed_installed_file_changes_the_layer(tmp_path: Path) -> None:
     module.write_text("X = 22\n")
     assert fingerprint([dist]) != before
     assert build_layer([dist]).digest != layer.digest
+
+
+def test_the_notebook_pods_pull_secret_logs_in_and_names_the_steps_secret(
+        private: OciRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kubernetes API is tests/fake_kubernetes.py (no API server can run here)."""
+    import base64
+
+    from fake_kubernetes import NAMESPACE, POD_NAME, TOKEN, FakeKubernetes
+
+    from kale_py.cluster import ClusterConfig, discover_notebook
+    from kale_py.kubeflow.pull_secrets import pod_pull_secrets
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    base = push_base_image(private, tmp_path / "b", "team/base2", BASE_DISTS)
+    login = base64.b64encode(f"{private.user}:{private.password}".encode()).decode()
+    dockerconfig = json.dumps({"auths": {private.host: {"auth": login}}}).encode()
+    k8s = FakeKubernetes().start()
+    try:
+        k8s.pods[(NAMESPACE, POD_NAME)]["spec"]["imagePullSecrets"] = [
+            {"name": "regcred"}, {"name": "missing"}]
+        k8s.secrets[(NAMESPACE, "regcred")] = {
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": "regcred", "namespace": NAMESPACE},
+            "data": {".dockerconfigjson": base64.b64encode(dockerconfig).decode()}}
+        config = ClusterConfig(api_url=k8s.url, token=TOKEN, ca_file=None, namespace=NAMESPACE,
+                               pod_name=POD_NAME)
+        pod = discover_notebook(config)
+        assert pod.image_pull_secrets == ("regcred", "missing")
+        secrets, problems = pod_pull_secrets(config, pod)
+    finally:
+        k8s.stop()
+    [warned] = problems
+    assert warned.code == "IM102" and "pull secret missing" in warned.message
+    built = build_step_image({"yaml"}, f"{private.host}/team/from-secret", base,
+                             pull_secret=secrets)
+    assert built.private
+    assert skopeo_inspect(private, built.reference)["Digest"] == built.reference.split("@")[1]

@@ -72,9 +72,12 @@ def compile_pipeline(
     if discover:
         pipeline, image, found = _with_cluster_defaults(pipeline, image)
     poddefaults = _poddefault_labels(pipeline, discover, found)
-    built = _build_step_image(pipeline, image, step_image, found)
+    built, pull_secrets = _build_step_image(pipeline, image, step_image, found)
     if built is not None:
         image = built.reference
+    if pull_secrets:
+        defaults = replace(pipeline.settings.steps_defaults, pull_secrets=pull_secrets)
+        pipeline = replace(pipeline, settings=replace(pipeline.settings, steps_defaults=defaults))
     install = install_packages or pipeline.settings.install_packages
     definition = pipeline_to_definition(pipeline, params or {}, image, install, found,
                                         python=built.python if built else None,
@@ -123,27 +126,50 @@ def _poddefault_labels(pipeline: Pipeline, discover: bool,
 
 
 def _build_step_image(pipeline: Pipeline, image: str | None, target: str | None,
-                      found: list[Diagnostic]) -> StepImage | None:
-    """Build and push the step image when one is asked for; its base is the steps' image."""
+                      found: list[Diagnostic]) -> tuple[StepImage | None, tuple[str, ...]]:
+    """Build and push the step image when one is asked for; its base is the steps' image.
+
+    Also the pull secrets the steps need for it (the notebook pod's, when its registry asked
+    for credentials and the notebook names none)."""
     target = target or pipeline.settings.step_image
     if not target:
-        return None
+        return None, ()
     from ..images.build import build_step_image
     from ..packages import imported_modules
 
     blocks = pipeline.blocks
     cells = [*blocks.imports, *blocks.functions, *(c for s in pipeline.steps for c in s.cells)]
     base = _default_image(pipeline, image)
-    built = build_step_image(imported_modules(cells), target, base)
+    secret_names, secrets = _notebook_pull_secrets(found)
+    built = build_step_image(imported_modules(cells), target, base, pull_secret=secrets)
     found.extend(built.diagnostics)
     defaults = pipeline.settings.steps_defaults
+    if built.private and secret_names and not defaults.pull_secrets:
+        return built, secret_names  # the steps pull as the notebook pod does
     if built.private and not defaults.pull_secrets and not any(
             s.settings.pull_secrets for s in pipeline.steps):
         found.append(warning("IM203", f"the registry of {built.reference} asked for "
                              "credentials: unless the cluster's nodes or the pipeline's service "
                              "account can pull from it, name a pull secret in "
                              "image_pull_secrets (notebook metadata) or tag pull-secret:NAME"))
-    return built
+    return built, ()
+
+
+def _notebook_pull_secrets(found: list[Diagnostic]
+                           ) -> tuple[tuple[str, ...], dict[str, Any] | None]:
+    """In a Kubeflow notebook pod: its pull secrets' names and their registry logins."""
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        return (), None
+    from ..cluster import ClusterConfig, discover_notebook, in_cluster
+    from .pull_secrets import pod_pull_secrets
+
+    if not in_cluster():
+        return (), None
+    config = ClusterConfig.from_environment()
+    pod = discover_notebook(config)
+    secrets, problems = pod_pull_secrets(config, pod)
+    found.extend(problems)
+    return pod.image_pull_secrets, secrets
 
 
 def _default_image(pipeline: Pipeline, image: str | None) -> str:
