@@ -306,3 +306,11 @@ def test_the_notebook_pods_pull_secret_logs_in_and_names_the_steps_secret(
                              pull_secret=secrets)
     assert built.private
     assert skopeo_inspect(private, built.reference)["Digest"] == built.reference.split("@")[1]
+
+
+def test_an_import_no_distribution_provides_is_warned_about(
+        registry: OciRegistry, base: str, no_docker_login: None) -> None:
+    built = build_step_image({"yaml", "no_such_module_xyz"}, f"{registry.host}/team/w", base)
+    [warned] = [d for d in built.diagnostics if d.code == "IM201"]
+    assert warned.message == ("the steps import no_such_module_xyz, which no distribution "
+                              "installed here provides: the base image must have them")
