@@ -75,6 +75,7 @@ CODES: dict[str, str] = {
     "IM201": "the steps import a module that no installed distribution provides",
     "IM202": "the base image's Python or architecture differs from this environment's",
     "IM203": "the step image's registry needs credentials but the steps name no pull secret",
+    "IM204": "a distribution the steps import is installed in editable mode: not in the layer",
 }
 
 

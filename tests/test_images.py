@@ -314,3 +314,25 @@ def test_an_import_no_distribution_provides_is_warned_about(
     [warned] = [d for d in built.diagnostics if d.code == "IM201"]
     assert warned.message == ("the steps import no_such_module_xyz, which no distribution "
                               "installed here provides: the base image must have them")
+
+
+def test_an_editable_install_is_warned_about(
+        registry: OciRegistry, base: str, no_docker_login: None, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    info = site / "mylib-0.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mylib\nVersion: 0.3\n")
+    (info / "RECORD").write_text("__editable__.mylib-0.3.pth,,\nmylib-0.3.dist-info/METADATA,,\n")
+    (info / "direct_url.json").write_text(
+        json.dumps({"url": "file:///src/mylib", "dir_info": {"editable": True}}))
+    (site / "__editable__.mylib-0.3.pth").write_text("/src/mylib\n")
+    monkeypatch.syspath_prepend(str(site))
+    from kale_py.images import distributions
+
+    monkeypatch.setattr(distributions.metadata, "packages_distributions",
+                        lambda: {"mylib": ["mylib"]})
+    built = build_step_image({"mylib"}, f"{registry.host}/team/editable", base)
+    [warned] = [d for d in built.diagnostics if d.code == "IM204"]
+    assert warned.message.startswith("mylib is installed in editable mode (pip install -e)")
+    assert built.distributions == ("mylib==0.3",)

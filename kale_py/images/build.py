@@ -100,6 +100,11 @@ def build_step_image(modules: Iterable[str], target: str, base: str, *,
                              + ", which no distribution installed here provides: the base "
                              "image must have them"))
     extra = not_in_base(needed.distributions, base_image.distributions)
+    editable = [d.name for d in extra if d.editable]
+    if editable:
+        found.append(warning("IM204", ", ".join(editable) + " is installed in editable mode "
+                             "(pip install -e): its sources are not in the layer, only a path "
+                             "to them on this machine; install it normally for the step image"))
     layer = _layer(extra, cache_dir or default_cache_dir(), registry, target_ref)
     config_blob = _config(base_image, layer, {d.name: d.version for d in extra})
     manifest, media_type = _manifest(base_image, layer, config_blob)

@@ -9,12 +9,15 @@ the installer put here, so the image holds what the notebook ran with, without p
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
+
+from ..diagnostics import KalePyError, error
 
 #: Modules that never go into an image: the standard library's, and the runtime's own.
 _SKIPPED_MODULES = frozenset({"kale_py", "__future__"})
@@ -28,6 +31,7 @@ class Distribution:
     version: str
     root: Path  # the site-packages directory it is installed in
     files: tuple[str, ...]  # POSIX paths relative to ``root``, sorted
+    editable: bool = False  # installed with ``pip install -e``: its sources live elsewhere
 
     @property
     def pin(self) -> str:
@@ -79,7 +83,11 @@ def closure(modules: Iterable[str], provided: Mapping[str, list[str]] | None = N
 def _requirements(
     dist: metadata.Distribution, extras: frozenset[str]
 ) -> list[tuple[str, frozenset[str]]]:
-    from packaging.requirements import InvalidRequirement, Requirement
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:
+        raise KalePyError(error("IM001", "step images need the packaging library: "
+                                "pip install 'kale_py[images]'")) from None
 
     out = []
     for text in dist.requires or ():
@@ -102,11 +110,17 @@ def _describe(dist: metadata.Distribution) -> Distribution:
         if ".." in path.parts or path.is_absolute() or "__pycache__" in path.parts:
             continue  # scripts and data outside site-packages; byte code is rebuilt on import
         files.append(str(path))
+    direct_url = dist.read_text("direct_url.json") or "{}"
+    try:
+        editable = bool(json.loads(direct_url).get("dir_info", {}).get("editable"))
+    except (ValueError, AttributeError):
+        editable = False
     return Distribution(
         name=normalise(dist.metadata["Name"]),
         version=dist.version,
         root=root,
         files=tuple(sorted(set(files))),
+        editable=editable,
     )
 
 
