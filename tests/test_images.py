@@ -336,3 +336,29 @@ def test_an_editable_install_is_warned_about(
     [warned] = [d for d in built.diagnostics if d.code == "IM204"]
     assert warned.message.startswith("mylib is installed in editable mode (pip install -e)")
     assert built.distributions == ("mylib==0.3",)
+
+
+def test_compile_warns_when_the_steps_could_not_pull_the_private_step_image(
+        private: OciRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kale_py.graph import build_pipeline
+    from kale_py.kubeflow.compile import compile_pipeline
+    from kale_py.notebook import read_notebook
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    base = push_base_image(private, tmp_path / "b", "team/base3", BASE_DISTS)
+    docker_config(tmp_path / "docker", private)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    nb = notebook(tmp_path / "nb.ipynb", {"base_image": base})
+    target = f"{private.host}/team/nb"
+    compiled = compile_pipeline(build_pipeline(read_notebook(nb)), step_image=target,
+                                discover=False)
+    [warned] = [d for d in compiled.diagnostics if d.code == "IM203"]
+    assert "name a pull secret in image_pull_secrets" in warned.message
+    nb = notebook(tmp_path / "secret.ipynb", {"base_image": base,
+                                              "image_pull_secrets": ["regcred"]})
+    compiled = compile_pipeline(build_pipeline(read_notebook(nb)), step_image=target,
+                                discover=False)
+    assert not [d for d in compiled.diagnostics if d.code == "IM203"]
+    _, platform = yaml.safe_load_all(compiled.yaml)
+    config = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-load"]
+    assert config["imagePullSecret"][0]["secretName"] == "regcred"

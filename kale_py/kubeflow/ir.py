@@ -35,6 +35,15 @@ On a cluster the launcher *replaces* the artifact's URI with ``U`` when it is gi
 be the artifact's real URI: the output path with the launcher's mount prefix turned back into a
 scheme (``/minio/b/k`` -> ``minio://b/k``, ``/s3/`` -> ``s3://``, ``/gcs/`` -> ``gs://``), and the
 path itself when it has none of these prefixes (``kfp.local``, whose URIs are local paths).
+
+Claims made for the run (``clone``, ``new_pvc``, ``pv`` volumes: kfp-kubernetes CreatePVC tasks)
+are deleted when the run ends, succeeded or failed: the tasks then sit in an exit handler (the
+sub-DAG ``comp-exit-handler-1``, laid out as KFP's compiler writes ``dsl.ExitHandler``) and the
+exit task ``kale-cleanup`` runs :mod:`kale_py.kubeflow.cleanup`, shipped in its arguments, with
+the run's id. A volume with ``keep`` is left out; with nothing to delete there is no exit handler.
+
+A step in a step image (:attr:`TaskDef.python` set) starts with :func:`check_python`: on another
+Python it stops at once with one line instead of failing later on a compiled extension.
 """
 
 from __future__ import annotations
