@@ -8,6 +8,7 @@ oracle for the hand-written distribution-API client.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -111,14 +112,19 @@ def test_layer_holds_what_the_base_lacks_and_config_keeps_the_base(
 
 
 def test_unchanged_environment_gives_the_same_layer_and_pushes_nothing(
-        registry: OciRegistry, base: str, no_docker_login: None) -> None:
+        registry: OciRegistry, base: str, no_docker_login: None, tmp_path: Path) -> None:
     target = f"{registry.host}/team/again"
     first = build_step_image({"yaml"}, target, base)
     second = build_step_image({"yaml"}, target, base)
     assert first.pushed and second.pushed == ()
     assert (second.reference, second.layer_digest) == (first.reference, first.layer_digest)
     dists = closure({"yaml"}).distributions
-    assert build_layer(dists).data == build_layer(dists).data
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one, two = build_layer(dists, tmp_path / "a"), build_layer(dists, tmp_path / "b")
+    assert one.path is not None and two.path is not None
+    assert one.path.read_bytes() == two.path.read_bytes()
+    assert one.digest == "sha256:" + hashlib.sha256(one.path.read_bytes()).hexdigest()
 
 
 def test_a_step_image_as_base_is_read_from_its_labels(
@@ -264,10 +270,10 @@ def test_a_changed_installed_file_changes_the_layer(tmp_path: Path) -> None:
     module = tmp_path / "pkg" / "__init__.py"
     module.write_text("X = 1\n")
     dist = Distribution("pkg", "1.0", tmp_path, ("pkg/__init__.py",))
-    before, layer = fingerprint([dist]), build_layer([dist])
+    before, layer = fingerprint([dist]), build_layer([dist], tmp_path)
     module.write_text("X = 22\n")
     assert fingerprint([dist]) != before
-    assert build_layer([dist]).digest != layer.digest
+    assert build_layer([dist], tmp_path).digest != layer.digest
 
 
 def test_the_notebook_pods_pull_secret_logs_in_and_names_the_steps_secret(
@@ -362,3 +368,18 @@ def test_compile_warns_when_the_steps_could_not_pull_the_private_step_image(
     _, platform = yaml.safe_load_all(compiled.yaml)
     config = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-load"]
     assert config["imagePullSecret"][0]["secretName"] == "regcred"
+
+
+def test_a_base_on_another_registry_is_copied_layer_by_layer(
+        registry: OciRegistry, private: OciRegistry, base: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    docker_config(tmp_path / "docker", private)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    built = build_step_image({"yaml"}, f"{private.host}/team/copied", base)
+    base_layers = skopeo_inspect(registry, base)["Layers"]
+    assert set(base_layers) <= set(built.pushed)  # type: ignore[arg-type]
+    inspected = skopeo_inspect(private, built.reference)
+    assert inspected["Layers"] == [*base_layers, built.layer_digest]  # type: ignore[misc]
+    rootfs = unpack(private, built.reference, tmp_path)
+    assert (rootfs / "etc" / "base-marker").read_text() == "base\n"

@@ -69,7 +69,7 @@ def test_broken_docker_logins_are_one_line_errors() -> None:
 
 def test_a_recorded_file_that_is_gone_is_named(tmp_path: Path) -> None:
     dist = Distribution("pkg", "1.0", tmp_path, ("pkg/gone.py",))
-    code, message = code_and_message(lambda: build_layer([dist]))
+    code, message = code_and_message(lambda: build_layer([dist], tmp_path))
     assert code == "IM001"
     assert message == (f"cannot read {tmp_path / 'pkg/gone.py'} for the step image: "
                        "No such file or directory; reinstall that distribution")

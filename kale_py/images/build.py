@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -100,15 +101,25 @@ def build_step_image(modules: Iterable[str], target: str, base: str, *,
                              + ", which no distribution installed here provides: the base "
                              "image must have them"))
     extra = not_in_base(needed.distributions, base_image.distributions)
+    with tempfile.TemporaryDirectory(prefix="kale-py-image-") as scratch:
+        return _assemble(registry, base_registry, target_ref, base_image, extra, found,
+                         cache_dir or default_cache_dir(), Path(scratch), started)
+
+
+def _assemble(registry: Registry, base_registry: Registry, target_ref: Reference,
+              base_image: BaseImage, extra: tuple[Distribution, ...], found: list[Diagnostic],
+              cache_dir: Path, scratch: Path, started: float) -> StepImage:
+    """The layer, config and manifest; pushed blobs first, the manifest last."""
     editable = [d.name for d in extra if d.editable]
     if editable:
         found.append(warning("IM204", ", ".join(editable) + " is installed in editable mode "
                              "(pip install -e): its sources are not in the layer, only a path "
                              "to them on this machine; install it normally for the step image"))
-    layer = _layer(extra, cache_dir or default_cache_dir(), registry, target_ref)
+    layer = _layer(extra, cache_dir, registry, target_ref, scratch)
     config_blob = _config(base_image, layer, {d.name: d.version for d in extra})
     manifest, media_type = _manifest(base_image, layer, config_blob)
-    pushed = _push_blobs(registry, base_registry, target_ref, base_image, layer, config_blob)
+    pushed = _push_blobs(registry, base_registry, target_ref, base_image, layer, config_blob,
+                         scratch)
     tag = target_ref.tag or f"steps-{_sha(manifest)[7:19]}"
     digest = _push_manifest(registry, target_ref, tag, manifest, media_type)
     return StepImage(
@@ -121,14 +132,14 @@ def build_step_image(modules: Iterable[str], target: str, base: str, *,
 
 
 def _layer(extra: tuple[Distribution, ...], cache_dir: Path, registry: Registry,
-           target: Reference) -> Layer:
+           target: Reference, scratch: Path) -> Layer:
     """The layer, or only its digests when these same files were packed before and the target
     repository has the blob: an unchanged environment is not packed again."""
     key = fingerprint(extra)
     known = cached_layer(cache_dir, key)
     if known is not None and registry.has_blob(target, known.digest):
         return known
-    layer = build_layer(extra)
+    layer = build_layer(extra, scratch)
     remember_layer(cache_dir, key, layer)
     return layer
 
@@ -192,7 +203,7 @@ def _manifest(base: BaseImage, layer: Layer, config: bytes) -> tuple[bytes, str]
 
 
 def _push_blobs(registry: Registry, base_registry: Registry, target: Reference,
-                base: BaseImage, layer: Layer, config: bytes) -> list[str]:
+                base: BaseImage, layer: Layer, config: bytes, scratch: Path) -> list[str]:
     pushed = []
     same_registry = base_registry is registry
     for descriptor in base.manifest.get("layers", []):
@@ -201,9 +212,14 @@ def _push_blobs(registry: Registry, base_registry: Registry, target: Reference,
             continue
         if same_registry and registry.mount_blob(target, digest, base.reference.repository):
             continue
-        registry.push_blob(target, digest, base_registry.blob(base.reference, digest))
+        copy = scratch / "base-layer"
+        base_registry.save_blob(base.reference, digest, copy)  # another registry: copied
+        registry.push_blob(target, digest, copy)
+        copy.unlink()
         pushed.append(digest)
-    for digest, data in ((layer.digest, layer.data), (_sha(config), config)):
+    blobs: tuple[tuple[str, bytes | Path | None], ...] = (
+        (layer.digest, layer.path), (_sha(config), config))
+    for digest, data in blobs:
         if not registry.has_blob(target, digest):
             if data is None:  # the cached layer's blob vanished since it was checked
                 raise KalePyError(error("IM104", f"{target.registry}/{target.repository} lost "

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import stat
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from ..diagnostics import KalePyError, error
 from .distributions import Distribution
@@ -36,10 +36,11 @@ GZIP_LEVEL = 1
 class Layer:
     """A built layer: its gzip bytes, their digest and the digest of the uncompressed tar.
 
-    ``data`` is ``None`` for a layer known from the cache (the registry already has it).
+    ``path`` holds the gzip bytes; it is ``None`` for a layer known from the cache (the registry
+    already has it).
     """
 
-    data: bytes | None
+    path: Path | None
     digest: str  # sha256:... of ``data`` (the blob)
     diff_id: str  # sha256:... of the tar (the image config's rootfs)
     files: int
@@ -78,8 +79,9 @@ def remember_layer(cache_dir: Path, key: str, layer: Layer) -> None:
         "size": layer.size})
 
 
-def build_layer(distributions: Iterable[Distribution]) -> Layer:
-    """The layer holding every file of ``distributions`` under :data:`SITE_DIR`.
+def build_layer(distributions: Iterable[Distribution], directory: Path) -> Layer:
+    """The layer holding every file of ``distributions`` under :data:`SITE_DIR`, written to
+    ``directory/layer.tar.gz`` as a stream (an environment of gigabytes is never in memory).
 
     Raises :class:`KalePyError` (IM001) when a file the installer recorded is missing.
     """
@@ -91,18 +93,40 @@ def build_layer(distributions: Iterable[Distribution]) -> Layer:
             for parent in target.parents:
                 if str(parent) != ".":
                     entries.setdefault(str(parent), None)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name in sorted(entries):
-            _add(tar, name, entries[name])
-    tar_bytes = raw.getvalue()
-    packed = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=packed, compresslevel=GZIP_LEVEL,
-                       mtime=0) as gz:
-        gz.write(tar_bytes)
-    data = packed.getvalue()
-    files = sum(path is not None for path in entries.values())
-    return Layer(data, _sha256(data), _sha256(tar_bytes), files, len(data))
+    path = directory / "layer.tar.gz"
+    with open(path, "wb") as out:
+        packed = _Hashing(out)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=packed,  # type: ignore[arg-type]
+                           compresslevel=GZIP_LEVEL, mtime=0) as gz:
+            raw = _Hashing(gz)
+            with tarfile.open(fileobj=raw, mode="w",  # type: ignore[call-overload]
+                              format=tarfile.GNU_FORMAT) as tar:
+                for name in sorted(entries):
+                    _add(tar, name, entries[name])
+    files = sum(source is not None for source in entries.values())
+    return Layer(path, packed.digest, raw.digest, files, packed.size)
+
+
+class _Hashing:
+    """A write-only stream that passes bytes on and keeps their sha256 and count."""
+
+    def __init__(self, sink: BinaryIO | gzip.GzipFile) -> None:
+        self.sink, self.hash, self.size = sink, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
 
 
 def _add(tar: tarfile.TarFile, name: str, source: Path | None) -> None:
@@ -121,14 +145,10 @@ def _add(tar: tarfile.TarFile, name: str, source: Path | None) -> None:
             info.type, info.linkname, info.mode = tarfile.SYMTYPE, str(source.readlink()), 0o777
             tar.addfile(info)
             return
-        data = source.read_bytes()
+        info.mode = 0o755 if status.st_mode & stat.S_IXUSR else 0o644
+        info.size = status.st_size
+        with open(source, "rb") as f:
+            tar.addfile(info, f)
     except OSError as e:
         raise KalePyError(error("IM001", f"cannot read {source} for the step image: "
                                 f"{e.strerror or e}; reinstall that distribution")) from None
-    info.mode = 0o755 if status.st_mode & stat.S_IXUSR else 0o644
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import IO, Any
 
 from ..diagnostics import KalePyError, error
@@ -156,15 +157,33 @@ class Registry:
                                                b"", extra_scope=source)
         return status == 201
 
-    def push_blob(self, ref: Reference, digest: str, data: bytes) -> None:
-        """Upload ``data`` (its digest already known) in one request after the session starts."""
+    def push_blob(self, ref: Reference, digest: str, data: bytes | Path) -> None:
+        """Upload ``data`` (its digest already known; a file is streamed) in one request after
+        the session starts."""
         _, headers, _ = self._call_status("POST", ref, "blobs/uploads/", {}, b"")
         location = headers.get("Location")
         if not location:
             raise _fail("IM104", f"{self.host} started an upload without a Location header")
         url = urllib.parse.urljoin(self.base_url + "/", location)
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
-        self._call("PUT", ref, url, {"Content-Type": "application/octet-stream"}, data)
+        headers = {"Content-Type": "application/octet-stream"}
+        if isinstance(data, bytes):
+            self._call("PUT", ref, url, headers, data)
+            return
+        headers["Content-Length"] = str(data.stat().st_size)
+        with open(data, "rb") as f:
+            self._call("PUT", ref, url, headers, f)
+
+    def save_blob(self, ref: Reference, digest: str, path: Path) -> None:
+        """Stream a blob into ``path``, checking its digest."""
+        check = hashlib.sha256()
+        with self.open_blob(ref, digest) as stream, open(path, "wb") as out:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                check.update(chunk)
+                out.write(chunk)
+        if "sha256:" + check.hexdigest() != digest:
+            raise _fail("IM104", f"blob {digest} of {ref.registry}/{ref.repository} does not "
+                        "match its digest")
 
     def push_manifest(self, ref: Reference, manifest: bytes, media_type: str) -> str:
         """Put the manifest under ``ref``'s tag (or its digest); its digest."""
@@ -176,22 +195,24 @@ class Registry:
     # --- HTTP ---------------------------------------------------------------------------------
 
     def _call(self, method: str, ref: Reference, path: str, headers: dict[str, str],
-              data: bytes | None = None) -> tuple[bytes, http.client.HTTPMessage]:
+              data: bytes | IO[bytes] | None = None) -> tuple[bytes, http.client.HTTPMessage]:
         body, answer, _ = self._call_status(method, ref, path, headers, data)
         return body, answer
 
     def _call_status(self, method: str, ref: Reference, path: str, headers: dict[str, str],
-                     data: bytes | None = None, extra_scope: str | None = None,
+                     data: bytes | IO[bytes] | None = None, extra_scope: str | None = None,
                      ) -> tuple[bytes, http.client.HTTPMessage, int]:
         with self._open(method, ref, path, headers, data, extra_scope) as response:
             return response.read(), response.headers, response.status
 
     def _open(self, method: str, ref: Reference, path: str, headers: dict[str, str],
-              data: bytes | None = None, extra_scope: str | None = None,
+              data: bytes | IO[bytes] | None = None, extra_scope: str | None = None,
               ) -> http.client.HTTPResponse:
         url = path if "://" in path else f"{self.base_url}/v2/{ref.repository}/{path}"
         scope = _scope(ref.repository, method, extra_scope)
         for attempt in (1, 2):
+            if hasattr(data, "seek"):
+                data.seek(0)  # a file sent again after a login
             request = urllib.request.Request(url, data=data, method=method,
                                              headers={**headers, **self._auth(scope)})
             try:
