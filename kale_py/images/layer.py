@@ -96,7 +96,7 @@ def build_layer(distributions: Iterable[Distribution], directory: Path) -> Layer
     path = directory / "layer.tar.gz"
     with open(path, "wb") as out:
         packed = _Hashing(out)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=packed,  # type: ignore[arg-type]
+        with gzip.GzipFile(filename="", mode="wb", fileobj=packed,
                            compresslevel=GZIP_LEVEL, mtime=0) as gz:
             raw = _Hashing(gz)
             with tarfile.open(fileobj=raw, mode="w",  # type: ignore[call-overload]

@@ -160,8 +160,8 @@ class Registry:
     def push_blob(self, ref: Reference, digest: str, data: bytes | Path) -> None:
         """Upload ``data`` (its digest already known; a file is streamed) in one request after
         the session starts."""
-        _, headers, _ = self._call_status("POST", ref, "blobs/uploads/", {}, b"")
-        location = headers.get("Location")
+        _, started, _ = self._call_status("POST", ref, "blobs/uploads/", {}, b"")
+        location = started.get("Location")
         if not location:
             raise _fail("IM104", f"{self.host} started an upload without a Location header")
         url = urllib.parse.urljoin(self.base_url + "/", location)
@@ -211,7 +211,7 @@ class Registry:
         url = path if "://" in path else f"{self.base_url}/v2/{ref.repository}/{path}"
         scope = _scope(ref.repository, method, extra_scope)
         for attempt in (1, 2):
-            if hasattr(data, "seek"):
+            if data is not None and not isinstance(data, bytes):
                 data.seek(0)  # a file sent again after a login
             request = urllib.request.Request(url, data=data, method=method,
                                              headers={**headers, **self._auth(scope)})
