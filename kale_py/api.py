@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -100,16 +101,20 @@ def build_image(path: str | Path, target: str | None = None,
     """
     from .diagnostics import KalePyError, error
     from .images.build import build_step_image
-    from .kubeflow.compile import _default_image, _with_cluster_defaults
+    from .kubeflow.compile import _default_image
     from .packages import imported_modules
 
-    pipeline = _checked(Path(path))
+    path = Path(path)
+    pipeline = _checked(path)
     target = target or pipeline.settings.step_image
     if not target:
         raise KalePyError(error("IM001", "no registry to push the step image to: give --push "
                                 "REGISTRY/REPOSITORY or set step_image in the notebook metadata"))
-    if base is None:
-        pipeline, base, _ = _with_cluster_defaults(pipeline, None)
+    if base is None and not pipeline.settings.base_image and os.environ.get(
+            "KUBERNETES_SERVICE_HOST"):
+        from .cluster import notebook_defaults
+
+        base, _, _ = notebook_defaults(path.resolve().parent, discover_volumes=False)
     blocks = pipeline.blocks
     cells = [*blocks.imports, *blocks.functions, *(c for s in pipeline.steps for c in s.cells)]
     built = build_step_image(imported_modules(cells), target, _default_image(pipeline, base))
