@@ -5,6 +5,7 @@ answering the distribution API's path with HTTP 500 stands in for a broken regis
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -103,3 +104,52 @@ def test_a_registry_error_answer_is_one_line(broken_registry: str) -> None:
     assert message.startswith(f"the registry answered HTTP 500 to GET for {broken_registry}/"
                               "team/base: ")
     assert "storage backend down" in message
+
+
+@pytest.fixture
+def redirecting_registry() -> Iterator[tuple[str, bytes]]:
+    """Blobs behind a login, served from storage that refuses a login (as S3 presigned URLs
+    do): the distribution API's blob path answers 307 to the storage URL."""
+    blob = b"layer bytes"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            auth = self.headers.get("Authorization")
+            if self.path.startswith("/v2/") and auth != "Basic " + base64.b64encode(
+                    b"bob:pw").decode():
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="test"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path == f"/v2/team/base/blobs/{digest}":
+                self.send_response(307)
+                self.send_header("Location", "/storage/blob?signature=x")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path.startswith("/storage/") and auth is None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+                self.wfile.write(blob)
+            else:
+                self.send_response(400)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}", blob
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_login_is_not_sent_on_to_blob_storage(redirecting_registry: tuple[str, bytes]) -> None:
+    host, blob = redirecting_registry
+    registry = Registry(host, Credentials("bob", "pw"))
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert registry.blob(parse_reference(f"{host}/team/base"), digest) == blob
+    assert registry.needs_auth

@@ -213,8 +213,10 @@ class Registry:
         for attempt in (1, 2):
             if data is not None and not isinstance(data, bytes):
                 data.seek(0)  # a file sent again after a login
-            request = urllib.request.Request(url, data=data, method=method,
-                                             headers={**headers, **self._auth(scope)})
+            request = urllib.request.Request(url, data=data, method=method, headers=headers)
+            for name, value in self._auth(scope).items():
+                # not sent on to a redirect: blob storage (S3, a CDN) refuses a second login
+                request.add_unredirected_header(name, value)
             try:
                 response: http.client.HTTPResponse = urllib.request.urlopen(
                     request, timeout=self.timeout)
