@@ -26,6 +26,7 @@ __all__ = [
     "list_experiments",
     "list_runs",
     "list_volumes",
+    "manage_schedule",
     "read_log",
     "read_report",
     "start_local_run",
@@ -99,16 +100,24 @@ def submit(
     image: str | None = None,
     watch: bool = False,
     install_packages: bool = False,
+    schedule: str | None = None,
+    max_concurrency: int = 1,
+    catchup: bool = True,
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Compile (for a notebook) and submit to a KFP endpoint; with ``watch``, wait for the end.
+
+    With ``schedule`` (a cron expression) a recurring run is created instead of one run.
 
     ``path`` is a notebook or an already compiled ``.yaml``. Host, experiment and namespace
     fall back to the notebook's metadata. Returns the ids, the run's link and, when watched,
     its final ``state``.
     """
     from .kubeflow.client import submit_pipeline
+    from .kubeflow.schedules import Schedule, kfp_cron
 
+    recurring = (Schedule(kfp_cron(schedule), max_concurrency, catchup)
+                 if schedule is not None else None)
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
         text, default_name, typed = _read_compiled(path, _texts(params))
@@ -134,8 +143,9 @@ def submit(
         experiment=experiment or settings_experiment or "Default",
         params=typed,
         version_name=version,
-        watch=watch,
+        watch=watch and recurring is None,
         out=out,
+        schedule=recurring,
     )
     return {
         "pipeline_id": result.pipeline_id,
@@ -144,7 +154,40 @@ def submit(
         "run_id": result.run_id,
         "run_url": result.run_url,
         "state": result.final_state,
+        "recurring_run_id": result.recurring_run_id,
     }
+
+
+def manage_schedule(
+    path: str | Path,
+    action: str,
+    *,
+    host: str | None = None,
+    experiment: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+    name: str | None = None,
+    out: Callable[[str], None] = print,
+) -> list[str]:
+    """``disable``, ``enable`` or ``delete`` the recurring runs of the notebook's pipeline (or
+    of a compiled ``.yaml``); host, experiment and namespace fall back to the metadata."""
+    from .kubeflow.client import manage_schedule as manage
+
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        _, default_name, _ = _read_compiled(path, {})
+        settings_host = settings_experiment = settings_ns = None
+    else:
+        from .kubeflow.compile import pipeline_name
+
+        pipeline = _checked(path)
+        default_name = pipeline_name(pipeline)
+        s = pipeline.settings
+        settings_host, settings_experiment, settings_ns = (
+            s.kfp_host, s.experiment_name, s.namespace)
+    return manage(action, name=name or default_name, host=host or settings_host, token=token,
+                  namespace=namespace or settings_ns,
+                  experiment=experiment or settings_experiment or "Default", out=out)
 
 
 def list_experiments(

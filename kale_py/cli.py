@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 Command = Callable[[argparse.Namespace], int]
 
 
+class UsageError(Exception):
+    """Options that do not go together: exit code 2, as for argparse's own usage errors."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nb2pipe`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = _parser()
@@ -30,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = args.command
     try:
         return command(args)
+    except UsageError as exc:
+        print(f"nb2pipe: error: {exc}", file=sys.stderr)
+        return 2
     except KalePyError as exc:
         fmt = getattr(args, "format", "text")
         _print_diagnostics(
@@ -303,7 +310,38 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="as for compile: steps pip-install their pinned imports at start",
     )
+    recurring = submit.add_argument_group("recurring runs")
+    recurring.add_argument(
+        "--schedule", metavar="CRON",
+        help="create a recurring run on this cron schedule instead of one run "
+        "(five fields, e.g. '0 9 * * 1-5', or KFP's six with seconds first)",
+    )
+    recurring.add_argument(
+        "--max-concurrency", type=_positive_int, default=1, metavar="N",
+        help="at most N scheduled runs at once (default 1)",
+    )
+    recurring.add_argument(
+        "--no-catchup", action="store_true",
+        help="do not run the intervals missed while the schedule was paused",
+    )
+    manage = recurring.add_mutually_exclusive_group()
+    manage.add_argument("--disable", action="store_const", const="disable", dest="manage",
+                        help="pause the pipeline's recurring runs")
+    manage.add_argument("--enable", action="store_const", const="enable", dest="manage",
+                        help="resume the pipeline's recurring runs")
+    manage.add_argument("--delete", action="store_const", const="delete", dest="manage",
+                        help="delete the pipeline's recurring runs")
     submit.set_defaults(command=_submit)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -324,8 +362,16 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from .api import submit
+    from .api import manage_schedule, submit
 
+    if args.manage and args.schedule:
+        raise UsageError(f"--{args.manage} and --schedule do not go together")
+    if args.watch and (args.schedule or args.manage):
+        raise UsageError("--watch follows one run: it does not go with recurring runs")
+    if args.manage:
+        manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
+                        namespace=args.namespace, token=args.token, name=args.name)
+        return 0
     result = submit(
         args.notebook,
         host=args.host,
@@ -338,6 +384,9 @@ def _submit(args: argparse.Namespace) -> int:
         image=args.image,
         watch=args.watch,
         install_packages=args.install_packages,
+        schedule=args.schedule,
+        max_concurrency=args.max_concurrency,
+        catchup=not args.no_catchup,
     )
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1
