@@ -334,15 +334,6 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     submit.set_defaults(command=_submit)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
 
 def _compile(args: argparse.Namespace) -> int:
     from .api import compile_notebook

@@ -59,6 +59,8 @@ CODES: dict[str, str] = {
     "KF103": "no KFP API at that address (404, or an answer that is not KFP JSON)",
     "KF104": "the KFP endpoint answered with an error",
     "KF105": "the KFP connection is not configured (host, token, namespace)",
+    "KF106": "--schedule is not a cron expression",
+    "KF107": "the pipeline has no recurring run to disable, enable or delete",
     "KF201": "the Kubernetes API cannot be reached or gave an unexpected answer",
     "KF202": "the Kubernetes API refused the notebook's service account (401/403)",
     "KF203": "the notebook pod, a volume claim or the VolumeSnapshot API was not found",
