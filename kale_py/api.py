@@ -31,6 +31,7 @@ __all__ = [
     "read_report",
     "start_local_run",
     "submit",
+    "tune",
 ]
 
 
@@ -188,6 +189,37 @@ def manage_schedule(
     return manage(action, name=name or default_name, host=host or settings_host, token=token,
                   namespace=namespace or settings_ns,
                   experiment=experiment or settings_experiment or "Default", out=out)
+
+
+def tune(
+    path: str | Path,
+    search: list[str] | None = None,
+    *,
+    objective: str | None = None,
+    maximize: bool | None = None,
+    trials: int | None = None,
+    parallel: int | None = None,
+    algorithm: str | None = None,
+    seed: int | None = None,
+    jobs: int | None = None,
+    progress: Callable[[str], object] = print,
+) -> dict[str, Any]:
+    """Tune pipeline parameters locally (Optuna); the trials, the best one and the report path.
+
+    ``search`` holds ``NAME=SPEC`` texts (``LOW..HIGH[:log][:step=S]`` or ``A,B,C``); without
+    it the notebook's ``katib_metadata`` says what to tune.
+
+    >>> tune("iris.ipynb", ["N_ESTIMATORS=10..200:log"], objective="accuracy",
+    ...      maximize=True, trials=8)["best"]["params"]  # doctest: +SKIP
+    {'N_ESTIMATORS': 61}
+    """
+    from .tuning.local import tune_local
+    from .tuning.space import build_search
+
+    pipeline = _checked(Path(path))
+    spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
+                        parallel, seed)
+    return tune_local(pipeline, spec, jobs=jobs, progress=progress).to_dict()
 
 
 def list_experiments(

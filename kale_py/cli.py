@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _compile_parser(sub)
     _submit_parser(sub)
+    _tune_parser(sub)
     return parser
 
 
@@ -333,6 +334,52 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                         help="delete the pipeline's recurring runs")
     submit.set_defaults(command=_submit)
 
+
+
+def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="search pipeline parameters for the best value of a pipeline metric",
+        description="Run the pipeline locally once per trial, with parameter values suggested "
+        "by Optuna, and rank the trials by a pipeline metric. Steps that read no tuned "
+        "parameter run once and come from the cache in later trials. Without --search, the "
+        "notebook's katib_metadata is used.",
+    )
+    _notebook_arg(tune)
+    tune.add_argument(
+        "--search", action="append", default=[], metavar="NAME=SPEC",
+        help="a parameter to tune (repeatable): LOW..HIGH[:log][:step=S] or choices A,B,C",
+    )
+    tune.add_argument("--objective", metavar="METRIC", help="the pipeline metric to optimise")
+    direction = tune.add_mutually_exclusive_group()
+    direction.add_argument("--maximize", dest="maximize", action="store_const", const=True)
+    direction.add_argument("--minimize", dest="maximize", action="store_const", const=False)
+    tune.add_argument("--trials", type=_positive_int, help="number of trials (default 10)")
+    tune.add_argument("--parallel", type=_positive_int, help="trials at once (default 1)")
+    tune.add_argument("--algorithm", choices=("random", "grid", "tpe"),
+                      help="how values are suggested (default tpe)")
+    tune.add_argument("--seed", type=int, help="seed of the suggestions, for repeatable searches")
+    tune.add_argument("--jobs", type=_positive_int, help="parallel steps within one trial")
+    tune.add_argument("--format", choices=("text", "json"), default="text")
+    tune.set_defaults(command=_tune)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .api import tune
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr if args.format == "json" else sys.stdout, flush=True)
+
+    result = tune(args.notebook, args.search, objective=args.objective, maximize=args.maximize,
+                  trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
+                  seed=args.seed, jobs=args.jobs, progress=progress)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    from .tuning.render import tune_to_text
+
+    print(tune_to_text(result))
+    return 0
 
 
 def _compile(args: argparse.Namespace) -> int:
