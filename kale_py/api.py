@@ -19,6 +19,7 @@ from .notebook import notebook_from_dict, read_notebook
 __all__ = [
     "analyse",
     "cancel_run",
+    "compile_katib",
     "check_notebook",
     "compile_notebook",
     "get_run",
@@ -220,6 +221,52 @@ def tune(
     spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
                         parallel, seed)
     return tune_local(pipeline, spec, jobs=jobs, progress=progress).to_dict()
+
+
+def compile_katib(
+    path: str | Path,
+    output: str | Path,
+    search: list[str] | None = None,
+    *,
+    objective: str | None = None,
+    maximize: bool | None = None,
+    trials: int | None = None,
+    parallel: int | None = None,
+    algorithm: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    image: str | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """Write a Katib Experiment (and the ConfigMap its trials mount) that tunes the pipeline
+    on Kubeflow; ``{"path", "name", "trials", "algorithm"}``.
+
+    The file is a Kubernetes ``List`` in JSON form, which is YAML too: ``kubectl apply -f``
+    takes it, and writing it needs no YAML library."""
+    import json
+
+    from .kubeflow.client import _inline_spec
+    from .kubeflow.compile import compile_pipeline, pipeline_name
+    from .local import write_text_atomic
+    from .parameters import parse_param_overrides
+    from .tuning.katib import katib_manifests, katib_name
+    from .tuning.space import build_search
+
+    pipeline = _checked(Path(path))
+    spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
+                        parallel)
+    values = parse_param_overrides(pipeline.parameters, _texts(params))
+    compiled = compile_pipeline(pipeline, values, image=image)
+    name = katib_name(pipeline_name(pipeline))
+    s = pipeline.settings
+    manifests = katib_manifests(
+        pipeline, spec, {"pipeline_spec": _inline_spec(compiled.yaml)}, name=name,
+        image=image or s.base_image or "python:3.11", namespace=namespace or s.namespace,
+        kfp_experiment=s.experiment_name or None)
+    target = Path(output)
+    listing = {"apiVersion": "v1", "kind": "List", "items": manifests}
+    write_text_atomic(target, json.dumps(listing, indent=2) + "\n")
+    return {"path": str(target), "name": name, "trials": spec.trials,
+            "algorithm": spec.algorithm}
 
 
 def list_experiments(

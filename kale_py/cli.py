@@ -264,6 +264,12 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _param_arg(compile_, "change a parameter's default in the compiled pipeline")
     compile_.add_argument(
+        "--tune", action="store_true",
+        help="also write a Katib Experiment (NOTEBOOK.katib.yaml) whose trials run the "
+        "pipeline; the search comes from the flags below or the notebook's katib_metadata",
+    )
+    _search_flags(compile_)
+    compile_.add_argument(
         "--image",
         help="the default image of the steps (default: the "
         "notebook's base_image, else $KALE_PY_IMAGE, else python:3.11)",
@@ -346,22 +352,26 @@ def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "notebook's katib_metadata is used.",
     )
     _notebook_arg(tune)
-    tune.add_argument(
-        "--search", action="append", default=[], metavar="NAME=SPEC",
-        help="a parameter to tune (repeatable): LOW..HIGH[:log][:step=S] or choices A,B,C",
-    )
-    tune.add_argument("--objective", metavar="METRIC", help="the pipeline metric to optimise")
-    direction = tune.add_mutually_exclusive_group()
-    direction.add_argument("--maximize", dest="maximize", action="store_const", const=True)
-    direction.add_argument("--minimize", dest="maximize", action="store_const", const=False)
-    tune.add_argument("--trials", type=_positive_int, help="number of trials (default 10)")
-    tune.add_argument("--parallel", type=_positive_int, help="trials at once (default 1)")
-    tune.add_argument("--algorithm", choices=("random", "grid", "tpe"),
-                      help="how values are suggested (default tpe)")
+    _search_flags(tune)
     tune.add_argument("--seed", type=int, help="seed of the suggestions, for repeatable searches")
     tune.add_argument("--jobs", type=_positive_int, help="parallel steps within one trial")
     tune.add_argument("--format", choices=("text", "json"), default="text")
     tune.set_defaults(command=_tune)
+
+
+def _search_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--search", action="append", default=[], metavar="NAME=SPEC",
+        help="a parameter to tune (repeatable): LOW..HIGH[:log][:step=S] or choices A,B,C",
+    )
+    parser.add_argument("--objective", metavar="METRIC", help="the pipeline metric to optimise")
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument("--maximize", dest="maximize", action="store_const", const=True)
+    direction.add_argument("--minimize", dest="maximize", action="store_const", const=False)
+    parser.add_argument("--trials", type=_positive_int, help="number of trials (default 10)")
+    parser.add_argument("--parallel", type=_positive_int, help="trials at once (default 1)")
+    parser.add_argument("--algorithm", choices=("random", "grid", "tpe"),
+                        help="how values are suggested (default tpe)")
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -396,6 +406,16 @@ def _compile(args: argparse.Namespace) -> int:
     for d in result["diagnostics"]:
         print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
     print(f"{result['path']}: {result['steps']} steps, {result['bytes']} bytes")
+    if args.tune:
+        from .api import compile_katib
+
+        katib = compile_katib(
+            args.notebook, output.with_suffix(".katib.yaml"), args.search,
+            objective=args.objective, maximize=args.maximize, trials=args.trials,
+            parallel=args.parallel, algorithm=args.algorithm, params=_overrides(args.param),
+            image=args.image)
+        print(f"{katib['path']}: Katib Experiment {katib['name']!r}, {katib['trials']} trials "
+              f"({katib['algorithm']}); apply it with kubectl apply -f {katib['path']}")
     return 0
 
 

@@ -231,6 +231,7 @@ class FakeKfp:
         self._polls[run_id] += 1
         state = self.run_states[step]
         tasks = [{"run_id": run_id, "task_id": f"t{i}", "display_name": f"step-{i}",
+                  "pod_name": f"{run_id}-step-{i}",
                   "state": "SUCCEEDED" if i < step else state} for i in range(step + 1)]
         self.runs[run_id].update(state=state, run_details={"task_details": tasks})
         return self.runs[run_id]

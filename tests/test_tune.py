@@ -164,3 +164,162 @@ def test_tune_the_iris_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert len(result["trials"]) == 3
     assert result["best"]["value"] == max(t["value"] for t in result["trials"])
     assert all(t["cached_steps"] == 2 for t in result["trials"] if t["number"] > 0)
+
+
+# --- on Kubeflow: a Katib Experiment whose trials run the pipeline ---------------------------
+
+
+def _katib(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> list[Any]:
+    nb = write(tmp_path / "q.ipynb", QUADRATIC,
+               {"experiment_name": "tuning", "namespace": "team-a"})
+    assert main(["compile", str(nb), "--tune", *flags]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "q.katib.yaml: Katib Experiment 'q'" in out
+    listing = json.loads((tmp_path / "q.katib.yaml").read_text())
+    assert listing["kind"] == "List"
+    return listing["items"]  # type: ignore[no-any-return]
+
+
+def test_compile_tune_writes_a_katib_experiment_that_validates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubeflow_katib_api.models import V1beta1Experiment
+
+    config_map, experiment = _katib(tmp_path, capsys, "--search", "X=1..5", "--search",
+                                    "Y=a,b", "--objective", "score", "--maximize",
+                                    "--trials", "6", "--parallel", "2", "--algorithm", "random")
+    # Katib's own API models read it whole: nothing is dropped or renamed on the way
+    model = V1beta1Experiment.from_dict(experiment)
+    assert model is not None
+    assert model.to_dict() == experiment
+    spec = experiment["spec"]
+    assert spec["objective"] == {"type": "maximize", "objectiveMetricName": "score"}
+    assert (spec["maxTrialCount"], spec["parallelTrialCount"]) == (6, 2)
+    assert spec["parameters"] == [
+        {"name": "X", "parameterType": "int", "feasibleSpace": {"min": "1", "max": "5"}},
+        {"name": "Y", "parameterType": "categorical", "feasibleSpace": {"list": ["a", "b"]}},
+    ]
+    assert spec["metricsCollectorSpec"] == {"collector": {"kind": "StdOut"}}
+    job = spec["trialTemplate"]["trialSpec"]
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"] == {"access-ml-pipeline": "true"}
+    [container] = pod["spec"]["containers"]
+    assert spec["trialTemplate"]["primaryContainerName"] == container["name"]
+    command = container["command"]
+    assert command[:2] == ["python3", "/kale-py/trial.py"]
+    assert "X=int:${trialParameters.X}" in command and "Y=str:${trialParameters.Y}" in command
+    assert command[command.index("--experiment") + 1] == "tuning"
+    references = {p["reference"] for p in spec["trialTemplate"]["trialParameters"]}
+    assert references == {"X", "Y", "${trialSpec.Name}"}
+    assert experiment["metadata"] == {"name": "q", "namespace": "team-a"}
+    # the trials mount the pipeline and the driver from the ConfigMap
+    assert pod["spec"]["volumes"] == [{"name": "kale-py", "configMap": {"name": "q-pipeline"}}]
+    assert config_map["metadata"]["name"] == "q-pipeline"
+    # a run's pipeline_spec, as `submit` without upload sends it
+    source = json.loads(config_map["data"]["pipeline.json"])["pipeline_spec"]
+    spec_doc = source.get("pipeline_spec", source)
+    assert spec_doc["pipelineInfo"]["name"] == "q"
+    assert "def main(" in config_map["data"]["trial.py"]
+
+
+def test_compile_tune_log_range_and_katib_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cells = [code("LR = 0.1", ["pipeline-parameters"]), code("score = -LR", ["step:s"]),
+             code("print(score)", ["pipeline-metrics"])]
+    nb = write(tmp_path / "lr.ipynb", cells)
+    assert main(["compile", str(nb), "--tune", "--search", "LR=0.001..1:log", "--objective",
+                 "score", "--minimize"]) == 0
+    [_, experiment] = json.loads((tmp_path / "lr.katib.yaml").read_text())["items"]
+    assert experiment["spec"]["parameters"] == [{
+        "name": "LR", "parameterType": "double",
+        "feasibleSpace": {"min": "0.001", "max": "1.0", "distribution": "logUniform"}}]
+    assert experiment["spec"]["objective"]["type"] == "minimize"
+    assert experiment["spec"]["algorithm"] == {"algorithmName": "tpe"}
+
+
+def test_compile_tune_refuses_a_bad_search_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nb = write(tmp_path / "q.ipynb", QUADRATIC)
+    assert main(["compile", str(nb), "--tune", "--search", "X=1..3",
+                 "--objective", "nope"]) == 1
+    assert "NB602" in capsys.readouterr().err
+    assert not (tmp_path / "q.katib.yaml").exists()
+
+
+def test_trial_driver_runs_the_pipeline_and_prints_its_metrics(
+    tmp_path: Path, kfp: Any
+) -> None:
+    """The driver as the trial pod runs it, against the fake KFP API (fake_kfp.py) and a
+    local server answering the Kubernetes pod-log path: no cluster can run here."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from kale_py import runtime
+    from kale_py.tuning import trial
+
+    assert trial.METRICS_MARKER == runtime.METRICS_MARKER
+    logs: list[str] = []
+
+    class Logs(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            logs.append(self.path)
+            body = (b"some output\n" + runtime.METRICS_MARKER.encode()
+                    + b'{"score": 11.0, "f1": 0.5}\n' if self.path.split("/")[6].endswith(
+                        "step-1") else b"no metrics here\n")
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Logs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "sa").mkdir()
+    (tmp_path / "sa" / "token").write_text("pod-token")
+    (tmp_path / "kfp-token").write_text("kfp-token")
+    (tmp_path / "pipeline.json").write_text(json.dumps({"pipeline_spec": {"x": 1}}))
+    kfp.run_states = ("RUNNING", "SUCCEEDED")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", Path(trial.__file__).read_text(), "--kfp", kfp.url,
+             "--kubernetes", f"http://127.0.0.1:{server.server_address[1]}",
+             "--namespace", "team-a", "--pipeline-spec", str(tmp_path / "pipeline.json"),
+             "--name", "q-abc123", "--experiment", "tuning", "--param", "X=int:3",
+             "--param", "Y=str:b", "--param", "ON=bool:true", "--poll", "0",
+             "--kfp-token-file", str(tmp_path / "kfp-token"), "--sa-dir", str(tmp_path / "sa")],
+            capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["f1=0.5", "score=11.0"]
+    [created] = kfp.calls("POST", "/runs")
+    body = created.json()
+    assert body["runtime_config"]["parameters"] == {"X": 3, "Y": "b", "ON": True}
+    assert body["pipeline_spec"] == {"x": 1} and body["display_name"] == "q-abc123"
+    assert kfp.experiments[body["experiment_id"]]["display_name"] == "tuning"
+    assert created.headers["Authorization"] == "Bearer kfp-token"
+    assert all(p.startswith("/api/v1/namespaces/team-a/pods/") for p in logs)
+
+
+def test_trial_driver_fails_the_trial_when_the_run_fails(tmp_path: Path, kfp: Any) -> None:
+    import subprocess
+    import sys
+
+    from kale_py.tuning import trial
+
+    (tmp_path / "pipeline.json").write_text(json.dumps({"pipeline_spec": {}}))
+    kfp.run_states = ("RUNNING", "FAILED")
+    done = subprocess.run(
+        [sys.executable, "-c", Path(trial.__file__).read_text(), "--kfp", kfp.url,
+         "--pipeline-spec", str(tmp_path / "pipeline.json"), "--name", "t", "--poll", "0",
+         "--kfp-token-file", str(tmp_path / "none"), "--sa-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "ended FAILED" in done.stderr and done.stdout == ""
