@@ -29,6 +29,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import string_reads
+from .string_reads import StringNote
+
 __all__ = [
     "CodeAnalysis",
     "CodeSyntaxError",
@@ -118,6 +121,8 @@ class CodeAnalysis:
     magics: tuple[MagicLine, ...]
     maybe_free: frozenset[str] = frozenset()
     partial_binds: frozenset[str] = frozenset()
+    # formulas and pandas expressions whose names cannot be read (built at run time)
+    string_notes: tuple[StringNote, ...] = ()
 
     @property
     def free_names(self) -> frozenset[str]:
@@ -883,6 +888,8 @@ class _Analyser:
         self.loops: list[_Loop] = []
         self.lambdas: dict[ast.Lambda, _Globals] = {}
         self.lambda_parameters: dict[ast.Lambda, frozenset[str]] = {}
+        self.string_notes: list[StringNote] = []
+        self.soft_read = False  # a name a formula may take from its data frame instead
         # Walrus is the only way an expression binds; most cells have none, which lets
         # expressions skip saving and restoring the flow state.
         self.walrus = ":=" in source
@@ -909,6 +916,7 @@ class _Analyser:
             magics=magics,
             maybe_free=frozenset(self.free.keys() - self._definitely_free()),
             partial_binds=frozenset(self.binds - exit_must),
+            string_notes=tuple(self.string_notes),
         )
 
     def _definitely_free(self) -> set[str]:
@@ -1003,7 +1011,8 @@ class _Analyser:
         self.free.setdefault(name, node)
         if not deferred:
             self.read_directly.add(name)
-        if name not in self.flow.may and not self.star_seen and name not in self.definite:
+        if (name not in self.flow.may and not self.star_seen and name not in self.definite
+                and not self.soft_read):
             self.definite.add(name)
             self.definite_log.append(name)
 
@@ -1866,6 +1875,9 @@ class _Analyser:
                 self._mutate(func.id, func)
         else:
             arguments_safe = False
+        callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if callee in string_reads.CALLEES:
+            self._string_reads(node)
         if arguments_safe:
             return
         # The callee may change any object handed to it (``shuffle(x)``, ``f(df)``),
@@ -1874,6 +1886,26 @@ class _Analyser:
             for name in _held_names(value):
                 if name.id not in _BUILTIN_TYPES or name.id in self.binds:
                     self._mutate(name.id, name)
+
+    def _string_reads(self, node: ast.Call) -> None:
+        """Names a formula or pandas expression passed to the call reads (string_reads).
+
+        A name that may be a column of the data (``certain`` false) is read when some step
+        binds it and is no error otherwise: a maybe-read, only where it runs now."""
+        found = string_reads.call_reads(node)
+        if found is None:
+            return
+        reads, notes = found
+        self.string_notes += notes
+        for read in reads:
+            if not read.certain and not (self.scope is None or self.scope.immediate):
+                continue
+            use = ast.Name(read.name, ast.Load(), lineno=read.line, col_offset=read.col)
+            self.soft_read = not read.certain
+            try:
+                self._load(read.name, use)
+            finally:
+                self.soft_read = False
 
     def _known_function(self, name: str) -> FunctionInfo | None:
         """The FunctionInfo of a module-level function called by name, if known."""

@@ -34,6 +34,7 @@ from .magics import (
     magic_name,
 )
 from .notebook import Cell, Notebook
+from .output_names import HISTORY, displaying_counts, execution_counts, mentions_output_names
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
 from .settings import NotebookSettings
@@ -237,6 +238,12 @@ class _GraphBuilder:
         self.deleted_by: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
+        # execution counts, when some cell may read IPython's output names (else None)
+        self.output_counts = (
+            execution_counts(blocks.notebook)
+            if mentions_output_names(c.source for s in blocks.steps for c in s.cells)
+            else None
+        )
 
     def run(self) -> None:
         self._prelude()
@@ -266,6 +273,7 @@ class _GraphBuilder:
             return
         a = located.analysis
         self._check_magics(located, None)
+        _string_notes(located, None, self.problems)
         self.prelude_names = a.binds
         self.functions.update(a.functions)
         self.star_prelude = bool(a.star_imports)
@@ -288,6 +296,7 @@ class _GraphBuilder:
         a = located.analysis
         state = self.state[step.name]
         self._check_magics(located, step.name)
+        _string_notes(located, step.name, self.problems)
         state.hazards = _cell_hazards(step.cells)
         needed, called = self._needed(a)
         for name, line in needed.items():
@@ -317,6 +326,19 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
+        self._displayed(step, state)
+
+    def _displayed(self, step: Step, state: _StepState) -> None:
+        """A cell showing its last expression's value (maybe) binds IPython's output names.
+
+        They are partial bindings (a None value shows nothing), and not among the step's
+        writes: they are loaded and saved only when a later step reads them."""
+        if self.output_counts is None:
+            return
+        shown = displaying_counts(step.cells, self.output_counts)
+        for name in [*HISTORY, *(f"_{n}" for n in shown)] if shown else []:
+            state.partial.setdefault(name, self.last_writer.get(name))
+            self.last_writer[name] = step.name
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -326,7 +348,9 @@ class _GraphBuilder:
         """
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
-            for name in sorted(state.saves & state.partial.keys()):
+            # a display shifts the history: saving `__` needs the `_` from before
+            history = {n for s in state.saves & HISTORY.keys() for n in HISTORY[s]}
+            for name in sorted((state.saves | history) & state.partial.keys()):
                 provider = state.partial[name]
                 if provider == PARAMETER:
                     state.parameters.append(name)
@@ -482,6 +506,23 @@ class _GraphBuilder:
             ]
         order = {s.name: i for i, s in enumerate(self.blocks.steps)}
         return tuple(sorted(edges, key=lambda e: (order[e.target], order[e.source])))
+
+
+def _string_notes(located: _Located, step: str | None, problems: list[Diagnostic]) -> None:
+    """A formula or pandas expression whose names cannot be read (built at run time)."""
+    for note in located.analysis.string_notes:
+        cell, line = located.where(note.line)
+        problems.append(
+            warning(
+                "NB105",
+                f"{note.call}: {note.reason}; a name it reads that this step does not define "
+                "will be missing in the pipeline: write it as a string literal in "
+                "the call, or read those names in this step's code",
+                cell=cell,
+                line=line,
+                step=step,
+            )
+        )
 
 
 def _later_definer(steps: tuple[Step, ...], step: Step, name: str) -> tuple[str, int] | None:

@@ -440,6 +440,11 @@ class StepRuntime:
                 "display": self.display,
                 "get_ipython": lambda: _IPythonShim(self.magics),
                 "_kp": self.magics,
+                # IPython's output history, as a fresh kernel has it
+                "_": "",
+                "__": "",
+                "___": "",
+                "Out": {},
             }
         )
         rendered = _pairs(self.args.param_type, "--param-type")
@@ -466,7 +471,10 @@ class StepRuntime:
                     "when it ran (was it bound only on some paths?)"
                 )
             value = marshal.load_variable(
-                record["file"], directory, allowed_root=_common_root(roots, directory)
+                record["file"],
+                directory,
+                allowed_root=_common_root(roots, directory),
+                namespace=self.namespace,
             )
             self.namespace[var] = self._rebind(value)
 
@@ -540,7 +548,7 @@ class StepRuntime:
                     expr = ast.Expression(last.value)
                     value = eval(compile(expr, filename, "eval"), self.namespace)  # noqa: S307
                     if show_last and value is not None:
-                        self.namespace["_"] = value
+                        record_output(self.namespace, value, cell.get("count"))
                         self.display(value)
         except Exception as exc:  # noqa: BLE001 - every failure of user code is reported, with its cell
             raise CellFailed(
@@ -617,6 +625,7 @@ class StepRuntime:
                     out,
                     step=self.spec["step"],
                     shared=self.shared,
+                    namespace=self.namespace,
                     # Only the local runner's cache reads hashes; in a Kubeflow pod
                     # (--executor-output) nothing does, so the CPU is spared.
                     content_hash=not self.args.executor_output,
@@ -651,6 +660,20 @@ class StepRuntime:
 
 
 _MISSING = object()
+
+
+def record_output(namespace: dict[str, Any], value: Any, count: int | None) -> None:
+    """What IPython's display hook does with a shown value: ``_`` (shifting ``__`` and
+    ``___``), ``Out[count]`` and ``_<count>``; count is the cell's execution count."""
+    namespace["___"] = namespace.get("__", "")
+    namespace["__"] = namespace.get("_", "")
+    namespace["_"] = value
+    if count is not None:
+        out = namespace.get("Out")
+        if not isinstance(out, dict):
+            out = namespace["Out"] = {}
+        out[count] = value
+        namespace[f"_{count}"] = value
 
 
 def _common_root(roots: list[str], directory: str) -> str:
