@@ -2,10 +2,10 @@
 
 In a kernel, a cell whose last expression shows a value (not None, no trailing ``;``)
 sets ``_`` to it, shifting the older values to ``__`` and ``___``, and records it as
-``Out[N]`` and ``_N``, N being the cell's execution count. The step runtime does the same
-(``record_output`` in :mod:`kale_py.runtime`); the graph treats a displaying cell as (maybe) binding those
-names (:func:`displaying_counts`), so a later step reading ``_`` loads it from the step
-whose cell last displayed a value, like any variable.
+``Out[N]`` and ``_N``, N being the cell's execution count. The step runtime does the
+same (``record_output`` in :mod:`kale_py.runtime`); the graph treats a displaying cell as
+(maybe) binding those names (:func:`displaying_counts`), so a later step reading ``_``
+loads it from the step whose cell last displayed a value, like any variable.
 
 N is the cell's position among the notebook's code cells: the count a kernel gives it
 when the notebook runs top to bottom once.
@@ -17,6 +17,7 @@ import ast
 import re
 import warnings
 from collections.abc import Iterable, Mapping
+
 from .analysis import strip_magics
 from .notebook import Cell, Notebook
 

@@ -57,11 +57,11 @@ class StringNote:
 
 
 # statsmodels.formula.api's functions (all lowercase, taking the formula first).
-_STATSMODELS = frozenset(
-    """conditional_logit conditional_mnlogit conditional_poisson gee glm glmgam gls glsar
-    logit mixedlm mnlogit negativebinomial nominal_gee ols ordinal_gee phreg poisson probit
-    quantreg rlm wls""".split()
-)
+_STATSMODELS = frozenset({
+    "conditional_logit", "conditional_mnlogit", "conditional_poisson", "gee", "glm", "glmgam",
+    "gls", "glsar", "logit", "mixedlm", "mnlogit", "negativebinomial", "nominal_gee", "ols",
+    "ordinal_gee", "phreg", "poisson", "probit", "quantreg", "rlm", "wls",
+})
 _PATSY = frozenset({"dmatrix", "dmatrices", "incr_dbuilder", "incr_dbuilders"})
 _FORMULAIC = frozenset({"model_matrix", "Formula"})
 _PANDAS = frozenset({"query", "eval"})
@@ -70,11 +70,10 @@ CALLEES = _STATSMODELS | _PATSY | _FORMULAIC | _PANDAS | {"from_formula"}
 # Formula keywords besides the formula itself (mixedlm's random-effects formulas).
 _EXTRA_FORMULAS = ("re_formula", "vc_formula")
 # Functions pandas' expression engine provides itself.
-_PANDAS_FUNCTIONS = frozenset(
-    """sin cos tan exp log expm1 log1p sqrt sinh cosh tanh arcsin arccos arctan arccosh
-    arcsinh arctanh abs arctan2 True False None""".split()
-)
-_PANDAS_MODULES = frozenset({"pd", "pandas"})
+_PANDAS_FUNCTIONS = frozenset({
+    "sin", "cos", "tan", "exp", "log", "expm1", "log1p", "sqrt", "sinh", "cosh", "tanh",
+    "arcsin", "arccos", "arctan", "arccosh", "arcsinh", "arctanh", "abs", "arctan2",
+})
 _BACKTICKS = re.compile(r"`[^`]*`")
 
 
@@ -165,8 +164,8 @@ def _formula_reads(formula: str, engine: str) -> tuple[tuple[str, bool], ...]:
 
 
 def _patsy_reads(formula: str) -> tuple[tuple[str, bool], ...]:
-    from patsy import PatsyError, builtins
-    from patsy.desc import ModelDesc
+    from patsy import PatsyError, builtins  # type: ignore[import-untyped]
+    from patsy.desc import ModelDesc  # type: ignore[import-untyped]
 
     try:
         desc = ModelDesc.from_formula(formula)
@@ -185,8 +184,8 @@ def _patsy_reads(formula: str) -> tuple[tuple[str, bool], ...]:
 
 
 def _formulaic_reads(formula: str) -> tuple[tuple[str, bool], ...]:
-    from formulaic import Formula
-    from formulaic.errors import FormulaicError
+    from formulaic import Formula  # type: ignore[import-untyped]
+    from formulaic.errors import FormulaicError  # type: ignore[import-untyped]
 
     try:
         variables = Formula(formula).required_variables
@@ -279,7 +278,7 @@ def _at_references(source: str) -> tuple[list[str], str | None]:
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return [], None
-    for token, following in zip(tokens, tokens[1:]):
+    for token, following in zip(tokens, tokens[1:], strict=False):
         if token.type == tokenize.OP and token.string == "@":
             if following.type != tokenize.NAME:
                 return [], None
