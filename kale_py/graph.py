@@ -34,7 +34,7 @@ from .magics import (
     magic_name,
 )
 from .notebook import Cell, Notebook
-from .output_names import HISTORY, displaying_counts, execution_counts, mentions_output_names
+from .output_names import HISTORY, displaying_counts, execution_counts, reads_output_name
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
 from .settings import NotebookSettings
@@ -238,12 +238,9 @@ class _GraphBuilder:
         self.deleted_by: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
-        # execution counts, when some cell may read IPython's output names (else None)
-        self.output_counts = (
-            execution_counts(blocks.notebook)
-            if mentions_output_names(c.source for s in blocks.steps for c in s.cells)
-            else None
-        )
+        # steps whose displayed values no step has read yet (see _displayed)
+        self.undisplayed: list[Step] = []
+        self.output_counts: dict[int, int] | None = None
 
     def run(self) -> None:
         self._prelude()
@@ -299,6 +296,8 @@ class _GraphBuilder:
         _string_notes(located, step.name, self.problems)
         state.hazards = _cell_hazards(step.cells)
         needed, called = self._needed(a)
+        if self.undisplayed and any(reads_output_name(name) for name in needed):
+            self._displayed()
         for name, line in needed.items():
             self._resolve(step, state, name, located.where(line), name in a.maybe_free)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
@@ -326,19 +325,23 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
-        self._displayed(step, state)
+        self.undisplayed.append(step)
 
-    def _displayed(self, step: Step, state: _StepState) -> None:
+    def _displayed(self) -> None:
         """A cell showing its last expression's value (maybe) binds IPython's output names.
 
-        They are partial bindings (a None value shows nothing), and not among the step's
-        writes: they are loaded and saved only when a later step reads them."""
+        Done for the earlier steps, in order, once a step reads one of those names: most
+        notebooks never do. They are partial bindings (a None value shows nothing), and not
+        among the steps' writes: they are loaded and saved only when a later step reads them."""
         if self.output_counts is None:
-            return
-        shown = displaying_counts(step.cells, self.output_counts)
-        for name in [*HISTORY, *(f"_{n}" for n in shown)] if shown else []:
-            state.partial.setdefault(name, self.last_writer.get(name))
-            self.last_writer[name] = step.name
+            self.output_counts = execution_counts(self.blocks.notebook)
+        for step in self.undisplayed:
+            shown = displaying_counts(step.cells, self.output_counts)
+            partial = self.state[step.name].partial
+            for name in [*HISTORY, *(f"_{n}" for n in shown)] if shown else []:
+                partial.setdefault(name, self.last_writer.get(name))
+                self.last_writer[name] = step.name
+        self.undisplayed.clear()
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.

@@ -14,7 +14,6 @@ when the notebook runs top to bottom once.
 from __future__ import annotations
 
 import ast
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 
@@ -26,7 +25,7 @@ __all__ = [
     "displaying_counts",
     "displays",
     "execution_counts",
-    "mentions_output_names",
+    "reads_output_name",
 ]
 
 # The names every display shifts or updates, and what a step that saves one of them must
@@ -34,7 +33,6 @@ __all__ = [
 HISTORY: dict[str, tuple[str, ...]] = {
     "_": ("_",), "__": ("__", "_"), "___": ("___", "__", "_"), "Out": ("Out",),
 }
-_MENTION = re.compile(r"(?<![\w.])(?:_{1,3}|Out|_\d+)(?!\w)")
 
 
 def execution_counts(notebook: Notebook) -> dict[int, int]:
@@ -46,9 +44,9 @@ def execution_counts(notebook: Notebook) -> dict[int, int]:
     return counts
 
 
-def mentions_output_names(sources: Iterable[str]) -> bool:
-    """A cheap filter: whether any source may read an output name at all."""
-    return any(_MENTION.search(source) for source in sources)
+def reads_output_name(name: str) -> bool:
+    """Whether a name a step reads is one of IPython's output names."""
+    return name in HISTORY or (name[:1] == "_" and name[1:].isdigit())
 
 
 def displays(source: str) -> bool:
