@@ -26,7 +26,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import string_reads
@@ -123,6 +123,8 @@ class CodeAnalysis:
     partial_binds: frozenset[str] = frozenset()
     # formulas and pandas expressions whose names cannot be read (built at run time)
     string_notes: tuple[StringNote, ...] = ()
+    # names bound to a formula model, with what its formula reads: (name, certain)
+    carries: Mapping[str, tuple[tuple[str, bool], ...]] = field(default_factory=dict)
 
     @property
     def free_names(self) -> frozenset[str]:
@@ -889,6 +891,8 @@ class _Analyser:
         self.lambdas: dict[ast.Lambda, _Globals] = {}
         self.lambda_parameters: dict[ast.Lambda, frozenset[str]] = {}
         self.string_notes: list[StringNote] = []
+        self.carry: list[tuple[str, bool]] | None = None  # formula reads of the value assigned
+        self.carries: dict[str, tuple[tuple[str, bool], ...]] = {}
         self.soft_read = False  # a name a formula may take from its data frame instead
         # Walrus is the only way an expression binds; most cells have none, which lets
         # expressions skip saving and restoring the flow state.
@@ -917,6 +921,7 @@ class _Analyser:
             maybe_free=frozenset(self.free.keys() - self._definitely_free()),
             partial_binds=frozenset(self.binds - exit_must),
             string_notes=tuple(self.string_notes),
+            carries=self.carries,
         )
 
     def _definitely_free(self) -> set[str]:
@@ -1243,7 +1248,9 @@ class _Analyser:
         self._expr(node.value)
 
     def _assign(self, node: ast.Assign) -> None:
+        saved_carry, self.carry = self.carry, [] if self.scope is None else None
         self._expr(node.value)
+        self._carry_into(node.targets, saved_carry)
         shared = _shared_names(node.value)
         for target in node.targets:
             self._target(target, shared)
@@ -1256,6 +1263,18 @@ class _Analyser:
                     name, frozenset(globals_.reads),
                     frozenset(globals_.mutated | globals_.written), node.lineno,
                     _parameter_list(node.value.args), self.lambda_parameters.get(node.value))
+
+    def _carry_into(self, targets: list[ast.expr],
+                    saved: list[tuple[str, bool]] | None) -> None:
+        """``fit = smf.ols("y ~ f(x)", df).fit()``: restoring ``fit`` evaluates the formula
+        again, so a step receiving ``fit`` needs what the formula read."""
+        carry, self.carry = self.carry, saved
+        for target in targets:
+            if isinstance(target, ast.Name):
+                if carry:
+                    self.carries[target.id] = tuple(dict.fromkeys(carry))
+                else:
+                    self.carries.pop(target.id, None)
 
     def _aug_assign(self, node: ast.AugAssign) -> None:
         target = node.target
@@ -1897,6 +1916,8 @@ class _Analyser:
             return
         reads, notes = found
         self.string_notes += notes
+        if self.carry is not None:
+            self.carry += [(read.name, read.certain) for read in reads]
         for read in reads:
             if not read.certain and not (self.scope is None or self.scope.immediate):
                 continue

@@ -240,6 +240,7 @@ class _GraphBuilder:
         self.star_prelude = False
         # steps whose displayed values no step has read yet (see _displayed)
         self.undisplayed: list[Step] = []
+        self.carried: dict[str, tuple[tuple[str, bool], ...]] = {}
         self.output_counts: dict[int, int] | None = None
 
     def run(self) -> None:
@@ -298,6 +299,7 @@ class _GraphBuilder:
         needed, called = self._needed(a)
         if self.undisplayed and any(reads_output_name(name) for name in needed):
             self._displayed()
+        self._carried_reads(needed)
         for name, line in needed.items():
             self._resolve(step, state, name, located.where(line), name in a.maybe_free)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
@@ -326,6 +328,18 @@ class _GraphBuilder:
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
         self.undisplayed.append(step)
+        for name in writes:
+            self.carried.pop(name, None)
+        self.carried.update(a.carries)
+
+    def _carried_reads(self, needed: dict[str, int]) -> None:
+        """A formula model received from another step re-evaluates its formula when it is
+        restored: the step needs what the formula reads (a value name when some step binds
+        it; it may be a column)."""
+        for name in [n for n in needed if n in self.carried]:
+            for read, certain in self.carried[name]:
+                if certain or read in self.last_writer:
+                    needed.setdefault(read, needed[name])
 
     def _displayed(self) -> None:
         """A cell showing its last expression's value (maybe) binds IPython's output names.

@@ -454,29 +454,40 @@ class StepRuntime:
                 self.namespace[name] = parse_parameter(name, text, declared[name], name in rendered)
 
     def load_inputs(self) -> None:
+        # An object whose restore code reads the namespace (a formula model) may need a
+        # variable that comes later in the list: what fails is tried again after the rest.
+        failed = []
+        for var, producer in self.spec.get("inputs", {}).items():
+            try:
+                self._load_input(var, producer)
+            except marshal.StateError:
+                failed.append((var, producer))
+        for var, producer in failed:
+            self._load_input(var, producer)
+
+    def _load_input(self, var: str, producer: str) -> None:
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
         roots = self.args.allowed_root or list(dirs.values())
-        for var, producer in self.spec.get("inputs", {}).items():
-            directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
-            if directory is None:
-                raise SystemExit(
-                    f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
-                )
-            manifest = marshal.read_manifest(directory)
-            record = manifest["variables"].get(var)
-            if record is None:
-                raise NameError(
-                    f"name {var!r} is not defined: step {producer!r} did not define it "
-                    "when it ran (was it bound only on some paths?)"
-                )
-            value = marshal.load_variable(
-                record["file"],
-                directory,
-                allowed_root=_common_root(roots, directory),
-                namespace=self.namespace,
+        directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+        if directory is None:
+            raise SystemExit(
+                f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
             )
-            self.namespace[var] = self._rebind(value)
+        manifest = marshal.read_manifest(directory)
+        record = manifest["variables"].get(var)
+        if record is None:
+            raise NameError(
+                f"name {var!r} is not defined: step {producer!r} did not define it "
+                "when it ran (was it bound only on some paths?)"
+            )
+        value = marshal.load_variable(
+            record["file"],
+            directory,
+            allowed_root=_common_root(roots, directory),
+            namespace=self.namespace,
+        )
+        self.namespace[var] = self._rebind(value)
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""

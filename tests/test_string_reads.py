@@ -184,3 +184,15 @@ def test_notebooks_without_formulas_do_not_import_the_libraries() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_a_name_bound_to_a_formula_model_carries_what_the_formula_reads() -> None:
+    a = analyse_source(
+        'fit = smf.ols("y ~ widen(x) + I(x * power)", data=df).fit()\n'
+        "summary = fit.summary()\n"
+        "fit2 = fit\n"
+    )
+    assert dict(a.carries["fit"]) == {"y": False, "widen": True, "x": False, "power": False}
+    assert "summary" not in a.carries and "fit2" not in a.carries
+    rebound = analyse_source('fit = smf.ols("y ~ widen(x)", data=df).fit()\nfit = 1\n')
+    assert "fit" not in rebound.carries
