@@ -109,8 +109,8 @@ def _formula_call(
     literal = _literal(first)
     # ``ols(...)`` or ``logit(...)`` imported bare could be anything: only a literal
     # formula (with its ``~``) tells. ``smf.ols``/``sm.formula.ols`` and the rest are sure.
-    sure = name in _PATSY | _FORMULAIC | {"from_formula"} or (
-        dotted is not None and (dotted[0] == "smf" or "formula" in dotted[:-1]))
+    sure = name in _PATSY | {"model_matrix", "from_formula"} or (dotted is not None and (
+        dotted[0] in ("smf", "formulaic") or "formula" in dotted[:-1]))
     if literal is None:
         if not sure or not _built_at_run_time(first, name):
             return None
@@ -312,9 +312,10 @@ def _literal(node: ast.expr) -> str | None:
 def _built_at_run_time(node: ast.expr, callee: str) -> bool:
     """Whether an argument is a string computed when the cell runs.
 
-    An f-string, a concatenation or ``.format()`` always is. A plain variable is, for a
-    formula function; for ``.query``/``.eval`` a CapWords name is a class (an ORM's
-    ``session.query(User)``) and a call without arguments is not a pandas one.
+    An f-string, a concatenation or ``.format()`` always is. A plain variable is for
+    statsmodels (its formula is a string), not for patsy or formulaic, which also take
+    design objects (``dmatrix(design_info, new)``); for ``.query``/``.eval`` a CapWords
+    name is a class (an ORM's ``session.query(User)``).
     """
     if isinstance(node, ast.JoinedStr):
         # f"x > {thr}" puts the value itself in a pandas expression: only "@" reads.
@@ -326,8 +327,10 @@ def _built_at_run_time(node: ast.expr, callee: str) -> bool:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         return node.func.attr in ("format", "join") and isinstance(node.func.value, ast.Constant)
     if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript)):
-        root = _root(node)
-        return callee not in _PANDAS or (root is not None and not root[:1].isupper())
+        if callee in _PANDAS:
+            root = _root(node)
+            return root is not None and not root[:1].isupper()
+        return callee in _STATSMODELS or callee == "from_formula"
     return False
 
 

@@ -196,3 +196,12 @@ def test_a_name_bound_to_a_formula_model_carries_what_the_formula_reads() -> Non
     assert "summary" not in a.carries and "fit2" not in a.carries
     rebound = analyse_source('fit = smf.ols("y ~ widen(x)", data=df).fit()\nfit = 1\n')
     assert "fit" not in rebound.carries
+
+
+def test_design_objects_and_classes_are_not_runtime_strings() -> None:
+    assert call_reads(_call("patsy.dmatrix(design_info, new)")) is None
+    assert call_reads(_call("Formula(expression)")) is None  # not formulaic's for sure
+    found = call_reads(_call("sm.OLS.from_formula(formula, df)"))
+    assert found is not None and found[1][0].call == "sm.OLS.from_formula(...)"
+    found = call_reads(_call('patsy.dmatrix("np.log(x) + " + extra, df)'))
+    assert found is not None and "built at run time" in found[1][0].reason
