@@ -526,15 +526,14 @@ class _GraphBuilder:
 
 
 def _string_notes(located: _Located, step: str | None, problems: list[Diagnostic]) -> None:
-    """A formula or pandas expression whose names cannot be read (built at run time)."""
+    """A formula or pandas expression whose names cannot be read (built at run time, or
+    its library is not installed here)."""
     for note in located.analysis.string_notes:
         cell, line = located.where(note.line)
         problems.append(
             warning(
                 "NB105",
-                f"{note.call}: {note.reason}; a name it reads that this step does not define "
-                "will be missing in the pipeline: write it as a string literal in "
-                "the call, or read those names in this step's code",
+                f"{note.call}: {note.reason}",
                 cell=cell,
                 line=line,
                 step=step,

@@ -75,6 +75,11 @@ _PANDAS_FUNCTIONS = frozenset({
     "arcsin", "arccos", "arctan", "arccosh", "arcsinh", "arctanh", "abs", "arctan2",
 })
 _BACKTICKS = re.compile(r"`[^`]*`")
+_RUN_TIME = (
+    "the {what} is built at run time, so the {names} it reads cannot be checked, and one this "
+    "step does not define itself will be missing in the pipeline: write the {what} as a "
+    "string literal in the call, or use those names in this step's code"
+)
 
 
 def call_reads(call: ast.Call) -> tuple[list[StringRead], list[StringNote]] | None:
@@ -114,8 +119,7 @@ def _formula_call(
     if literal is None:
         if not sure or not _built_at_run_time(first, name):
             return None
-        return [], [_note(first, call, "the formula is built at run time, so the names it reads "
-                          "cannot be checked")]
+        return [], [_note(first, call, _RUN_TIME.format(what="formula", names="names"))]
     if not sure and "~" not in literal:
         return None
     strings = [first] + [k.value for k in call.keywords if k.arg in _EXTRA_FORMULAS]
@@ -130,7 +134,7 @@ def _formula_call(
             except ImportError:
                 notes.append(_note(text_node, call, f"{engine} is not installed where nb2pipe "
                                    f"runs, so the names the formula reads cannot be checked "
-                                   f"(pip install {engine})"))
+                                   f"and are not passed to this step: pip install {engine}"))
                 continue
             reads += [StringRead(n, text_node.lineno, text_node.col_offset, certain)
                       for n, certain in found]
@@ -233,8 +237,7 @@ def _pandas_call(
     if literal is None:
         if not _built_at_run_time(first, name):
             return None
-        return [], [_note(first, call, "the expression is built at run time, so the names it "
-                          "reads (@name) cannot be checked")]
+        return [], [_note(first, call, _RUN_TIME.format(what="expression", names="@names"))]
     given = {k.arg for k in call.keywords} & {"local_dict", "global_dict", "resolvers"}
     found = expression_reads(literal, top_level)
     if found is None:
