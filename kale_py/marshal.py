@@ -786,7 +786,7 @@ def _write_variable(name: str, obj: object, directory: Path, step: str | None,
 # Types whose pickles always restore: no round trip for them.
 _NO_ROUND_TRIP = frozenset({"builtins", "numpy", "pandas", "collections", "datetime",
                             "decimal", "fractions", "pathlib", "uuid", "re"})
-_ROUND_TRIP_MAX = 64 * 1024 * 1024  # main pickle stream bytes; arrays stay out of band
+_ROUND_TRIP_MAX = 16 * 1024 * 1024  # main pickle stream bytes; arrays stay out of band
 
 
 def _check_round_trip(name: str, obj: object, step: str | None, encoded: _Encoded,
