@@ -129,9 +129,8 @@ def _formula_call(
         for text_node in _formula_literals(node):
             text = _literal(text_node)
             assert text is not None
-            try:
-                found = formula_reads(text, engine)
-            except ImportError:
+            found = _reads_with(text, engine, name not in _PATSY)
+            if found is None:
                 notes.append(_note(text_node, call, f"{engine} is not installed where nb2pipe "
                                    f"runs, so the names the formula reads cannot be checked "
                                    f"and are not passed to this step: pip install {engine}"))
@@ -139,6 +138,18 @@ def _formula_call(
             reads += [StringRead(n, text_node.lineno, text_node.col_offset, certain)
                       for n, certain in found]
     return reads, notes
+
+
+def _reads_with(text: str, engine: str, either: bool) -> list[tuple[str, bool]] | None:
+    """The formula's reads with its engine; None when it is not installed. ``either``:
+    statsmodels works with formulaic too (SM_FORMULA_ENGINE), so it may stand in."""
+    engines = [engine, "formulaic"] if either and engine == "patsy" else [engine]
+    for candidate in engines:
+        try:
+            return formula_reads(text, candidate)
+        except ImportError:
+            continue
+    return None
 
 
 def _formula_literals(node: ast.expr) -> Iterator[ast.Constant]:

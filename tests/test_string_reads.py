@@ -150,11 +150,19 @@ def test_missing_library_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
 
     string_reads._formula_reads.cache_clear()
     monkeypatch.setitem(sys.modules, "patsy", None)
-    found = call_reads(_call('smf.ols("y ~ np.log(x) + other(x)", df)'))
+    found = call_reads(_call('patsy.dmatrix("np.log(x) + other(x)", df)'))
+    # statsmodels also runs its formulas with formulaic: its parser stands in
+    with_formulaic = call_reads(_call('smf.ols("y ~ np.log(x) + other(x)", df)'))
+    monkeypatch.setitem(sys.modules, "formulaic", None)
     string_reads._formula_reads.cache_clear()
-    assert found is not None
-    reads, notes = found
-    assert reads == [] and "patsy is not installed" in notes[0].reason
+    neither = call_reads(_call('smf.ols("y ~ np.log(x) + other(x)", df)'))
+    string_reads._formula_reads.cache_clear()
+    assert found is not None and neither is not None and with_formulaic is not None
+    for reads, notes in (found, neither):
+        assert reads == [] and "patsy is not installed" in notes[0].reason
+        assert notes[0].reason.endswith("pip install patsy")
+    assert ("other", True) in [(r.name, r.certain) for r in with_formulaic[0]]
+    assert with_formulaic[1] == []
 
 
 def test_analysis_counts_formula_names_as_reads_at_the_call() -> None:
