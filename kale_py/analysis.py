@@ -1250,7 +1250,7 @@ class _Analyser:
     def _assign(self, node: ast.Assign) -> None:
         saved_carry, self.carry = self.carry, [] if self.scope is None else None
         self._expr(node.value)
-        self._carry_into(node.targets, saved_carry)
+        self._carry_into(node.targets, node.value, saved_carry)
         shared = _shared_names(node.value)
         for target in node.targets:
             self._target(target, shared)
@@ -1264,11 +1264,17 @@ class _Analyser:
                     frozenset(globals_.mutated | globals_.written), node.lineno,
                     _parameter_list(node.value.args), self.lambda_parameters.get(node.value))
 
-    def _carry_into(self, targets: list[ast.expr],
+    def _carry_into(self, targets: list[ast.expr], value: ast.expr,
                     saved: list[tuple[str, bool]] | None) -> None:
         """``fit = smf.ols("y ~ f(x)", df).fit()``: restoring ``fit`` evaluates the formula
-        again, so a step receiving ``fit`` needs what the formula read."""
+        again, so a step receiving ``fit`` needs what the formula read. So does a copy of it
+        (``m = fit``) or a model fitted from it (``fit = model.fit()``)."""
         carry, self.carry = self.carry, saved
+        if not carry and self.carries:
+            source = value.func.value if isinstance(value, ast.Call) and isinstance(
+                value.func, ast.Attribute) and value.func.attr.startswith("fit") else value
+            if isinstance(source, ast.Name) and source.id in self.carries:
+                carry = list(self.carries[source.id])
         for target in targets:
             if isinstance(target, ast.Name):
                 if carry:

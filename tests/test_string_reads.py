@@ -201,7 +201,9 @@ def test_a_name_bound_to_a_formula_model_carries_what_the_formula_reads() -> Non
         "fit2 = fit\n"
     )
     assert dict(a.carries["fit"]) == {"y": False, "widen": True, "x": False, "power": False}
-    assert "summary" not in a.carries and "fit2" not in a.carries
+    assert "summary" not in a.carries and a.carries["fit2"] == a.carries["fit"]
+    chained = analyse_source('model = smf.ols("y ~ widen(x)", data=df)\nres = model.fit()\n')
+    assert dict(chained.carries["res"]) == {"y": False, "widen": True, "x": False}
     rebound = analyse_source('fit = smf.ols("y ~ widen(x)", data=df).fit()\nfit = 1\n')
     assert "fit" not in rebound.carries
 
