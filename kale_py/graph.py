@@ -301,7 +301,9 @@ class _GraphBuilder:
             self._displayed()
         self._carried_reads(needed)
         for name, line in needed.items():
-            self._resolve(step, state, name, located.where(line), name in a.maybe_free)
+            # `_5` may be shown by this step's own earlier cell: like `_`, never an error
+            maybe = name in a.maybe_free or reads_output_name(name)
+            self._resolve(step, state, name, located.where(line), maybe)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
         for use in a.star_imports:
             cell, line = located.where(use.line)

@@ -58,3 +58,20 @@ def test_displays_and_record_output_match_ipython(shell: Any) -> None:
     assert {k: v for k, v in ours.items() if k[1:].isdigit()} == {
         k: v for k, v in shell.user_ns.items() if k.startswith("_") and k[1:].isdigit()
     }
+
+
+def test_a_step_reading_its_own_cells_output_number_is_no_error(tmp_path: Any) -> None:
+    import json
+
+    from kale_py.api import check_notebook
+
+    cells = [(["step:a"], "3 + 4"), ([], "seven = _1")]
+    path = tmp_path / "own.ipynb"
+    path.write_text(json.dumps({
+        "nbformat": 4, "nbformat_minor": 5, "metadata": {},
+        "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {"tags": tags},
+                   "source": source, "outputs": [], "execution_count": None}
+                  for i, (tags, source) in enumerate(cells)],
+    }))
+    pipeline = check_notebook(path)
+    assert pipeline.ok and [d for d in pipeline.diagnostics if d.severity != "info"] == []
