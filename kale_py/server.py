@@ -282,7 +282,7 @@ class TuneReportHandler(RunReportHandler):
     """A tuning's HTML report, sandboxed like a step's."""
 
     @tornado.web.authenticated
-    async def get(self, tune_id: str) -> None:  # type: ignore[override]
+    async def get(self, tune_id: str) -> None:
         from kale_py import api
 
         html = await self.call_api(api.read_tune_report, self.query_path(), tune_id)
