@@ -24,14 +24,18 @@ __all__ = [
     "check_notebook",
     "compile_notebook",
     "get_run",
+    "get_tune",
     "kfp_run_status",
     "list_experiments",
     "list_runs",
+    "list_tunes",
     "list_volumes",
     "manage_schedule",
     "read_log",
     "read_report",
+    "read_tune_report",
     "start_local_run",
+    "start_tune",
     "submit",
     "tune",
 ]
@@ -243,6 +247,7 @@ def tune(
     algorithm: str | None = None,
     seed: int | None = None,
     jobs: int | None = None,
+    tune_id: str | None = None,
     progress: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Tune pipeline parameters locally (Optuna); the trials, the best one and the report path.
@@ -260,7 +265,37 @@ def tune(
     pipeline = _checked(Path(path))
     spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
                         parallel, seed)
-    return tune_local(pipeline, spec, jobs=jobs, progress=progress).to_dict()
+    return tune_local(pipeline, spec, jobs=jobs, tune_id=tune_id, progress=progress).to_dict()
+
+
+def start_tune(path: str | Path, search: list[str], **options: Any) -> dict[str, str]:
+    """Start ``nb2pipe tune`` in the background (for the panel); ``{"tune_id"}`` at once.
+
+    ``options``: objective, maximize, trials, parallel, algorithm, as for :func:`tune`."""
+    from .tuning.background import start_tune as start
+
+    return start(path, search, **options)
+
+
+def list_tunes(path: str | Path) -> list[dict[str, Any]]:
+    """The notebook's tunings, newest first."""
+    from .tuning.background import list_tunes as listing
+
+    return listing(path)
+
+
+def get_tune(path: str | Path, tune_id: str) -> dict[str, Any]:
+    """One tuning's trials, best trial and status."""
+    from .tuning.background import get_tune as get
+
+    return get(path, tune_id)
+
+
+def read_tune_report(path: str | Path, tune_id: str) -> str:
+    """One tuning's HTML report."""
+    from .tuning.background import read_tune_report as read
+
+    return read(path, tune_id)
 
 
 def compile_katib(

@@ -397,6 +397,8 @@ def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     tune.add_argument("--seed", type=int, help="seed of the suggestions, for repeatable searches")
     tune.add_argument("--jobs", type=_positive_int, help="parallel steps within one trial")
     tune.add_argument("--format", choices=("text", "json"), default="text")
+    # The Jupyter server picks the id so that the panel can follow the tuning at once.
+    tune.add_argument("--tune-id", help=argparse.SUPPRESS)
     tune.set_defaults(command=_tune)
 
 
@@ -423,7 +425,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     result = tune(args.notebook, args.search, objective=args.objective, maximize=args.maximize,
                   trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
-                  seed=args.seed, jobs=args.jobs, progress=progress)
+                  seed=args.seed, jobs=args.jobs, tune_id=args.tune_id, progress=progress)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
