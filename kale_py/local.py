@@ -976,6 +976,7 @@ class _Scheduler:
         self._released(process)
         kfp = self.steps[name].kfp_name
         result = read_json(self.ctx.run.result(kfp))
+        _measured_peak(process, result)
         failure = _memory_failure(process, self.ctx.run.log(kfp)) or _failure(
             process, code, result, self.ctx.run.log(kfp)
         )
@@ -1168,6 +1169,18 @@ def _append(log_file: IO[bytes], raw: bytes) -> IO[bytes] | None:
     except OSError:
         log_file.close()
         return None
+
+
+def _measured_peak(process: _Process, result: Any) -> None:
+    """The peak a step reports for itself is its own; the kernel's rusage of an exec'd child
+    also counts the parent's memory at the fork (a large runner would inflate it)."""
+    from .resources import Usage
+
+    own = result.get("peak_rss_bytes") if isinstance(result, dict) else None
+    seen = process.memory.seen if process.memory is not None else 0
+    if process.usage is not None and (isinstance(own, int) or seen):
+        peak = max(own, seen) if isinstance(own, int) else seen
+        process.usage = Usage(peak, process.usage.cpu_seconds)
 
 
 def _memory_failure(process: _Process, log: Path) -> StepError | None:

@@ -1,11 +1,13 @@
 """A local step's memory and CPU, measured and limited as the cluster would.
 
-- :func:`reap` waits for a step process with ``os.wait4``: its exit code, peak resident
-  memory (``ru_maxrss``, which covers the descendants it waited for) and CPU seconds. It
-  works alike for spawned and forked step processes.
+- :func:`reap` waits for a step process with ``os.wait4``: its exit code, CPU seconds and
+  peak resident memory (``ru_maxrss``). It works alike for spawned and forked step
+  processes. Linux counts in ``ru_maxrss`` the parent's memory at the fork that preceded the
+  exec, so the runner prefers the peak the step reports for itself (``VmHWM``, in its
+  result) and falls back on ``ru_maxrss`` when the step died without a result.
 - :class:`MemoryWatch` polls a running step's resident size against its ``limit:memory``
-  and kills the step's process group once it is over; the peak from :func:`reap` catches
-  what a poll misses. Either way the step fails as the cluster's OOM killer would fail it.
+  and kills the step's process group once it is over; the step's own peak catches what a
+  poll misses. Either way the step fails as the cluster's OOM killer would fail it.
 - :func:`suggestions` turns measured peaks into ``request:``/``limit:`` tags.
 - :func:`die_with_parent` (called by the step runtime) makes the kernel kill a step
   process when the runner that started it dies, even by ``kill -9``.

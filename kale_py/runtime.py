@@ -862,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.stdout = real_stdout
     result["seconds"] = time.perf_counter() - started
+    result["peak_rss_bytes"] = _own_peak_memory()
     result["notices"] = runtime.notices
     error_text = result["error"]["traceback"] if result["error"] and not runtime.reports else None
     if spec.get("report", True):
@@ -879,6 +880,19 @@ def main(argv: list[str] | None = None) -> int:
 # On Kubeflow the metrics also go to the step's log in one line, where a Katib trial reads
 # them (kale_py/tuning/trial.py): the run API does not return metric values.
 METRICS_MARKER = "KALE_PY_METRICS "
+
+
+def _own_peak_memory() -> int | None:
+    """This process's peak resident memory since it started (Linux's VmHWM). Unlike the
+    rusage a parent reads, it does not count the parent's memory from before exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _write_executor_output(args: argparse.Namespace, metrics: dict[str, Any]) -> None:
