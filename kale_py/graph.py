@@ -36,6 +36,7 @@ from .magics import (
 from .notebook import Cell, Notebook
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
+from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, is_settings, rng_name, settings_name
 from .settings import NotebookSettings
 
 # Names a step can use without any provider: builtins and what Jupyter's kernel defines.
@@ -237,6 +238,8 @@ class _GraphBuilder:
         self.deleted_by: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
+        # imports/functions-cell functions that draw random numbers or change settings
+        self.function_touches: dict[str, tuple[set[str], set[str]]] = {}
 
     def run(self) -> None:
         self._prelude()
@@ -268,6 +271,7 @@ class _GraphBuilder:
         self._check_magics(located, None)
         self.prelude_names = a.binds
         self.functions.update(a.functions)
+        self.function_touches = _function_touches(cells)
         self.star_prelude = bool(a.star_imports)
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -292,6 +296,7 @@ class _GraphBuilder:
         needed, called = self._needed(a)
         for name, line in needed.items():
             self._resolve(step, state, name, located.where(line), name in a.maybe_free)
+        self._process_state(step, state, called)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -317,6 +322,28 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
+
+    def _process_state(self, step: Step, state: _StepState, called: list[str]) -> None:
+        """Library settings and global random generators, as pseudo-variables.
+
+        A step that changes a library's settings or draws from a global generator mutates
+        its pseudo-variable (it starts from the state the provider left, and provides it);
+        a seed binds it. Settings changed by an earlier step are in force in every later
+        step, as in the kernel, so every later step loads them.
+        """
+        reads, writes = _touches(state.hazards)
+        for name in called:
+            function_reads, function_writes_ = self.function_touches.get(name, ((), ()))
+            reads |= set(function_reads)
+            writes |= set(function_writes_)
+        reads |= {n for n in self.last_writer if is_settings(n)}
+        for name in sorted(reads):
+            provider = self.last_writer.get(name)
+            if provider is not None and provider != PARAMETER:
+                state.loads[name] = provider
+                self.state[provider].saves.add(name)
+        for name in writes:
+            self.last_writer[name] = step.name
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -563,6 +590,43 @@ def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
     return found
 
 
+def _touches(hazards: list[tuple[Hazard, int, int]]) -> tuple[set[str], set[str]]:
+    """The pseudo-variables (settings, generators) hazards read and write."""
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for hazard, _, _ in hazards:
+        if hazard.kind == "seed" and hazard.detail in RNG_FAMILIES:
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "random" and hazard.detail in RNG_FAMILIES:
+            reads.add(rng_name(hazard.detail))
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "setting" and hazard.detail in SETTINGS_FAMILIES:
+            reads.add(settings_name(hazard.detail))
+            writes.add(settings_name(hazard.detail))
+    return reads, writes
+
+
+def _function_touches(cells: list[Cell]) -> dict[str, tuple[set[str], set[str]]]:
+    """For each function the imports/functions cells define, the state its calls touch."""
+    import ast
+
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for cell in cells:
+        if not might_have_hazards(cell.source):
+            continue
+        try:
+            tree = ast.parse(strip_magics(cell.source)[0])
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found = [(h, cell.index, h.line) for h in find_hazards(ast.unparse(node))]
+                reads, writes = _touches(found)
+                if reads or writes:
+                    out[node.name] = (reads, writes)
+    return out
+
+
 def _check_hazards(
     blocks: Blocks,
     state: Mapping[str, _StepState],
@@ -586,7 +650,7 @@ def _check_hazards(
         hazards = state[step.name].hazards
         own_seeds = {h.detail for h, _, _ in hazards if h.kind == "seed"}
         for hazard, cell, line in hazards:
-            if hazard.kind == "environment" and i < len(steps) - 1:
+            if hazard.kind in ("environment", "uncarried") and i < len(steps) - 1:
                 problems.append(
                     warning(
                         "NB105",
@@ -599,6 +663,7 @@ def _check_hazards(
                 )
             elif (
                 hazard.kind == "random"
+                and hazard.detail not in RNG_FAMILIES  # those continue their stream
                 and hazard.detail in seeded
                 and hazard.detail not in own_seeds | prelude_seeds
             ):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kale_py import marshal
+from kale_py import marshal, process_state
 from kale_py.magics import SKIPPED_LINE_MAGICS
 
 CELL_FILE = "{notebook}, cell {cell}"  # the file name tracebacks show for a cell
@@ -452,8 +452,12 @@ class StepRuntime:
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
         roots = self.args.allowed_root or list(dirs.values())
+        pseudo: dict[str, str] = {}
         for var, producer in self.spec.get("inputs", {}).items():
             directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+            if process_state.is_pseudo(var) and directory is not None:
+                pseudo[var] = directory
+                continue
             if directory is None:
                 raise SystemExit(
                     f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
@@ -469,6 +473,27 @@ class StepRuntime:
                 record["file"], directory, allowed_root=_common_root(roots, directory)
             )
             self.namespace[var] = self._rebind(value)
+        self._restore_process_state(pseudo, roots)
+
+    def _restore_process_state(self, pseudo: dict[str, str], roots: list[str]) -> None:
+        """Library settings and random generators as their providing steps left them."""
+        loaded: dict[str, dict[str, Any]] = {}
+        for name, directory in pseudo.items():
+            if directory not in loaded:
+                record = marshal.read_manifest(directory)["variables"].get(
+                    process_state.STATE_VARIABLE
+                )
+                loaded[directory] = (
+                    {}
+                    if record is None
+                    else marshal.load_variable(
+                        record["file"], directory, allowed_root=_common_root(roots, directory)
+                    )
+                )
+            try:
+                process_state.restore(name, loaded[directory].get(name))
+            except Exception as exc:  # noqa: BLE001 - a library refusing its own state
+                self.notice(f"{name} could not be restored: {type(exc).__name__}: {exc}")
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""
@@ -606,7 +631,21 @@ class StepRuntime:
         out = Path(self.args.state_out)
         out.mkdir(parents=True, exist_ok=True)
         records, missing = [], []
-        for name in self.spec.get("outputs", []):
+        outputs = self.spec.get("outputs", [])
+        pseudo = [n for n in outputs if process_state.is_pseudo(n)]
+        if pseudo:
+            records.append(
+                marshal.save_variable(
+                    process_state.STATE_VARIABLE,
+                    process_state.capture(pseudo, self.notice),
+                    out,
+                    step=self.spec["step"],
+                    content_hash=not self.args.executor_output,
+                )
+            )
+        for name in outputs:
+            if process_state.is_pseudo(name):
+                continue
             if name not in self.namespace:
                 missing.append(name)
                 continue
