@@ -48,6 +48,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 
 from . import __version__
 from .diagnostics import Diagnostic, RunError, error
+from .process_state import STATE_VARIABLE, is_pseudo
 
 if TYPE_CHECKING:
     from .codegen import StepProgram
@@ -792,7 +793,9 @@ class _Scheduler:
             manifest = read_json(state / "manifest.json")
             if not isinstance(manifest, dict):
                 return None
-            inputs[var] = (manifest.get("variables", {}).get(var) or {}).get("hash")
+            # pseudo-variables (library settings, generators) travel in one record
+            saved = STATE_VARIABLE if is_pseudo(var) else var
+            inputs[var] = (manifest.get("variables", {}).get(saved) or {}).get("hash")
         params = {p: self.ctx.plan.params[p] for p in program.spec.get("parameters", {})}
         return StepCache.key(program, params, inputs)
 

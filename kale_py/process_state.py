@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -129,6 +128,8 @@ def _sklearn_get() -> Any:
 
 
 def _sklearn_set(value: Mapping[str, Any]) -> None:
+    import inspect
+
     sklearn = importlib.import_module("sklearn")
     accepted = inspect.signature(sklearn.set_config).parameters
     sklearn.set_config(**{k: v for k, v in value.items() if k in accepted})
@@ -165,6 +166,8 @@ def _numpy_get() -> Any:
 
 
 def _numpy_set(value: Mapping[str, Any]) -> None:
+    import inspect
+
     np = importlib.import_module("numpy")
     accepted = inspect.signature(np.set_printoptions).parameters
     np.set_printoptions(**{k: v for k, v in value["print"].items() if k in accepted})
