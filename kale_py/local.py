@@ -96,6 +96,9 @@ class RunOptions:
     runtime_command: tuple[str, ...] | None = None
     #: Seconds between SIGTERM and SIGKILL when steps are cancelled or time out.
     grace_seconds: float = 5.0
+    #: Extra environment variables of the step processes (``nb2pipe verify`` sets
+    #: ``KALE_PY_EXPORT_DIGESTS`` through it).
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class RunPlan:
     reuse: Mapping[str, str]  # step left out -> the earlier run whose outputs it lends
     run_root: Path
     workdir: Path
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan_run(pipeline: Pipeline, options: RunOptions) -> RunPlan:
@@ -177,7 +181,9 @@ def plan_run(pipeline: Pipeline, options: RunOptions) -> RunPlan:
         raise RunError(problems)
     earlier = [r for r in read_runs(run_root / "runs", notebook) if r["run_id"] != options.run_id]
     reuse = _reuse_sources(pipeline, selected, run_root / "runs", earlier)
-    return RunPlan(pipeline, params, selected, reuse, run_root, notebook.parent)
+    return RunPlan(
+        pipeline, params, selected, reuse, run_root, notebook.parent, dict(options.environment)
+    )
 
 
 def _selected_steps(pipeline: Pipeline, options: RunOptions) -> tuple[str, ...]:
@@ -813,7 +819,7 @@ class _Scheduler:
             proc = subprocess.Popen(
                 command,
                 cwd=self.ctx.plan.workdir,
-                env=_step_environment(),
+                env={**_step_environment(), **self.ctx.plan.environment},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

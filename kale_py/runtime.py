@@ -688,6 +688,20 @@ class StepRuntime:
                 self.notice(f"not exported: {exc}")
         marshal.write_manifest(out, self.spec["step"], records)
 
+    def export_digests(self) -> None:
+        """Digests of every variable the step wrote, for ``nb2pipe verify``.
+
+        Written to ``$KALE_PY_EXPORT_DIGESTS/<kfp_name>.json`` when that is set.
+        """
+        target = os.environ.get("KALE_PY_EXPORT_DIGESTS")
+        if not target:
+            return
+        from kale_py import digest
+
+        names = [n for n in self.spec.get("writes", []) if not process_state.is_pseudo(n)]
+        digests = digest.digest_all(self.namespace, names)
+        _write_atomic(str(Path(target) / f"{self.spec['kfp_name']}.json"), json.dumps(digests))
+
 
 _MISSING = object()
 
@@ -789,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         result["metrics"] = runtime.metrics()
         result["saved"] = runtime.save_outputs()
         runtime.export_all()
+        runtime.export_digests()
     except CellFailed as failed:
         result.update(
             status="failed",

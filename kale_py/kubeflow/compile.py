@@ -33,7 +33,7 @@ from .ir import PipelineDef, PipelineParam, TaskDef, build_ir, ir_to_yaml
 from .validate import validate_ir
 
 DEFAULT_IMAGE = "python:3.11"
-RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py", "process_state.py")
+RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py", "process_state.py", "digest.py")
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 
