@@ -51,6 +51,8 @@ CODES: dict[str, str] = {
     "NB502": "a partial run needs outputs that no earlier run saved",
     "NB503": "the notebook must be saved to a file before it can run",
     "NB504": "no such run, step or report",
+    "NB601": "nb2pipe verify needs nbclient and ipykernel (the verify extra)",
+    "NB602": "the notebook fails when run top to bottom in a Jupyter kernel",
     "KF001": "a step setting cannot be expressed in Kubeflow Pipelines",
     "KF002": "the compiled pipeline is not valid KFP IR",
     "KF003": "a step imports a module not installed here: its version cannot be pinned",

@@ -300,3 +300,17 @@ def test_verify_bad_usage_is_exit_2(args: list[str]) -> None:
     done = nb2pipe(*args)
     assert done.returncode == 2
     assert "usage: nb2pipe verify" in done.stderr
+
+
+def test_verify_without_nbclient_says_what_to_install(tmp_path: Path) -> None:
+    path = _write_notebook(tmp_path / "nb.ipynb", [(["step:a"], "x = 1")])
+    code = (
+        "import sys; sys.modules['nbclient'] = None\n"  # as if nbclient were not installed
+        "from kale_py.cli import main\n"
+        f"sys.exit(main(['verify', {str(path)!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "error NB601: nb2pipe verify runs the notebook in a Jupyter kernel" in done.stderr
+    assert "pip install 'kale_py[verify]'" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb"]
