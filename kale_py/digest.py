@@ -187,7 +187,8 @@ _LIBRARY_HANDLERS = (
 
 def _object(obj: Any, depth: int) -> Digest:
     """By attributes when it has plain ones, else by pickled bytes, else by type."""
-    if type(obj).__eq__ is not object.__eq__ and type(obj).__hash__ is not None:
+    cls: Any = type(obj)
+    if cls.__eq__ is not object.__eq__ and cls.__hash__ is not None:
         try:
             return ["pickle", _type_name(obj), _sha(pickle.dumps(obj, protocol=4))]
         except Exception:  # noqa: BLE001 - not picklable: compared by type below

@@ -199,6 +199,7 @@ def _matplotlib_set(value: Mapping[str, Any]) -> None:
 
 
 def _warnings_get() -> Any:
+    filters: list[Any] = list(warnings.filters)
     return [
         (
             action,
@@ -207,7 +208,7 @@ def _warnings_get() -> Any:
             _pattern(module),
             lineno,
         )
-        for action, message, category, module, lineno in warnings.filters
+        for action, message, category, module, lineno in filters
     ]
 
 
@@ -233,7 +234,8 @@ def _warnings_set(value: list[Any]) -> None:
         if category is None:
             continue  # a warning class the step's own cells define: not there yet
         filters.append((action, _compiled(message), category, _compiled(module), lineno))
-    warnings.filters[:] = filters
+    current: Any = warnings.filters
+    current[:] = filters
     warnings._filters_mutated()  # type: ignore[attr-defined]
 
 
@@ -279,9 +281,9 @@ def _logging_set(value: Mapping[str, Any]) -> None:
     import logging
 
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     styles = {"PercentStyle": "%", "StrFormatStyle": "{", "StringTemplateStyle": "$"}
     for described in value["handlers"]:
         handler: logging.Handler

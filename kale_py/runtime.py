@@ -477,7 +477,7 @@ class StepRuntime:
 
     def _restore_process_state(self, pseudo: dict[str, str], roots: list[str]) -> None:
         """Library settings and random generators as their providing steps left them."""
-        loaded: dict[str, dict[str, Any]] = {}
+        loaded: dict[str, Any] = {}
         for name, directory in pseudo.items():
             if directory not in loaded:
                 record = marshal.read_manifest(directory)["variables"].get(

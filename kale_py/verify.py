@@ -226,7 +226,8 @@ def _kernel_notebook(
     skip = {c.index for c in pipeline.blocks.skipped}
     last_parameter = max((p.cell for p in pipeline.parameters), default=None)
     overrides = "\n".join(f"{name} = {values[name]!r}" for name in texts)
-    cells, origin = [], []
+    cells: list[Any] = []
+    origin: list[int | None] = []
     for cell in pipeline.notebook.cells:
         if cell.kind != "code" or cell.index in skip:
             continue
