@@ -240,6 +240,7 @@ class _GraphBuilder:
         self.star_prelude = False
         # imports/functions-cell functions that draw random numbers or change settings
         self.function_touches: dict[str, tuple[set[str], set[str]]] = {}
+        self.settings_written: set[str] = set()  # settings some step changed
 
     def run(self) -> None:
         self._prelude()
@@ -336,7 +337,7 @@ class _GraphBuilder:
             function_reads, function_writes_ = self.function_touches.get(name, ((), ()))
             reads |= set(function_reads)
             writes |= set(function_writes_)
-        reads |= {n for n in self.last_writer if is_settings(n)}
+        reads |= self.settings_written
         for name in sorted(reads):
             provider = self.last_writer.get(name)
             if provider is not None and provider != PARAMETER:
@@ -344,6 +345,7 @@ class _GraphBuilder:
                 self.state[provider].saves.add(name)
         for name in writes:
             self.last_writer[name] = step.name
+        self.settings_written |= {n for n in writes if is_settings(n)}
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
