@@ -314,3 +314,28 @@ def test_verify_without_nbclient_says_what_to_install(tmp_path: Path) -> None:
     assert "error NB601: nb2pipe verify runs the notebook in a Jupyter kernel" in done.stderr
     assert "pip install 'kale_py[verify]'" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb"]
+
+
+def test_verify_reports_a_step_that_fails_only_in_the_pipeline(tmp_path: Path) -> None:
+    """The recursion limit is not carried (NB105): the kernel recurses, the step cannot."""
+    path = _write_notebook(
+        tmp_path / "deep.ipynb",
+        [
+            (["imports"], "import sys"),
+            (["step:a"], "sys.setrecursionlimit(20000)\nn = 5000"),
+            (["step:b"], "def deep(k):\n    return 0 if k == 0 else 1 + deep(k - 1)\nd = deep(n)"),
+        ],
+    )
+    done = nb2pipe("verify", str(path), "--format", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["ok"] is False and out["pipeline_status"] == "failed"
+    assert [(d["name"], d["step"], d["kernel"], d["pipeline"]) for d in out["differences"]] == [
+        ("d", "b", "5000", "(step 'b' failed)"),
+        ("deep", "b", "code deep", "(step 'b' failed)"),
+    ]
+    [b] = [s for s in out["steps"] if s["step"] == "b"]
+    assert b["status"] == "failed" and "RecursionError" in b["error"] and "cell 3" in b["error"]
+    done = nb2pipe("verify", str(path))
+    assert "step b failed: RecursionError" in done.stdout
+    assert "differs: d (step b): kernel 5000; pipeline (step 'b' failed)" in done.stdout
