@@ -323,6 +323,8 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
+        if state.hazards:  # functions this step defines that later steps may call
+            self.function_touches.update(_function_touches(list(step.cells)))
 
     def _process_state(self, step: Step, state: _StepState, called: list[str]) -> None:
         """Library settings and global random generators, as pseudo-variables.

@@ -91,6 +91,23 @@ def test_unprovided_draw_loads_nothing_and_settings_reach_every_later_step(
     assert pipeline.levels == (("a", "b"), ("c", "d"))  # c and d stay parallel
 
 
+def test_a_function_that_draws_makes_its_callers_draw(tmp_path: Path) -> None:
+    path = _notebook(
+        tmp_path,
+        [
+            (["imports"], "import random"),
+            (["functions"], "def roll():\n    return random.randint(1, 6)"),
+            (["step:a"], "random.seed(1)\n\ndef flip():\n    return random.random() < 0.5"),
+            (["step:b"], "r = roll()"),
+            (["step:c"], "f = flip()"),
+        ],
+    )
+    pipeline = check_notebook(path)
+    assert dict(pipeline.io["b"].loads) == {"@rng.random": "a"}
+    assert pipeline.io["c"].loads["@rng.random"] == "b"
+    assert pipeline.io["c"].loads["flip"] == "a"
+
+
 def test_settings_change_starts_from_the_earlier_settings(tmp_path: Path) -> None:
     """Changing one option keeps the others an earlier step set, as in the kernel."""
     path = _notebook(
