@@ -39,7 +39,7 @@ def digest_all(values: Mapping[str, Any], names: Iterable[str] | None = None) ->
     out = {}
     for name in chosen:
         value = values[name]
-        if isinstance(value, types.ModuleType):
+        if issubclass(type(value), types.ModuleType):
             continue
         try:
             out[name] = digest(value)
@@ -63,6 +63,8 @@ def digest(obj: Any, depth: int = 0) -> Digest:
     for check, handler in _LIBRARY_HANDLERS:
         if check(obj):
             return handler(obj, depth)
+    if isinstance(obj, (list, tuple, dict)) and len(obj) > MAX_ITEMS:
+        return _large(obj, depth)
     if isinstance(obj, (list, tuple)):
         return _sequence(type(obj).__name__, [digest(x, depth + 1) for x in obj])
     if isinstance(obj, (set, frozenset)):
@@ -74,6 +76,21 @@ def digest(obj: Any, depth: int = 0) -> Digest:
     if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)):
         return ["code", getattr(obj, "__qualname__", repr(obj))]  # both runs ran the same code
     return _object(obj, depth)
+
+
+def _large(obj: Any, depth: int) -> Digest:
+    """A large container: by its pickled bytes (fast, in C), else item by item, hashed."""
+    kind = type(obj).__name__
+    try:
+        return [kind + "-pickle", len(obj), _sha(pickle.dumps(obj, protocol=4))]
+    except Exception:  # noqa: BLE001 - some item does not pickle: digest each one
+        pass
+    items = obj.items() if isinstance(obj, dict) else obj
+    return [
+        kind + "-hash",
+        len(obj),
+        _sha(_canonical([digest(x, depth + 1) for x in items]).encode()),
+    ]
 
 
 def _float(value: float) -> float | str:
@@ -112,7 +129,8 @@ def _ndarray(obj: Any, depth: int) -> Digest:
     if isinstance(obj, np.generic):
         return digest(obj.item(), depth) if obj.dtype.kind in "biufcUS" else ["v", str(obj)]
     if obj.dtype.kind == "O":
-        return ["ndarray", "object", list(obj.shape), digest(obj.tolist(), depth + 1)]
+        items = obj.tolist()
+        return ["ndarray", "object", list(obj.shape), digest(items, depth + 1)]
     if obj.dtype.kind in "fc" and obj.size <= MAX_FLOATS:
         parts = [obj.real, obj.imag] if obj.dtype.kind == "c" else [obj]
         values = [_float(float(x)) for part in parts for x in part.ravel().tolist()]
