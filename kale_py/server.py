@@ -284,8 +284,8 @@ class VerifyHandler(KalePyHandler):
          "seconds": {"kernel": 8.1, "pipeline": 3.2}}
 
     422 with diagnostics when the notebook has errors, a parameter does not fit, the
-    notebook fails in the kernel (NB602, with its cell and line) or nbclient/ipykernel are
-    not installed (NB601).
+    notebook fails in the kernel (NB702, with its cell and line) or nbclient/ipykernel are
+    not installed (NB701).
     """
 
     @tornado.web.authenticated

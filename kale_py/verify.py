@@ -115,8 +115,8 @@ def verify_notebook(
     """Run ``path`` in a kernel (``runs`` times) and as the local pipeline; compare.
 
     ``params`` are ``--param`` texts by name. Raises :class:`~kale_py.diagnostics.KalePyError`
-    when the notebook has errors, a parameter does not fit, nbclient is missing (NB601) or
-    the notebook fails in the kernel (NB602). A failing pipeline step is a result, not an
+    when the notebook has errors, a parameter does not fit, nbclient is missing (NB701) or
+    the notebook fails in the kernel (NB702). A failing pipeline step is a result, not an
     error: its names are differences.
     """
     from .graph import build_pipeline
@@ -166,7 +166,7 @@ def _kernel_digests(
     except ImportError as exc:
         raise RunError(
             error(
-                "NB601",
+                "NB701",
                 f"nb2pipe verify runs the notebook in a Jupyter kernel and needs nbclient and "
                 f"ipykernel ({exc}); install them: pip install 'kale_py[verify]'",
             )
@@ -256,7 +256,7 @@ def _kernel_notebook(
 
 
 def _kernel_failure(nb: Any, origin: list[int | None], exc: Exception) -> KalePyError:
-    """NB602: the notebook itself fails in a kernel, at the cell (and line) that raised."""
+    """NB702: the notebook itself fails in a kernel, at the cell (and line) that raised."""
     cell: int | None = None
     line: int | None = None
     for position, kernel_cell in enumerate(nb.cells):
@@ -273,7 +273,7 @@ def _kernel_failure(nb: Any, origin: list[int | None], exc: Exception) -> KalePy
     value = getattr(exc, "evalue", str(exc))
     return RunError(
         error(
-            "NB602",
+            "NB702",
             f"the notebook fails when run top to bottom in a Jupyter kernel: {name}: {value}; "
             "fix it there first (nb2pipe verify compares a working notebook with its pipeline)",
             cell=cell,

@@ -281,7 +281,7 @@ def test_verify_a_notebook_failing_in_the_kernel_names_the_cell(tmp_path: Path) 
     )
     done = nb2pipe("verify", str(path))
     assert done.returncode == 1
-    assert f"{path}:cell 2:2: error NB602: the notebook fails when run top to bottom" in (
+    assert f"{path}:cell 2:2: error NB702: the notebook fails when run top to bottom" in (
         done.stderr
     )
     assert "ZeroDivisionError" in done.stderr and "Traceback" not in done.stderr
@@ -311,7 +311,7 @@ def test_verify_without_nbclient_says_what_to_install(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 1
-    assert "error NB601: nb2pipe verify runs the notebook in a Jupyter kernel" in done.stderr
+    assert "error NB701: nb2pipe verify runs the notebook in a Jupyter kernel" in done.stderr
     assert "pip install 'kale_py[verify]'" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb"]
 
