@@ -37,6 +37,7 @@ from .notebook import Cell, Notebook
 from .output_names import HISTORY, displaying_counts, execution_counts, reads_output_name
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
+from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, is_settings, rng_name, settings_name
 from .settings import NotebookSettings
 
 # Names a step can use without any provider: builtins and what Jupyter's kernel defines.
@@ -242,6 +243,9 @@ class _GraphBuilder:
         self.undisplayed: list[Step] = []
         self.carried: dict[str, tuple[tuple[str, bool], ...]] = {}
         self.output_counts: dict[int, int] | None = None
+        # imports/functions-cell functions that draw random numbers or change settings
+        self.function_touches: dict[str, tuple[set[str], set[str]]] = {}
+        self.settings_written: set[str] = set()  # settings some step changed
 
     def run(self) -> None:
         self._prelude()
@@ -274,6 +278,7 @@ class _GraphBuilder:
         _string_notes(located, None, self.problems)
         self.prelude_names = a.binds
         self.functions.update(a.functions)
+        self.function_touches = _function_touches(cells)
         self.star_prelude = bool(a.star_imports)
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -304,6 +309,7 @@ class _GraphBuilder:
             # `_5` may be shown by this step's own earlier cell: like `_`, never an error
             maybe = name in a.maybe_free or reads_output_name(name)
             self._resolve(step, state, name, located.where(line), maybe)
+        self._process_state(step, state, called)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -333,6 +339,8 @@ class _GraphBuilder:
         for name in writes:
             self.carried.pop(name, None)
         self.carried.update(a.carries)
+        if state.hazards:  # functions this step defines that later steps may call
+            self.function_touches.update(_function_touches(list(step.cells)))
 
     def _carried_reads(self, needed: dict[str, int]) -> None:
         """A formula model received from another step re-evaluates its formula when it is
@@ -358,6 +366,29 @@ class _GraphBuilder:
                 partial.setdefault(name, self.last_writer.get(name))
                 self.last_writer[name] = step.name
         self.undisplayed.clear()
+
+    def _process_state(self, step: Step, state: _StepState, called: list[str]) -> None:
+        """Library settings and global random generators, as pseudo-variables.
+
+        A step that changes a library's settings or draws from a global generator mutates
+        its pseudo-variable (it starts from the state the provider left, and provides it);
+        a seed binds it. Settings changed by an earlier step are in force in every later
+        step, as in the kernel, so every later step loads them.
+        """
+        reads, writes = _touches(state.hazards)
+        for name in called:
+            function_reads, function_writes_ = self.function_touches.get(name, ((), ()))
+            reads |= set(function_reads)
+            writes |= set(function_writes_)
+        reads |= self.settings_written
+        for name in sorted(reads):
+            provider = self.last_writer.get(name)
+            if provider is not None and provider != PARAMETER:
+                state.loads[name] = provider
+                self.state[provider].saves.add(name)
+        for name in writes:
+            self.last_writer[name] = step.name
+        self.settings_written |= {n for n in writes if is_settings(n)}
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -622,6 +653,43 @@ def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
     return found
 
 
+def _touches(hazards: list[tuple[Hazard, int, int]]) -> tuple[set[str], set[str]]:
+    """The pseudo-variables (settings, generators) hazards read and write."""
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for hazard, _, _ in hazards:
+        if hazard.kind == "seed" and hazard.detail in RNG_FAMILIES:
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "random" and hazard.detail in RNG_FAMILIES:
+            reads.add(rng_name(hazard.detail))
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "setting" and hazard.detail in SETTINGS_FAMILIES:
+            reads.add(settings_name(hazard.detail))
+            writes.add(settings_name(hazard.detail))
+    return reads, writes
+
+
+def _function_touches(cells: list[Cell]) -> dict[str, tuple[set[str], set[str]]]:
+    """For each function the imports/functions cells define, the state its calls touch."""
+    import ast
+
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for cell in cells:
+        if not might_have_hazards(cell.source):
+            continue
+        try:
+            tree = ast.parse(strip_magics(cell.source)[0])
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found = [(h, cell.index, h.line) for h in find_hazards(ast.unparse(node))]
+                reads, writes = _touches(found)
+                if reads or writes:
+                    out[node.name] = (reads, writes)
+    return out
+
+
 def _check_hazards(
     blocks: Blocks,
     state: Mapping[str, _StepState],
@@ -645,7 +713,7 @@ def _check_hazards(
         hazards = state[step.name].hazards
         own_seeds = {h.detail for h, _, _ in hazards if h.kind == "seed"}
         for hazard, cell, line in hazards:
-            if hazard.kind == "environment" and i < len(steps) - 1:
+            if hazard.kind in ("environment", "uncarried") and i < len(steps) - 1:
                 problems.append(
                     warning(
                         "NB105",
@@ -658,6 +726,7 @@ def _check_hazards(
                 )
             elif (
                 hazard.kind == "random"
+                and hazard.detail not in RNG_FAMILIES  # those continue their stream
                 and hazard.detail in seeded
                 and hazard.detail not in own_seeds | prelude_seeds
             ):
