@@ -27,6 +27,8 @@ arrays and DataFrames, see notes/state-passing-and-analysis.md). Each step write
 
 from __future__ import annotations
 
+import builtins
+import functools
 import gc
 import hashlib
 import importlib
@@ -819,13 +821,17 @@ def load_variable(
     *,
     allowed_root: PathLike,
     step: str | None = None,
+    code_globals: dict[str, Any] | None = None,
 ) -> object:
     """Load a variable saved by save_variable.
 
     `record_or_path` is a VariableRecord, its manifest entry (a dict), or a file path
     (relative paths are taken from `state_dir`). Only a file whose resolved path lies
     inside `allowed_root` is ever unpickled. `step` (the loading step) only goes into
-    error messages. Raises StateError for a missing, foreign, corrupt or unloadable file.
+    error messages. `code_globals`: the loading step's namespace; notebook functions,
+    lambdas and methods saved by value then read their globals from it when they run,
+    as in the notebook (what they read at saving only fills in names it lacks).
+    Raises StateError for a missing, foreign, corrupt or unloadable file.
 
         >>> manifest = read_manifest("state/load")  # doctest: +SKIP
         >>> df = load_variable(manifest["variables"]["df"], "state/load", allowed_root="state")
@@ -844,7 +850,7 @@ def load_variable(
     buffers = [view[offset : offset + length] for offset, length in header.buffers]
     try:
         with _gc_paused():
-            return _unpickle(header.pickler, main, buffers)
+            return _unpickle(header.pickler, main, buffers, code_globals)
     except Exception as exc:
         named = replace(target, name=header.name, type_name=header.type)
         raise _unpickling_failed(named, path, exc) from exc
@@ -970,13 +976,60 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _unpickle(pickler: str, main: memoryview, buffers: list[memoryview]) -> object:
+def _unpickle(pickler: str, main: memoryview, buffers: list[memoryview],
+              code_globals: dict[str, Any] | None = None) -> object:
     if pickler == "dill":
         # dill's own unpickler restores what its pickler special-cases (e.g. __main__ globals).
         dill = importlib.import_module("dill")
         return dill.Unpickler(io.BytesIO(main), buffers=buffers).load()
+    if pickler == "cloudpickle" and code_globals is not None:
+        return _CodeIntoNamespace(io.BytesIO(main), buffers, code_globals).load()
     # cloudpickle output is a standard pickle stream; its helpers import by themselves.
     return pickle.loads(main, buffers=buffers)
+
+
+class _CodeIntoNamespace(pickle.Unpickler):
+    """Unpickles cloudpickle output so that notebook code reads the step's globals.
+
+    cloudpickle gives each function saved by value a private dict of the globals it read
+    when saved: a method, closure or lambda loaded by a later step would not see what
+    that step binds or loads (the notebook's code does). Functions of the notebook's
+    ``__main__`` get the step's namespace instead; their saved globals only fill in
+    names the namespace lacks.
+    """
+
+    def __init__(self, file: io.BytesIO, buffers: list[memoryview],
+                 namespace: dict[str, Any]) -> None:
+        super().__init__(file, buffers=buffers)
+        self._namespace = namespace
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if module == "cloudpickle.cloudpickle":
+            if name == "_make_function":
+                return self._make_function
+            if name == "_function_setstate":
+                return functools.partial(self._function_setstate, found)
+        return found
+
+    def _make_function(self, code: types.CodeType, saved: dict[str, Any], name: str,
+                       defaults: Any, closure: Any) -> types.FunctionType:
+        target = self._namespace if saved.get("__name__") == _NOTEBOOK_MODULE else saved
+        target.setdefault("__builtins__", builtins)
+        return types.FunctionType(code, target, name, defaults, closure)
+
+    def _function_setstate(self, setstate: Callable[[Any, Any], None], function: Any,
+                           state: Any) -> None:
+        if getattr(function, "__globals__", None) is not self._namespace:
+            setstate(function, state)
+            return
+        attributes, slots = state
+        slots = dict(slots)
+        for key, value in slots.pop("__globals__", {}).items():
+            self._namespace.setdefault(key, value)
+        kept = self._namespace.get("__builtins__", builtins)
+        setstate(function, (attributes, {**slots, "__globals__": {}}))
+        self._namespace["__builtins__"] = kept
 
 
 def _unpickling_failed(target: _Target, path: Path, exc: Exception) -> StateError:

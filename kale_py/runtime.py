@@ -466,7 +466,10 @@ class StepRuntime:
                     "when it ran (was it bound only on some paths?)"
                 )
             value = marshal.load_variable(
-                record["file"], directory, allowed_root=_common_root(roots, directory)
+                record["file"],
+                directory,
+                allowed_root=_common_root(roots, directory),
+                code_globals=self.namespace,
             )
             self.namespace[var] = self._rebind(value)
 

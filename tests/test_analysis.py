@@ -45,6 +45,7 @@ class Case:
     maybe_free: str | None = None
     partial: str | None = None
     since: tuple[int, int] = (3, 10)  # the Python version that parses the source
+    callback: str | None = None  # exact set of callback_free names, if given
 
     def check(self) -> None:
         if sys.version_info < self.since:
@@ -58,6 +59,8 @@ class Case:
             assert set(a.maybe_free) - BUILTINS == words(self.maybe_free), "maybe_free"
         if self.partial is not None:
             assert set(a.partial_binds) == words(self.partial), "partial_binds"
+        if self.callback is not None:
+            assert {u.name for u in a.callback_free} == words(self.callback), "callback_free"
 
 
 def cases(*items: Case) -> pytest.MarkDecorator:
@@ -194,10 +197,10 @@ def test_flow(case: Case) -> None:
          maybe_free="y"),
     Case("walrus-then-read-inside-comprehension", "ys = [(t := x + 1) + t for x in xs]\n",
          free="xs", binds="ys t"),
-    Case("lambda-parameters-are-local", "f = lambda a, b=d: a + b + c\n", free="d c",
-         binds="f"),
-    Case("lambda-called-inline", "ys = sorted(xs, key=lambda v: weights[v])\n",
-         free="xs weights"),
+    Case("lambda-parameters-are-local", "f = lambda a, b=d: a + b + c\n", free="d",
+         binds="f", callback=""),
+    Case("lambda-handed-on", "ys = sorted(xs, key=lambda v: weights[v])\n",
+         free="xs", callback="weights"),
     Case("lambda-in-comprehension-sees-target", "fs = [lambda: i for i in range(3)]\n",
          free=""),
     Case("class-body-runs-now", "class A(Base, metaclass=Meta):\n    x = y\n",
@@ -211,7 +214,7 @@ def test_flow(case: Case) -> None:
     Case("class-names-stay-in-the-class", "class A:\n    n = 3\nprint(n)\n", free="n",
          binds="A"),
     Case("class-lambda-cannot-see-class-names",
-         "class A:\n    k = 1\n    f = lambda self: k\n", free="k"),
+         "class A:\n    k = 1\n    f = lambda self: k\n", free="", callback="k"),
     Case("decorators-and-defaults-read-at-def-time",
          "@deco(opt)\ndef f(a=d, *, b=e) -> R:\n    return g\n", free="deco opt d e R",
          binds="f"),
@@ -254,6 +257,11 @@ def test_globals_read_only_by_code_that_may_run_later_are_maybe_free() -> None:
     # A method may run only after ``helper`` is defined below; a direct read may not.
     a = analyse("class A:\n    def f(self):\n        return helper()\nx = A()\n"
                 "def helper():\n    return 1\n")
+    assert free(a) == set() and {u.name for u in a.callback_free} == {"helper"}
+    a = analyse("def f():\n    return helper()\ncbs = [f]\ndef helper():\n    return 1\n"
+                "cbs[0]()\n")
+    assert free(a) == set() and {u.name for u in a.callback_free} == {"helper"}
+    a = analyse("def f():\n    return helper()\nx = f()\ndef helper():\n    return 1\n")
     assert free(a) == {"helper"} and a.maybe_free == {"helper"}
     a = analyse("x = helper()\ndef helper():\n    return 1\n")
     assert free(a) == {"helper"} and a.maybe_free == frozenset()
@@ -265,7 +273,8 @@ def test_transitive_calls_in_the_same_source() -> None:
 
 
 def test_passing_a_function_counts_as_using_it() -> None:
-    assert free(analyse("def key(v):\n    return w[v]\nys = sorted(xs, key=key)\n")) == {"w", "xs"}
+    a = analyse("def key(v):\n    return w[v]\nys = sorted(xs, key=key)\n")
+    assert free(a) == {"xs"} and {u.name for u in a.callback_free} == {"w"}
 
 
 def test_global_statement_writes() -> None:
@@ -334,7 +343,9 @@ def test_class_function_info_covers_methods_and_lambdas() -> None:
     info = a.functions["Model"]
     assert info.globals_read == {"factor", "scale", "registry"}
     assert info.globals_written == {"registry"}
-    assert free(a) == {"default_rate", "factor"}  # the lambda may run now
+    assert free(a) == {"default_rate"}
+    assert {u.name for u in a.callback_free} == {"factor"}  # the lambda may run now
+    assert info.is_class and info.later_reads == info.globals_read
 
 
 def test_method_sees_module_not_class_names() -> None:
