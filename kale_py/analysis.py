@@ -690,6 +690,12 @@ def _parameter_list(args: ast.arguments) -> tuple[str, ...]:
     return tuple(names)
 
 
+# Calls whose result holds the callables handed to them.
+_KEEPING_CALLS = _words(
+    "partial partialmethod map filter vectorize lru_cache cache wraps update_wrapper "
+    "property staticmethod classmethod singledispatch cached_property"
+)
+
 # Decorators that call the function with the caller's arguments unchanged.
 _TRANSPARENT_DECORATORS = frozenset({"lru_cache", "cache", "wraps", "jit", "njit"})
 
@@ -911,8 +917,10 @@ class _Analyser:
         self.carries: dict[str, set[str]] = {}
         self.collectors: list[set[str]] = []
         self.calling: ast.expr | None = None  # the callee Name of the call being walked
+        self.operand = 0  # inside an arithmetic or comparison operand
         self.stored_lambda: ast.Lambda | None = None  # ``name = lambda``: a function
         self.closures: dict[str, dict[str, tuple[str, bool]]] = {}
+        self.closure_names: set[str] = set()  # every name the cached closures depend on
         self.read_nodes: dict[str, Mapping[str, ast.AST]] = {}
         self.scope: _Scope | None = None
         self.flow = _Flow()  # the module's
@@ -1112,7 +1120,15 @@ class _Analyser:
                 if read != current and self._code_info(read) is not None:
                     pending.append((read, read_sure))
         self.closures[name] = reads
+        self.closure_names.update(seen)
+        self.closure_names.update(reads)
         return reads
+
+    def _new_code(self, name: str) -> None:
+        """``name`` now names other code (or none): cached closures through it are stale."""
+        if name in self.closure_names:
+            self.closures.clear()
+            self.closure_names.clear()
 
     def _use_function(self, name: str, node: ast.AST) -> None:
         """A function or class of this source or an earlier one is referenced.
@@ -1120,12 +1136,14 @@ class _Analyser:
         Called by name, its body runs now: what it surely reads is read here. Handed on,
         stored or instantiated, its code may run from here on: a callback read."""
         reads = self._closure(name)
+        if not reads:
+            return self._use_writer(name)
         called = node is self.calling
         must = self.flow.must
         if self.collectors:
             # The value holds the code: all of it, or what a call hands out (a closure,
             # an instance's methods).
-            held = [r for r, (_, sure) in reads.items() if not (called and sure)]
+            held = [r for r, (_, sure) in reads.items() if not sure] if called else reads
             for collector in self.collectors:
                 collector.update(held)
         for read, (owner, sure) in reads.items():
@@ -1136,6 +1154,9 @@ class _Analyser:
                 self._record_free(read, node, deferred=True, via=site)
             else:
                 self._record_callback(read, node, site)
+        self._use_writer(name)
+
+    def _use_writer(self, name: str) -> None:
         if name in self.functions:
             # A function of this source writing globals: they may be written from here.
             writes = function_writes([name], self.functions)
@@ -1149,8 +1170,9 @@ class _Analyser:
         reads = set(self.carries.get(name, ()))
         if name not in self.flow.must:
             reads.update(self.carried.get(name, ()))
-        for collector in self.collectors:
-            collector.update(reads)
+        if not self.operand:  # ``obj.total + 1``: a number, not the code
+            for collector in self.collectors:
+                collector.update(reads)
         must = self.flow.must
         for read in reads:
             if read not in must:
@@ -1223,8 +1245,8 @@ class _Analyser:
             scope.locals.add(name)
 
     def _bind_module(self, name: str) -> None:
-        if self.closures and name in self.known and name not in self.binds:
-            self.closures.clear()  # an earlier cell's function no longer applies
+        if name in self.known and name not in self.binds:
+            self._new_code(name)  # an earlier cell's function no longer applies
         self.binds.add(name)
         self.flow.must.add(name)
         self.flow.may.add(name)
@@ -1438,9 +1460,10 @@ class _Analyser:
         self._expr(value)
         held = self.collectors.pop() if module else set()
         shared = _shared_names(value)
+        carry = module and not named_lambda and (held or self.carries)
         for target in node.targets:
             self._target(target, shared)
-            if module and not named_lambda:
+            if carry:
                 self._carry(target, held, replace=True)
         if named_lambda:
             assert isinstance(value, ast.Lambda)
@@ -1454,7 +1477,7 @@ class _Analyser:
 
     def _register_lambda(self, name: str, value: ast.Lambda, globals_: _Globals,
                          line: int) -> None:
-        self.closures.clear()
+        self._new_code(name)
         self.read_nodes[name] = globals_.reads
         self.functions[name] = FunctionInfo(
             name, frozenset(globals_.reads), frozenset(globals_.mutated | globals_.written),
@@ -1833,7 +1856,7 @@ class _Analyser:
             self._expr(target)
 
     def _function_def(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        wrapped = self._walk_collecting(node.decorator_list)
+        wrapped = self._walk_collecting(node.decorator_list, applied=True)
         self._defaults(node.args)
         top_level = self.scope is None
         type_params = _type_parameters(node)
@@ -1865,7 +1888,7 @@ class _Analyser:
                   mutated: frozenset[str] | None = None) -> None:
         owner = self.owner
         assert owner is not None
-        self.closures.clear()
+        self._new_code(node.name)
         self.read_nodes[node.name] = owner.reads
         is_class = isinstance(node, ast.ClassDef)
         self.functions[node.name] = FunctionInfo(
@@ -1874,13 +1897,18 @@ class _Analyser:
             later_reads=frozenset(owner.reads) if is_class else owner.later())
         self.owner = saved_owner
 
-    def _walk_collecting(self, nodes: list[ast.expr]) -> set[str]:
-        """Walk expressions (decorators, bases); the globals the code they name reads."""
+    def _walk_collecting(self, nodes: list[ast.expr], applied: bool = False) -> set[str]:
+        """Walk expressions (decorators, bases); the globals the code they name reads.
+
+        ``applied``: decorators, called on the definition (their wrapper is kept)."""
         if not nodes:
             return set()
         self.collectors.append(set())
         for expr in nodes:
+            if applied and isinstance(expr, ast.Name):
+                self.calling = expr
             self._expr(expr)
+            self.calling = None
         return self.collectors.pop()
 
     def _charge_wrapper(self, reads: set[str], node: ast.AST) -> None:
@@ -1889,6 +1917,7 @@ class _Analyser:
         if owner is not None:
             for name in reads:
                 owner.reads.setdefault(name, node)
+                owner.direct.add(name)
 
     def _defaults(self, args: ast.arguments) -> None:
         for default in args.defaults:
@@ -1915,7 +1944,7 @@ class _Analyser:
                     self._expr(value)
 
     def _class_def(self, node: ast.ClassDef) -> None:
-        wrapped = self._walk_collecting(node.decorator_list)
+        wrapped = self._walk_collecting(node.decorator_list, applied=True)
         top_level = self.scope is None
         type_params = _type_parameters(node)
         if type_params:
@@ -2041,14 +2070,18 @@ class _Analyser:
         while isinstance(left, ast.BinOp):  # ``a + b + c + ...`` nests to the left
             rights.append(left.right)
             left = left.left
+        self.operand += 1
         self._expr(left)
         for right in reversed(rights):
             self._expr(right)
+        self.operand -= 1
 
     def _compare(self, node: ast.Compare) -> None:
+        self.operand += 1
         self._expr(node.left)
         for comparator in node.comparators:
             self._expr(comparator)
+        self.operand -= 1
 
     def _unaryop(self, node: ast.UnaryOp) -> None:
         operand = node.operand
@@ -2099,6 +2132,9 @@ class _Analyser:
         # ``handlers.append(f)``, ``d.update(k=f)``: a receiver that may change keeps
         # the code handed to it.
         keeper = None
+        outer = self.collectors
+        if outer and not self._result_keeps(func):
+            self.collectors = []  # ``sorted(xs, key=f)``: the result does not hold f
         if self.scope is None and isinstance(func, ast.Attribute) and (
                 func.attr not in _PURE_METHODS and (node.args or node.keywords)):
             keeper = _root_name(func.value)
@@ -2112,6 +2148,7 @@ class _Analyser:
             kept = self.collectors.pop()
             if kept and keeper not in _MODULE_ALIASES:
                 self.carries.setdefault(keeper, set()).update(kept)
+        self.collectors = outer
         info = None
         if isinstance(func, ast.Attribute):
             arguments_safe = self._method_call(node, func)
@@ -2132,6 +2169,18 @@ class _Analyser:
             for name in _held_names(value):
                 if name.id not in _BUILTIN_TYPES or name.id in self.binds:
                     self._mutate(name.id, name)
+
+    def _result_keeps(self, func: ast.expr) -> bool:
+        """Whether a call's result may hold the code handed to it: a wrapper (partial,
+        map), a class (CapWords: a constructor keeps its arguments), a notebook function
+        (a decorator, a factory); not ``sorted(xs, key=f)`` or ``df.apply(f)``."""
+        if isinstance(func, ast.Name):
+            name = func.id
+            return (name in _KEEPING_CALLS or name[:1].isupper()
+                    or self._code_info(name) is not None)
+        if isinstance(func, ast.Attribute):
+            return func.attr in _KEEPING_CALLS or func.attr[:1].isupper()
+        return True
 
     def _known_function(self, name: str) -> FunctionInfo | None:
         """The FunctionInfo of a module-level function called by name, if known."""

@@ -302,9 +302,13 @@ class _GraphBuilder:
         self._check_magics(located, step.name)
         state.hazards = _cell_hazards(step.cells)
         needed, called = self._needed(a)
+        deferred = a.deferred_via
         for name, line in needed.items():
-            where, via = self._read_site(located, name, line)
-            self._resolve(step, state, name, where, name in a.maybe_free, via)
+            if name in deferred:
+                where, via = self._read_site(located, name, line)
+                self._resolve(step, state, name, where, name in a.maybe_free, via)
+            else:
+                self._resolve(step, state, name, located.where(line), name in a.maybe_free)
         for use in a.callback_free:
             self._resolve_callback(step, state, located, use.name, use.line)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
@@ -340,10 +344,11 @@ class _GraphBuilder:
         for name in a.functions:
             self.defined_in[name] = located
         self.ever_bound |= a.binds
-        for name in a.binds - a.partial_binds:
-            self.carried.pop(name, None)
-        for name in a.deletes:
-            self.carried.pop(name, None)
+        if self.carried:
+            for name in a.binds - a.partial_binds:
+                self.carried.pop(name, None)
+            for name in a.deletes:
+                self.carried.pop(name, None)
         for name, reads in a.carries.items():
             self.carried[name] = self.carried.get(name, frozenset()) | reads
 
