@@ -1868,6 +1868,8 @@ class _Analyser:
         if top_level:
             self.owner = _Owner()
         self._charge_wrapper(wrapped, node)
+        if self.owner is not None:
+            self.owner.writes |= self._decorator_writes(node.decorator_list)
         parameters = _parameter_list(node.args)
         scope = self._push(_FUNCTION, _parameters(node.args))
         self._block(node.body)
@@ -1910,6 +1912,18 @@ class _Analyser:
             self._expr(expr)
             self.calling = None
         return self.collectors.pop()
+
+    def _decorator_writes(self, decorators: list[ast.expr]) -> set[str]:
+        """The globals a notebook decorator's code writes (its wrapper runs at each call)."""
+        writes: set[str] = set()
+        for decorator in decorators:
+            callee = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if isinstance(callee, ast.Name) and self._code_info(callee.id) is not None:
+                for name in (callee.id, *self._closure(callee.id)):
+                    info = self._code_info(name)
+                    if info is not None:
+                        writes |= info.globals_written
+        return writes
 
     def _charge_wrapper(self, reads: set[str], node: ast.AST) -> None:
         """A decorator's wrapper or a base class's methods run when the owner's code does."""

@@ -436,7 +436,13 @@ class _GraphBuilder:
             return located.where(line), None
         owner, read_line = via
         where = located.where(line)
-        call = f"{owner!r} (run from cell {where[0]}, line {where[1]})"
+        used = f"used at cell {where[0]}, line {where[1]}"
+        if owner in self.functions or owner in located.analysis.functions:
+            call = f"{owner!r} ({used})"
+        elif owner == "a lambda":
+            call = f"a lambda ({used})"
+        else:
+            call = f"code held by {owner!r} ({used})"
         if read_line:
             return located.where(read_line), call
         info = self.functions.get(owner)
@@ -464,11 +470,11 @@ class _GraphBuilder:
     def _check_unprovided(self) -> None:
         """Code handed on may run after a later step binds what it reads; a name that no
         step binds at all is an error, at the read."""
-        reported: set[tuple[str, tuple[int, int]]] = set()
+        reported: set[str] = set()
         for step, name, where, via in self.unprovided:
-            if name in self.ever_bound or name in self.deleted_by or (name, where) in reported:
+            if name in self.ever_bound or name in self.deleted_by or name in reported:
                 continue
-            reported.add((name, where))
+            reported.add(name)  # at its first read: the others are the same mistake
             self.problems.append(
                 error(
                     "NB103",
