@@ -696,6 +696,13 @@ _KEEPING_CALLS = _words(
     "property staticmethod classmethod singledispatch cached_property"
 )
 
+
+
+def _builds_or_reads(method: str) -> bool:
+    """``x.partial(f)``, ``x.Timer(f)``, ``x.apply(f)``: the receiver does not keep f."""
+    return method in _PURE_METHODS or method in _KEEPING_CALLS or method[:1].isupper()
+
+
 # Decorators that call the function with the caller's arguments unchanged.
 _TRANSPARENT_DECORATORS = frozenset({"lru_cache", "cache", "wraps", "jit", "njit"})
 
@@ -2150,7 +2157,7 @@ class _Analyser:
         if outer and not self._result_keeps(func):
             self.collectors = []  # ``sorted(xs, key=f)``: the result does not hold f
         if self.scope is None and isinstance(func, ast.Attribute) and (
-                func.attr not in _PURE_METHODS and (node.args or node.keywords)):
+                node.args or node.keywords) and not _builds_or_reads(func.attr):
             keeper = _root_name(func.value)
             if keeper is not None:
                 self.collectors.append(set())
@@ -2160,7 +2167,7 @@ class _Analyser:
             self._expr(keyword.value)
         if keeper is not None:
             kept = self.collectors.pop()
-            if kept and keeper not in _MODULE_ALIASES:
+            if kept and keeper not in _MODULE_ALIASES and keeper not in self.imported:
                 self.carries.setdefault(keeper, set()).update(kept)
         self.collectors = outer
         info = None

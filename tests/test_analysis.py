@@ -776,3 +776,121 @@ def test_type_parameters_and_aliases() -> None:
     assert free(a) == {"Other", "Bound", "Base"}
     assert a.binds == {"Pair", "first", "Box"}
     assert a.functions["first"].globals_read == {"g"}
+
+
+# --- deferred reads: code that reads globals when it runs ---------------------------------------
+
+
+def callbacks(a: CodeAnalysis) -> set[str]:
+    return {use.name for use in a.callback_free}
+
+
+def steps(*sources: str) -> list[CodeAnalysis]:
+    """Analyse sources as successive steps, passing functions and carried code on."""
+    functions: dict[str, FunctionInfo] = {}
+    carried: dict[str, frozenset[str]] = {}
+    found = []
+    for source in sources:
+        a = analyse_source(textwrap.dedent(source), functions, carried)
+        functions.update(a.functions)
+        for name in a.binds - a.partial_binds:
+            carried.pop(name, None)
+        for name, reads in a.carries.items():
+            carried[name] = carried.get(name, frozenset()) | reads
+        found.append(a)
+    return found
+
+
+def test_a_call_reads_the_globals_of_an_earlier_cells_function_where_it_runs() -> None:
+    _, call = steps("def show(v):\n    return Klass(v)\n",
+                    "from fractions import Fraction as Klass\nr = show(3)\n")
+    assert free(call) == {"show"}  # Klass is bound before the call
+    _, call = steps("def show(v):\n    return Klass(v)\n", "r = show(3)\n")
+    assert free(call) == {"show", "Klass"}
+    assert call.deferred_via["Klass"] == ("show", 0)  # read in another cell's code
+
+
+def test_a_named_lambda_reads_where_it_is_called_not_where_it_is_defined() -> None:
+    define, bind, call = steps("f = lambda: scale * 2\n", "scale = 5\n", "r = f()\n")
+    assert free(define) == set() and callbacks(define) == set()
+    assert free(call) == {"f", "scale"}
+
+
+def test_transitive_reads_go_through_earlier_cells_functions() -> None:
+    _, _, call = steps("def g():\n    return k\n", "def f():\n    return g()\n", "r = f()\n")
+    assert free(call) == {"f", "g", "k"}
+
+
+def test_a_function_handed_on_reads_from_there_on_as_a_callback() -> None:
+    _, call = steps("def key(v):\n    return w[v]\n", "ys = sorted(xs, key=key)\n")
+    assert free(call) == {"key", "xs"} and callbacks(call) == {"w"}
+
+
+def test_a_class_reads_its_methods_globals_where_it_is_used_but_not_surely() -> None:
+    define, use = steps("class M:\n    def val(self):\n        return base + 1\n",
+                        "m = M()\nr = m.val()\n")
+    assert define.functions["M"].is_class and callbacks(define) == set()
+    assert free(use) == {"M"} and callbacks(use) == {"base"}
+    assert use.carries["m"] == {"base"}  # the instance holds the methods
+
+
+def test_values_holding_code_carry_its_reads_to_later_cells() -> None:
+    define, _, use = steps(
+        "handlers = {'double': lambda v: v * factor}\nhooks = []\n"
+        "def note(v):\n    return v + shift\nhooks.append(note)\n",
+        "factor = 3\nshift = 4\n",
+        "r = handlers['double'](2) + hooks[0](1)\n")
+    assert define.carries == {"handlers": {"factor"}, "hooks": {"shift"}}
+    assert callbacks(use) == {"factor", "shift"}
+
+
+def test_a_rebinding_drops_what_a_name_carried() -> None:
+    a = analyse("ops = [lambda: k]\nops = [1]\n")
+    assert "ops" not in a.carries
+    assert callbacks(a) == {"k"}  # the lambda was handed to the list: it may run
+
+
+def test_results_of_calls_that_do_not_keep_code_carry_nothing() -> None:
+    a = analyse("ys = sorted(xs, key=lambda v: w[v])\nzs = list(map(lambda v: v + s, xs))\n"
+                "p = functools.partial(lambda v, u: v + u + q, 1)\nt = Thread(target=lambda: z)\n")
+    assert set(a.carries) == {"p", "t"}
+    assert a.carries["p"] == {"q"} and a.carries["t"] == {"z"}
+
+
+def test_arithmetic_on_values_holding_code_gives_plain_values() -> None:
+    _, use = steps("class A:\n    def v(self):\n        return g\na = A()\n",
+                   "n = a.v() + 1\nb = a\n")
+    assert "n" not in use.carries and use.carries["b"] == {"g"}
+
+
+def test_a_closure_from_a_factory_reads_when_it_runs() -> None:
+    define, _, use = steps(
+        "def make(k):\n    def inner(x):\n        return x * k + shift\n    return inner\n"
+        "times = make(3)\n",
+        "shift = 7\n", "r = times(2)\n")
+    assert define.functions["make"].later_reads == {"shift"}
+    assert free(define) == set() and define.carries["times"] == {"shift"}
+    assert callbacks(use) == {"shift"}
+
+
+def test_a_decorator_wrapper_reads_when_the_decorated_function_runs() -> None:
+    define, _, use = steps(
+        "def scaled(fn):\n    def wrapper(*args):\n        calls.append(1)\n"
+        "        return fn(*args) * gain\n    return wrapper\n"
+        "@scaled\ndef square(x):\n    return x * x\n",
+        "gain = 2\ncalls = []\n", "r = square(3)\n")
+    square = define.functions["square"]
+    assert {"gain", "calls"} <= square.globals_read and square.later_reads == frozenset()
+    assert "calls" in square.globals_written
+    assert free(use) == {"square", "gain", "calls"}
+
+
+def test_default_arguments_and_decorator_arguments_read_at_definition() -> None:
+    a = analyse("@deco(opt)\ndef f(a=d):\n    return g\nh = lambda v=e: v + k\n")
+    assert free(a) == {"deco", "opt", "d", "e"}
+    assert callbacks(a) == set()
+
+
+def test_function_info_knows_where_each_global_is_read() -> None:
+    a = analyse("def f():\n    x = 1\n    return x + late\n")
+    assert a.functions["f"].read_at == (("late", 3),)
