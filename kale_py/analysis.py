@@ -698,6 +698,16 @@ _KEEPING_CALLS = _words(
 
 
 
+def _runs_arguments(func: ast.expr) -> bool:
+    """Calls known to run the functions handed to them before returning, keeping none."""
+    if isinstance(func, ast.Name):
+        return func.id in _RUNS_ARGUMENTS
+    return isinstance(func, ast.Attribute) and func.attr in _PURE_METHODS
+
+
+_RUNS_ARGUMENTS = _words("sorted min max")
+
+
 def _builds_or_reads(method: str) -> bool:
     """``x.partial(f)``, ``x.Timer(f)``, ``x.apply(f)``: the receiver does not keep f."""
     return method in _PURE_METHODS or method in _KEEPING_CALLS or method[:1].isupper()
@@ -925,6 +935,9 @@ class _Analyser:
         self.collectors: list[set[str]] = []
         self.calling: ast.expr | None = None  # the callee Name of the call being walked
         self.operand = 0  # inside an arithmetic or comparison operand
+        # Functions and lambdas handed straight to a call that runs them before it
+        # returns (``sorted(key=f)``, ``df.apply(lambda r: ...)``): they run here.
+        self.run_now: set[ast.AST] = set()
         self.stored_lambda: ast.Lambda | None = None  # ``name = lambda``: a function
         self.closures: dict[str, dict[str, tuple[str, bool]]] = {}
         self.closure_names: set[str] = set()  # every name the cached closures depend on
@@ -1145,7 +1158,7 @@ class _Analyser:
         reads = self._closure(name)
         if not reads:
             return self._use_writer(name)
-        called = node is self.calling
+        called = node is self.calling or node in self.run_now
         must = self.flow.must
         if self.collectors:
             # The value holds the code: all of it, or what a call hands out (a closure,
@@ -2161,6 +2174,10 @@ class _Analyser:
             keeper = _root_name(func.value)
             if keeper is not None:
                 self.collectors.append(set())
+        if _runs_arguments(func):
+            for value in (*node.args, *(k.value for k in node.keywords)):
+                if isinstance(value, (ast.Lambda, ast.Name)):
+                    self.run_now.add(value)
         for arg in node.args:
             self._expr(arg)
         for keyword in node.keywords:
@@ -2263,7 +2280,9 @@ class _Analyser:
         self.lambdas[node] = globals_
         if self.owner is not None:
             self._charge_owner(globals_)
-        if node is not self.stored_lambda:
+        if node in self.run_now:
+            self._read_now(globals_)
+        elif node is not self.stored_lambda:
             self._callback_reads(globals_, node)
 
     def _comprehension(

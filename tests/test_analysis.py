@@ -199,8 +199,10 @@ def test_flow(case: Case) -> None:
          free="xs", binds="ys t"),
     Case("lambda-parameters-are-local", "f = lambda a, b=d: a + b + c\n", free="d",
          binds="f", callback=""),
-    Case("lambda-handed-on", "ys = sorted(xs, key=lambda v: weights[v])\n",
-         free="xs", callback="weights"),
+    Case("lambda-run-by-the-call", "ys = sorted(xs, key=lambda v: weights[v])\n",
+         free="xs weights", callback=""),
+    Case("lambda-handed-on", "ys = schedule(xs, key=lambda v: weights[v])\n",
+         free="schedule xs", callback="weights"),
     Case("lambda-in-comprehension-sees-target", "fs = [lambda: i for i in range(3)]\n",
          free=""),
     Case("class-body-runs-now", "class A(Base, metaclass=Meta):\n    x = y\n",
@@ -274,7 +276,9 @@ def test_transitive_calls_in_the_same_source() -> None:
 
 def test_passing_a_function_counts_as_using_it() -> None:
     a = analyse("def key(v):\n    return w[v]\nys = sorted(xs, key=key)\n")
-    assert free(a) == {"xs"} and {u.name for u in a.callback_free} == {"w"}
+    assert free(a) == {"w", "xs"}  # sorted runs it before it returns
+    a = analyse("def key(v):\n    return w[v]\nys = df.apply(key)\n")
+    assert free(a) == {"w", "df"}
 
 
 def test_global_statement_writes() -> None:
@@ -823,7 +827,10 @@ def test_transitive_reads_go_through_earlier_cells_functions() -> None:
 
 def test_a_function_handed_on_reads_from_there_on_as_a_callback() -> None:
     _, call = steps("def key(v):\n    return w[v]\n", "ys = sorted(xs, key=key)\n")
-    assert free(call) == {"key", "xs"} and callbacks(call) == {"w"}
+    assert free(call) == {"key", "xs", "w"}  # run before sorted returns
+    _, call = steps("def key(v):\n    return w[v]\n", "button.on_click(key)\n")
+    assert free(call) == {"key", "button"} and callbacks(call) == {"w"}
+    assert call.carries == {"button": {"w"}}
 
 
 def test_a_class_reads_its_methods_globals_where_it_is_used_but_not_surely() -> None:
