@@ -1160,9 +1160,9 @@ class _Analyser:
             return self._use_writer(name)
         called = node is self.calling or node in self.run_now
         must = self.flow.must
-        if self.collectors:
+        if self.collectors and not self.operand:
             # The value holds the code: all of it, or what a call hands out (a closure,
-            # an instance's methods).
+            # an instance's methods); not the result of arithmetic on it.
             held = [r for r, (_, sure) in reads.items() if not sure] if called else reads
             for collector in self.collectors:
                 collector.update(held)

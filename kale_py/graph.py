@@ -350,7 +350,8 @@ class _GraphBuilder:
             for name in a.deletes:
                 self.carried.pop(name, None)
         for name, reads in a.carries.items():
-            self.carried[name] = self.carried.get(name, frozenset()) | reads
+            if name in a.binds or not self._is_code(name):  # each step re-runs the prelude
+                self.carried[name] = self.carried.get(name, frozenset()) | reads
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
