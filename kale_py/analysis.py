@@ -697,20 +697,9 @@ _KEEPING_CALLS = _words(
 )
 
 
-
-def _runs_arguments(func: ast.expr) -> bool:
-    """Calls known to run the functions handed to them before returning, keeping none."""
-    if isinstance(func, ast.Name):
-        return func.id in _RUNS_ARGUMENTS
-    return isinstance(func, ast.Attribute) and func.attr in _PURE_METHODS
-
-
+# Builtins that run the functions handed to them before returning (``key=``); pandas-style
+# methods in _PURE_METHODS (apply, map, agg, ...) do too.
 _RUNS_ARGUMENTS = _words("sorted min max")
-
-
-def _builds_or_reads(method: str) -> bool:
-    """``x.partial(f)``, ``x.Timer(f)``, ``x.apply(f)``: the receiver does not keep f."""
-    return method in _PURE_METHODS or method in _KEEPING_CALLS or method[:1].isupper()
 
 
 # Decorators that call the function with the caller's arguments unchanged.
@@ -2163,21 +2152,8 @@ class _Analyser:
     def _call(self, node: ast.Call) -> None:
         """The arguments and mutation rules of a call whose callee was walked already."""
         func = node.func
-        # ``handlers.append(f)``, ``d.update(k=f)``: a receiver that may change keeps
-        # the code handed to it.
-        keeper = None
         outer = self.collectors
-        if outer and not self._result_keeps(func):
-            self.collectors = []  # ``sorted(xs, key=f)``: the result does not hold f
-        if self.scope is None and isinstance(func, ast.Attribute) and (
-                node.args or node.keywords) and not _builds_or_reads(func.attr):
-            keeper = _root_name(func.value)
-            if keeper is not None:
-                self.collectors.append(set())
-        if _runs_arguments(func):
-            for value in (*node.args, *(k.value for k in node.keywords)):
-                if isinstance(value, (ast.Lambda, ast.Name)):
-                    self.run_now.add(value)
+        keeper = self._hand_over(node, func) if node.args or node.keywords else None
         for arg in node.args:
             self._expr(arg)
         for keyword in node.keywords:
@@ -2186,6 +2162,11 @@ class _Analyser:
             kept = self.collectors.pop()
             if kept and keeper not in _MODULE_ALIASES and keeper not in self.imported:
                 self.carries.setdefault(keeper, set()).update(kept)
+        if outer:
+            held = self.collectors[0]
+            if held and self._result_keeps(func):
+                for collector in outer:
+                    collector.update(held)
         self.collectors = outer
         info = None
         if isinstance(func, ast.Attribute):
@@ -2207,6 +2188,28 @@ class _Analyser:
             for name in _held_names(value):
                 if name.id not in _BUILTIN_TYPES or name.id in self.binds:
                     self._mutate(name.id, name)
+
+    def _hand_over(self, node: ast.Call, func: ast.expr) -> str | None:
+        """Where the code handed to a call goes: run now (``sorted(key=f)``), into the
+        result (``partial(f)``), into the receiver (``handlers.append(f)``, returned)."""
+        keeper = None
+        if self.collectors:
+            self.collectors = [set()]  # what the arguments hold; the result may keep it
+        if type(func) is ast.Attribute:
+            method = func.attr
+            runs = method in _PURE_METHODS
+            if self.scope is None and not (
+                    runs or method in _KEEPING_CALLS or method[:1].isupper()):
+                keeper = _root_name(func.value)
+                if keeper is not None:
+                    self.collectors.append(set())
+        else:
+            runs = type(func) is ast.Name and func.id in _RUNS_ARGUMENTS
+        if runs:
+            for value in (*node.args, *(k.value for k in node.keywords)):
+                if isinstance(value, (ast.Lambda, ast.Name)):
+                    self.run_now.add(value)
+        return keeper
 
     def _result_keeps(self, func: ast.expr) -> bool:
         """Whether a call's result may hold the code handed to it: a wrapper (partial,
