@@ -18,9 +18,11 @@ from .notebook import notebook_from_dict, read_notebook
 
 __all__ = [
     "analyse",
+    "cancel_run",
     "check_notebook",
     "compile_notebook",
     "get_run",
+    "kfp_run_status",
     "list_experiments",
     "list_runs",
     "list_volumes",
@@ -170,6 +172,22 @@ def list_runs(path: str | Path) -> list[dict[str, Any]]:
     from . import runs
 
     return runs.list_runs(path)
+
+
+def cancel_run(path: str | Path, run_id: str) -> dict[str, Any]:
+    """Stop a running local run (its steps end, its status becomes ``cancelled``)."""
+    from . import runs
+
+    return runs.cancel_run(path, run_id)
+
+
+def kfp_run_status(
+    run_id: str, host: str | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """A submitted run's state on the KFP endpoint, with its link and failing step."""
+    from .kubeflow.client import run_status
+
+    return run_status(run_id, host=host, token=token)
 
 
 def get_run(path: str | Path, run_id: str) -> dict[str, Any]:

@@ -168,6 +168,27 @@ def list_experiments(*, host: str | None = None, token: str | None = None,
             for e in client.paged("/experiments", "experiments", client.namespace_query())]
 
 
+def run_status(run_id: str, *, host: str | None = None,
+               token: str | None = None) -> dict[str, Any]:
+    """A run's state on the endpoint: ``{"run_id", "state", "url", "failed_step", "error"}``.
+
+    ``failed_step`` names the first task that failed (its display name), for the panel."""
+    client = Client(resolve_endpoint(host, token))
+    run = client.call("GET", f"/runs/{urllib.parse.quote(run_id, safe='')}")
+    failed = [t for t in (run.get("run_details") or {}).get("task_details") or []
+              if str(t.get("state", "")) == "FAILED"
+              and not str(t.get("display_name", "")).startswith(("root", "executor"))]
+    failed.sort(key=lambda t: str(t.get("end_time") or ""))
+    error = run.get("error") or {}
+    return {
+        "run_id": run_id,
+        "state": str(run.get("state", "") or "PENDING"),
+        "url": client.run_url(run_id),
+        "failed_step": str(failed[0].get("display_name")) if failed else None,
+        "error": str(error.get("message")) if isinstance(error, dict) and error else None,
+    }
+
+
 # --- where and how --------------------------------------------------------------------------------
 
 def resolve_endpoint(host: str | None = None, token: str | None = None,
