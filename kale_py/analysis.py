@@ -1206,9 +1206,6 @@ class _Analyser:
             self.flow.may.add(name)
             self._mutate_module(name)
 
-    def _collect(self) -> None:
-        self.collectors.append(set())
-
     def _carry(self, target: ast.expr, reads: set[str], replace: bool) -> None:
         """An assignment target now (``replace``) or also holds code reading ``reads``."""
         if isinstance(target, ast.Name):
@@ -1371,15 +1368,15 @@ class _Analyser:
             scope = scope.parent
         return False
 
-    def _charge_owner(self, globals_: _Globals, later: bool = False) -> None:
-        """Reads of a body that runs when the owner is called (``later``: only after)."""
+    def _charge_owner(self, globals_: _Globals) -> None:
+        """Reads of a body that runs when the owner is called (or after: ``later``)."""
         owner = self.owner
         if owner is None:  # not expected: defs at module level always have an owner
             self._read_now(globals_)
             return
         for name, node in globals_.reads.items():
             owner.reads.setdefault(name, node)
-            if not later and name not in globals_.later:
+            if name not in globals_.later:
                 owner.direct.add(name)
         owner.writes |= globals_.mutated | globals_.written
 
@@ -2162,7 +2159,7 @@ class _Analyser:
             kept = self.collectors.pop()
             if kept and keeper not in _MODULE_ALIASES and keeper not in self.imported:
                 self.carries.setdefault(keeper, set()).update(kept)
-        if outer:
+        if self.collectors is not outer:
             held = self.collectors[0]
             if held and self._result_keeps(func):
                 for collector in outer:
