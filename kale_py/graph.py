@@ -304,7 +304,7 @@ class _GraphBuilder:
         needed, called = self._needed(a)
         deferred = a.deferred_via
         for name, line in needed.items():
-            if name in deferred:
+            if name in deferred and name not in self.last_writer:  # maybe an error: where
                 where, via = self._read_site(located, name, line)
                 self._resolve(step, state, name, where, name in a.maybe_free, via)
             else:
