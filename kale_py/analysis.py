@@ -921,7 +921,10 @@ class _Analyser:
         self.callback: dict[str, ast.AST] = {}
         self.via: dict[str, tuple[str, ast.AST | None]] = {}
         self.carries: dict[str, set[str]] = {}
-        self.collectors: list[set[str]] = []
+        # Reads of the code a value being built holds: appended while ``collecting``,
+        # taken from a mark (see _gather, _gathered).
+        self.held: list[str] = []
+        self.collecting = 0
         self.calling: ast.expr | None = None  # the callee Name of the call being walked
         self.operand = 0  # inside an arithmetic or comparison operand
         # Functions and lambdas handed straight to a call that runs them before it
@@ -1149,12 +1152,13 @@ class _Analyser:
             return self._use_writer(name)
         called = node is self.calling or node in self.run_now
         must = self.flow.must
-        if self.collectors and not self.operand:
+        if self.collecting and not self.operand:
             # The value holds the code: all of it, or what a call hands out (a closure,
             # an instance's methods); not the result of arithmetic on it.
-            held = [r for r, (_, sure) in reads.items() if not sure] if called else reads
-            for collector in self.collectors:
-                collector.update(held)
+            if called:
+                self.held.extend(r for r, (_, sure) in reads.items() if not sure)
+            else:
+                self.held.extend(reads)
         for read, (owner, sure) in reads.items():
             if read in must:
                 continue
@@ -1179,9 +1183,8 @@ class _Analyser:
         reads = set(self.carries.get(name, ()))
         if name not in self.flow.must:
             reads.update(self.carried.get(name, ()))
-        if not self.operand:  # ``obj.total + 1``: a number, not the code
-            for collector in self.collectors:
-                collector.update(reads)
+        if self.collecting and not self.operand:  # ``obj.total + 1``: a number, not code
+            self.held.extend(reads)
         must = self.flow.must
         for read in reads:
             if read not in must:
@@ -1189,8 +1192,8 @@ class _Analyser:
 
     def _callback_reads(self, globals_: _Globals, node: ast.AST) -> None:
         """The reads of a lambda that may run from here on (handed on, stored)."""
-        for collector in self.collectors:
-            collector.update(globals_.reads)
+        if self.collecting:
+            self.held.extend(globals_.reads)
         must = self.flow.must
         for name, read_node in globals_.reads.items():
             if name not in must:
@@ -1461,10 +1464,9 @@ class _Analyser:
         if named_lambda:
             assert isinstance(value, ast.Lambda)
             self.stored_lambda = value
-        if module:
-            self.collectors.append(set())
+        mark = self._gather() if module else 0
         self._expr(value)
-        held = self.collectors.pop() if module else set()
+        held = self._gathered(mark) if module else set()
         shared = _shared_names(value)
         carry = module and not named_lambda and (held or self.carries)
         for target in node.targets:
@@ -1493,8 +1495,7 @@ class _Analyser:
     def _aug_assign(self, node: ast.AugAssign) -> None:
         target = node.target
         module = self.scope is None
-        if module:
-            self.collectors.append(set())
+        mark = self._gather() if module else 0
         if isinstance(target, ast.Name):
             self._mutate(target.id, target)
             self._expr(node.value)
@@ -1503,16 +1504,15 @@ class _Analyser:
             self._store_into(target)
             self._expr(node.value)
         if module:
-            self._carry(target, self.collectors.pop(), replace=False)
+            self._carry(target, self._gathered(mark), replace=False)
 
     def _ann_assign(self, node: ast.AnnAssign) -> None:
         if node.value is not None:
             module = self.scope is None
-            if module:
-                self.collectors.append(set())
+            mark = self._gather() if module else 0
             self._expr(node.value)
             if module:
-                self._carry(node.target, self.collectors.pop(), replace=True)
+                self._carry(node.target, self._gathered(mark), replace=True)
         target = node.target
         if isinstance(target, ast.Name):
             if node.value is not None:
@@ -1911,13 +1911,24 @@ class _Analyser:
         ``applied``: decorators, called on the definition (their wrapper is kept)."""
         if not nodes:
             return set()
-        self.collectors.append(set())
+        mark = self._gather()
         for expr in nodes:
             if applied and isinstance(expr, ast.Name):
                 self.calling = expr
             self._expr(expr)
             self.calling = None
-        return self.collectors.pop()
+        return self._gathered(mark)
+
+    def _gather(self) -> int:
+        """Start gathering the reads of the code a value holds; the mark to take them from."""
+        self.collecting += 1
+        return len(self.held)
+
+    def _gathered(self, mark: int) -> set[str]:
+        self.collecting -= 1
+        found = set(self.held[mark:])
+        del self.held[mark:]
+        return found
 
     def _decorator_writes(self, decorators: list[ast.expr]) -> set[str]:
         """The globals a notebook decorator's code writes (its wrapper runs at each call)."""
@@ -2149,22 +2160,22 @@ class _Analyser:
     def _call(self, node: ast.Call) -> None:
         """The arguments and mutation rules of a call whose callee was walked already."""
         func = node.func
-        outer = self.collectors
         keeper = self._hand_over(node, func) if node.args or node.keywords else None
+        mark = len(self.held)
+        outer = self.collecting
+        if keeper is not None:
+            self.collecting += 1
         for arg in node.args:
             self._expr(arg)
         for keyword in node.keywords:
             self._expr(keyword.value)
-        if keeper is not None:
-            kept = self.collectors.pop()
-            if kept and keeper not in _MODULE_ALIASES and keeper not in self.imported:
-                self.carries.setdefault(keeper, set()).update(kept)
-        if self.collectors is not outer:
-            held = self.collectors[0]
-            if held and self._result_keeps(func):
-                for collector in outer:
-                    collector.update(held)
-        self.collectors = outer
+        if len(self.held) > mark:
+            if keeper is not None and keeper not in _MODULE_ALIASES and (
+                    keeper not in self.imported):
+                self.carries.setdefault(keeper, set()).update(self.held[mark:])
+            if not (outer and self._result_keeps(func)):
+                del self.held[mark:]  # ``sorted(xs, key=f)``: the result does not hold f
+        self.collecting = outer
         info = None
         if isinstance(func, ast.Attribute):
             arguments_safe = self._method_call(node, func)
@@ -2190,16 +2201,12 @@ class _Analyser:
         """Where the code handed to a call goes: run now (``sorted(key=f)``), into the
         result (``partial(f)``), into the receiver (``handlers.append(f)``, returned)."""
         keeper = None
-        if self.collectors:
-            self.collectors = [set()]  # what the arguments hold; the result may keep it
         if type(func) is ast.Attribute:
             method = func.attr
             runs = method in _PURE_METHODS
             if self.scope is None and not (
                     runs or method in _KEEPING_CALLS or method[:1].isupper()):
                 keeper = _root_name(func.value)
-                if keeper is not None:
-                    self.collectors.append(set())
         else:
             runs = type(func) is ast.Name and func.id in _RUNS_ARGUMENTS
         if runs:
