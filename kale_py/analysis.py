@@ -122,7 +122,7 @@ class CodeAnalysis:
     ``deferred_via``: for names in ``free`` or ``callback_free`` first read by such
     code, the function, class or variable holding it and the line of the read in this
     source (0 when the code was defined elsewhere).
-    ``carries``: module-level names whose values may hold code defined in a notebook
+    ``code_held``: module-level names whose values may hold code defined in a notebook
     (a lambda in a dict, an instance, a partial), with the globals that code reads.
     """
 
@@ -137,7 +137,7 @@ class CodeAnalysis:
     partial_binds: frozenset[str] = frozenset()
     callback_free: tuple[NameUse, ...] = ()
     deferred_via: Mapping[str, tuple[str, int]] = field(default_factory=dict)
-    carries: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    code_held: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def free_names(self) -> frozenset[str]:
@@ -365,7 +365,7 @@ def _continued_string(line: str, quote: str) -> str:
 def analyse_source(
     source: str,
     functions: Mapping[str, FunctionInfo] | None = None,
-    carried: Mapping[str, frozenset[str]] | None = None,
+    code_held: Mapping[str, frozenset[str]] | None = None,
 ) -> CodeAnalysis:
     """Parse one cell (IPython syntax allowed) and analyse it.
 
@@ -373,13 +373,13 @@ def analyse_source(
     them makes calls to them precise: only the arguments they may change count as
     mutated, and calling them does not count as changing them; and their global reads
     count where this source calls them (``free``) or hands them on (``callback_free``).
-    ``carried``: the ``carries`` of earlier cells: reading such a name may run the code
+    ``code_held``: the ``code_held`` of earlier cells: reading such a name may run the code
     it holds, so that code's reads count from there on (``callback_free``).
     Raises :class:`CodeSyntaxError` with the cell-relative line when it is not Python.
     """
     tree, text, magics = _parse_cell(source)
     try:
-        return _Analyser(text, functions or {}, carried or {}).run(tree, magics)
+        return _Analyser(text, functions or {}, code_held or {}).run(tree, magics)
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 
@@ -911,16 +911,16 @@ class _Analyser:
     """One walk over a module's AST in evaluation order."""
 
     def __init__(self, source: str, known: Mapping[str, FunctionInfo],
-                 carried: Mapping[str, frozenset[str]]) -> None:
+                 held_in: Mapping[str, frozenset[str]]) -> None:
         self.source = source
         self.known = known  # functions of earlier cells
-        self.carried = carried  # names of earlier cells holding code, with its reads
+        self.held_in = held_in  # names of earlier cells holding code, with its reads
         # Deferred reads: code that may run from a point on (handed on, stored), the
         # function or value it came through, and the sets of reads being gathered for the
-        # value of an assignment (which then carries them).
+        # value of an assignment (which then holds that code).
         self.callback: dict[str, ast.AST] = {}
         self.via: dict[str, tuple[str, ast.AST | None]] = {}
-        self.carries: dict[str, set[str]] = {}
+        self.code_held: dict[str, set[str]] = {}
         # Reads of the code a value being built holds: appended while ``collecting``,
         # taken from a mark (see _gather, _gathered).
         self.held: list[str] = []
@@ -984,7 +984,8 @@ class _Analyser:
             deferred_via={name: (via, getattr(node, "lineno", 0) if node is not None else 0)
                           for name, (via, node) in self.via.items()
                           if name not in self.read_directly},
-            carries={name: frozenset(reads) for name, reads in self.carries.items() if reads},
+            code_held={name: frozenset(reads) for name, reads in self.code_held.items()
+                       if reads},
         )
 
     def _definitely_free(self) -> set[str]:
@@ -1076,8 +1077,8 @@ class _Analyser:
             self._mutate_module(name)
         if name in self.functions or (name in self.known and name not in self.binds):
             self._use_function(name, node)
-        elif name in self.carries or name in self.carried:
-            self._use_carrier(name, node)
+        elif name in self.code_held or name in self.held_in:
+            self._use_holder(name, node)
 
     def _record_free(self, name: str, node: ast.AST, deferred: bool = False,
                      via: tuple[str, ast.AST | None] | None = None) -> None:
@@ -1178,11 +1179,11 @@ class _Analyser:
             for written in writes:
                 self._mutate_module(written)
 
-    def _use_carrier(self, name: str, node: ast.AST) -> None:
+    def _use_holder(self, name: str, node: ast.AST) -> None:
         """A value that may hold notebook code is read: that code may run from here on."""
-        reads = set(self.carries.get(name, ()))
+        reads = set(self.code_held.get(name, ()))
         if name not in self.flow.must:
-            reads.update(self.carried.get(name, ()))
+            reads.update(self.held_in.get(name, ()))
         if self.collecting and not self.operand:  # ``obj.total + 1``: a number, not code
             self.held.extend(reads)
         must = self.flow.must
@@ -1200,8 +1201,8 @@ class _Analyser:
                 self._record_callback(name, read_node, ("a lambda", read_node))
             if name in self.functions or (name in self.known and name not in self.binds):
                 self._use_function(name, node)
-            elif name in self.carries or name in self.carried:
-                self._use_carrier(name, node)
+            elif name in self.code_held or name in self.held_in:
+                self._use_holder(name, node)
         for name in globals_.mutated:
             self._mutate_module(name)
         for name in globals_.written:
@@ -1209,24 +1210,24 @@ class _Analyser:
             self.flow.may.add(name)
             self._mutate_module(name)
 
-    def _carry(self, target: ast.expr, reads: set[str], replace: bool) -> None:
+    def _hold(self, target: ast.expr, reads: set[str], replace: bool) -> None:
         """An assignment target now (``replace``) or also holds code reading ``reads``."""
         if isinstance(target, ast.Name):
             if replace and not reads:
-                self.carries.pop(target.id, None)
+                self.code_held.pop(target.id, None)
             elif replace:
-                self.carries[target.id] = set(reads)
+                self.code_held[target.id] = set(reads)
             elif reads:
-                self.carries.setdefault(target.id, set()).update(reads)
+                self.code_held.setdefault(target.id, set()).update(reads)
         elif isinstance(target, (ast.Tuple, ast.List)):
             for element in target.elts:
-                self._carry(element, reads, replace)
+                self._hold(element, reads, replace)
         elif isinstance(target, ast.Starred):
-            self._carry(target.value, reads, replace)
+            self._hold(target.value, reads, replace)
         elif reads:
             root = _root_name(target)
             if root is not None:
-                self.carries.setdefault(root, set()).update(reads)
+                self.code_held.setdefault(root, set()).update(reads)
 
     def _mutate_module(self, name: str) -> None:
         if name in self.imported:
@@ -1468,18 +1469,18 @@ class _Analyser:
         self._expr(value)
         held = self._gathered(mark) if module else set()
         shared = _shared_names(value)
-        carry = module and not named_lambda and (held or self.carries)
+        holds = module and not named_lambda and (held or self.code_held)
         for target in node.targets:
             self._target(target, shared)
-            if carry:
-                self._carry(target, held, replace=True)
+            if holds:
+                self._hold(target, held, replace=True)
         if named_lambda:
             assert isinstance(value, ast.Lambda)
             self.stored_lambda = None
             globals_ = self.lambdas.get(value)
             target = node.targets[0]
             assert isinstance(target, ast.Name)
-            self.carries.pop(target.id, None)
+            self.code_held.pop(target.id, None)
             if globals_ is not None:
                 self._register_lambda(target.id, value, globals_, node.lineno)
 
@@ -1504,7 +1505,7 @@ class _Analyser:
             self._store_into(target)
             self._expr(node.value)
         if module:
-            self._carry(target, self._gathered(mark), replace=False)
+            self._hold(target, self._gathered(mark), replace=False)
 
     def _ann_assign(self, node: ast.AnnAssign) -> None:
         if node.value is not None:
@@ -1512,7 +1513,7 @@ class _Analyser:
             mark = self._gather() if module else 0
             self._expr(node.value)
             if module:
-                self._carry(node.target, self._gathered(mark), replace=True)
+                self._hold(node.target, self._gathered(mark), replace=True)
         target = node.target
         if isinstance(target, ast.Name):
             if node.value is not None:
@@ -2172,7 +2173,7 @@ class _Analyser:
         if len(self.held) > mark:
             if keeper is not None and keeper not in _MODULE_ALIASES and (
                     keeper not in self.imported):
-                self.carries.setdefault(keeper, set()).update(self.held[mark:])
+                self.code_held.setdefault(keeper, set()).update(self.held[mark:])
             if not (outer and self._result_keeps(func)):
                 del self.held[mark:]  # ``sorted(xs, key=f)``: the result does not hold f
         self.collecting = outer

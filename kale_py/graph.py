@@ -160,7 +160,7 @@ def _analyse_cells(
     step: str | None,
     problems: list[Diagnostic],
     functions: Mapping[str, FunctionInfo] | None = None,
-    carried: Mapping[str, frozenset[str]] | None = None,
+    code_held: Mapping[str, frozenset[str]] | None = None,
 ) -> _Located | None:
     """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
     sources: list[str] = []
@@ -179,7 +179,7 @@ def _analyse_cells(
         starts.append((line, cell.index))
         line += text.count("\n")
     try:
-        analysis = analyse_source("".join(sources), functions, carried)
+        analysis = analyse_source("".join(sources), functions, code_held)
         return _Located(analysis, tuple(starts), tuple(magics))
     except CodeSyntaxError:
         pass
@@ -242,7 +242,7 @@ class _GraphBuilder:
         # some step binds, and reads of handed-on code that found no provider (an error
         # only if no step binds the name at all).
         self.defined_in: dict[str, _Located] = {}
-        self.carried: dict[str, frozenset[str]] = {}
+        self.code_held: dict[str, frozenset[str]] = {}
         self.ever_bound: set[str] = set()
         self.unprovided: list[tuple[str, str, tuple[int, int], str]] = []
 
@@ -293,7 +293,7 @@ class _GraphBuilder:
 
     def _step(self, step: Step) -> None:
         located = _analyse_cells(
-            list(step.cells), step.name, self.problems, self.functions, self.carried
+            list(step.cells), step.name, self.problems, self.functions, self.code_held
         )
         if located is None:
             return
@@ -344,14 +344,14 @@ class _GraphBuilder:
         for name in a.functions:
             self.defined_in[name] = located
         self.ever_bound |= a.binds
-        if self.carried:
+        if self.code_held:
             for name in a.binds - a.partial_binds:
-                self.carried.pop(name, None)
+                self.code_held.pop(name, None)
             for name in a.deletes:
-                self.carried.pop(name, None)
-        for name, reads in a.carries.items():
+                self.code_held.pop(name, None)
+        for name, reads in a.code_held.items():
             if name in a.binds or not self._is_code(name):  # each step re-runs the prelude
-                self.carried[name] = self.carried.get(name, frozenset()) | reads
+                self.code_held[name] = self.code_held.get(name, frozenset()) | reads
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.

@@ -792,15 +792,15 @@ def callbacks(a: CodeAnalysis) -> set[str]:
 def steps(*sources: str) -> list[CodeAnalysis]:
     """Analyse sources as successive steps, passing functions and carried code on."""
     functions: dict[str, FunctionInfo] = {}
-    carried: dict[str, frozenset[str]] = {}
+    held: dict[str, frozenset[str]] = {}
     found = []
     for source in sources:
-        a = analyse_source(textwrap.dedent(source), functions, carried)
+        a = analyse_source(textwrap.dedent(source), functions, held)
         functions.update(a.functions)
         for name in a.binds - a.partial_binds:
-            carried.pop(name, None)
-        for name, reads in a.carries.items():
-            carried[name] = carried.get(name, frozenset()) | reads
+            held.pop(name, None)
+        for name, reads in a.code_held.items():
+            held[name] = held.get(name, frozenset()) | reads
         found.append(a)
     return found
 
@@ -830,7 +830,7 @@ def test_a_function_handed_on_reads_from_there_on_as_a_callback() -> None:
     assert free(call) == {"key", "xs", "w"}  # run before sorted returns
     _, call = steps("def key(v):\n    return w[v]\n", "button.on_click(key)\n")
     assert free(call) == {"key", "button"} and callbacks(call) == {"w"}
-    assert call.carries == {"button": {"w"}}
+    assert call.code_held == {"button": {"w"}}
 
 
 def test_a_class_reads_its_methods_globals_where_it_is_used_but_not_surely() -> None:
@@ -838,7 +838,7 @@ def test_a_class_reads_its_methods_globals_where_it_is_used_but_not_surely() -> 
                         "m = M()\nr = m.val()\n")
     assert define.functions["M"].is_class and callbacks(define) == set()
     assert free(use) == {"M"} and callbacks(use) == {"base"}
-    assert use.carries["m"] == {"base"}  # the instance holds the methods
+    assert use.code_held["m"] == {"base"}  # the instance holds the methods
 
 
 def test_values_holding_code_carry_its_reads_to_later_cells() -> None:
@@ -847,27 +847,27 @@ def test_values_holding_code_carry_its_reads_to_later_cells() -> None:
         "def note(v):\n    return v + shift\nhooks.append(note)\n",
         "factor = 3\nshift = 4\n",
         "r = handlers['double'](2) + hooks[0](1)\n")
-    assert define.carries == {"handlers": {"factor"}, "hooks": {"shift"}}
+    assert define.code_held == {"handlers": {"factor"}, "hooks": {"shift"}}
     assert callbacks(use) == {"factor", "shift"}
 
 
 def test_a_rebinding_drops_what_a_name_carried() -> None:
     a = analyse("ops = [lambda: k]\nops = [1]\n")
-    assert "ops" not in a.carries
+    assert "ops" not in a.code_held
     assert callbacks(a) == {"k"}  # the lambda was handed to the list: it may run
 
 
 def test_results_of_calls_that_do_not_keep_code_carry_nothing() -> None:
     a = analyse("ys = sorted(xs, key=lambda v: w[v])\nzs = list(map(lambda v: v + s, xs))\n"
                 "p = functools.partial(lambda v, u: v + u + q, 1)\nt = Thread(target=lambda: z)\n")
-    assert set(a.carries) == {"p", "t"}
-    assert a.carries["p"] == {"q"} and a.carries["t"] == {"z"}
+    assert set(a.code_held) == {"p", "t"}
+    assert a.code_held["p"] == {"q"} and a.code_held["t"] == {"z"}
 
 
 def test_arithmetic_on_values_holding_code_gives_plain_values() -> None:
     _, use = steps("class A:\n    def v(self):\n        return g\na = A()\n",
                    "n = a.v() + 1\nb = a\n")
-    assert "n" not in use.carries and use.carries["b"] == {"g"}
+    assert "n" not in use.code_held and use.code_held["b"] == {"g"}
 
 
 def test_a_closure_from_a_factory_reads_when_it_runs() -> None:
@@ -876,7 +876,7 @@ def test_a_closure_from_a_factory_reads_when_it_runs() -> None:
         "times = make(3)\n",
         "shift = 7\n", "r = times(2)\n")
     assert define.functions["make"].later_reads == {"shift"}
-    assert free(define) == set() and define.carries["times"] == {"shift"}
+    assert free(define) == set() and define.code_held["times"] == {"shift"}
     assert callbacks(use) == {"shift"}
 
 

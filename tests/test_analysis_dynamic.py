@@ -133,11 +133,11 @@ def validate(sources: list[str]) -> Report:
     report = Report()
     reference: dict[str, Any] = {"__name__": "__main__"}
     functions: dict[str, FunctionInfo] = {}
-    carried: dict[str, frozenset[str]] = {}
+    held: dict[str, frozenset[str]] = {}
     for index, source in enumerate(sources):
         report.cells += 1
         where = f"cell {index}"
-        analysis = analyse_source(source, functions, carried)
+        analysis = analyse_source(source, functions, held)
         code = compile(strip_magics(source)[0], f"<{where}>", "exec")
         free = [use.name for use in analysis.free]
         called = [name for name in free if name in functions]
@@ -179,9 +179,9 @@ def validate(sources: list[str]) -> Report:
                 report.value_mismatches.append(f"{where}: {name}: {mine} != {theirs}")
         functions.update(analysis.functions)
         for name in analysis.binds - analysis.partial_binds:
-            carried.pop(name, None)
-        for name, reads in analysis.carries.items():
-            carried[name] = carried.get(name, frozenset()) | reads
+            held.pop(name, None)
+        for name, reads in analysis.code_held.items():
+            held[name] = held.get(name, frozenset()) | reads
     return report
 
 
