@@ -384,7 +384,7 @@ def _run_as_pipeline(pipeline: Any) -> dict[str, dict[str, Any]]:
         exec("import functools\n", namespace)
         for name, provider in io.loads.items():
             data = memoryview(saved[provider][name])
-            namespace[name] = marshal._unpickle("cloudpickle", data, [], namespace)
+            namespace[name] = marshal._unpickler("cloudpickle", data, [], namespace)()
         for cell in step.cells:
             exec(compile(cell.source, f"<step {step.name}>", "exec"), namespace)
         saved[step.name] = {name: cloudpickle.dumps(namespace[name], protocol=5)

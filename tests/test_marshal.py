@@ -379,7 +379,7 @@ def test_code_loaded_by_value_reads_the_loading_steps_globals(tmp_path: Path) ->
     step: dict[str, Any] = {"__name__": "__main__", "base": 100, "shift": 7}
     kept_builtins = step.setdefault("__builtins__", __builtins__)
     loaded = marshal.load_variable(record, tmp_path / "s", allowed_root=tmp_path,
-                                   code_globals=step)
+                                   namespace=step)
     assert isinstance(loaded, dict)
     assert loaded["m"].val() == 105  # this step's base; the saved helper fills the gap
     assert loaded["f"]() == 1000 and loaded["times"](2) == 13
