@@ -420,6 +420,18 @@ def list_poddefaults() -> dict[str, Any]:
     return fetch()
 
 
+def verify(path: str | Path, params: Mapping[str, Any] | None = None, runs: int = 1
+           ) -> dict[str, Any]:
+    """``nb2pipe verify``: the notebook in a kernel and as the local pipeline, compared.
+
+    The answer is :meth:`kale_py.verify.VerifyResult.to_dict` (see the server's
+    ``POST kale-py/verify`` for its fields). Raises KalePyError when it cannot compare.
+    """
+    from .verify import verify_notebook
+
+    return verify_notebook(path, _texts(params), runs).to_dict()
+
+
 def _texts(params: Mapping[str, Any] | None) -> dict[str, str]:
     """``--param``-style texts from values that may already be typed (JSON from the panel)."""
     import json

@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     from .runs_command import add_parser as add_runs_parser
 
     add_runs_parser(sub)
+    _verify_parser(sub)
     _compile_parser(sub)
     _image_parser(sub)
     _submit_parser(sub)
@@ -250,6 +251,39 @@ def _suggest_resources(run_dir: Path) -> None:
     print("resource tags from the measured peaks (add them to each step's first cell):")
     for step, request, limit in suggestions(peaks):
         print(f"  {step}: {request} {limit}    (peak {format_bytes(peaks[step])})")
+
+
+def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check that the pipeline computes what the notebook computes",
+        description="Run the notebook top to bottom in a Jupyter kernel and as the local "
+        "pipeline, and compare every name the steps bind. Exit 1 when a name differs "
+        "(each is named with the step that provides it) or a step fails.",
+    )
+    _notebook_arg(verify)
+    _param_arg(verify, "a pipeline parameter for both runs (repeatable)")
+    verify.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run the kernel N times: names that differ between kernel runs (the time, "
+        "unseeded randomness) are reported as unstable, not as differences",
+    )
+    verify.add_argument("--format", choices=("text", "json"), default="text")
+    verify.set_defaults(command=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import result_to_text, verify_notebook
+
+    result = verify_notebook(args.notebook, _overrides(args.param), runs=args.runs)
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result_to_text(result))
+    return 0 if result.ok else 1
 
 
 def _print_diagnostics(

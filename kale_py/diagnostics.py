@@ -56,6 +56,8 @@ CODES: dict[str, str] = {
     "NB602": "--objective names no pipeline metric",
     "NB603": "every tuning trial failed",
     "NB604": "tuning needs the tune extra (Optuna)",
+    "NB701": "nb2pipe verify needs nbclient and ipykernel (the verify extra)",
+    "NB702": "the notebook fails when run top to bottom in a Jupyter kernel",
     "KF001": "a step setting cannot be expressed in Kubeflow Pipelines",
     "KF002": "the compiled pipeline is not valid KFP IR",
     "KF003": "a step imports a module not installed here: its version cannot be pinned",

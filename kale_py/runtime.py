@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kale_py import marshal
+from kale_py import marshal, process_state
 from kale_py.magics import SKIPPED_LINE_MAGICS
 
 CELL_FILE = "{notebook}, cell {cell}"  # the file name tracebacks show for a cell
@@ -471,14 +471,23 @@ class StepRuntime:
     def load_inputs(self) -> None:
         # An object whose restore code reads the namespace (a formula model) may need a
         # variable that comes later in the list: what fails is tried again after the rest.
+        dirs = _pairs(self.args.state_in, "--state-in")
+        kfp_names = self.spec.get("kfp_names", {})
+        roots = self.args.allowed_root or list(dirs.values())
+        pseudo: dict[str, tuple[str, str]] = {}
         failed = []
         for var, producer in self.spec.get("inputs", {}).items():
+            directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+            if process_state.is_pseudo(var) and directory is not None:
+                pseudo[var] = (producer, directory)
+                continue
             try:
                 self._load_input(var, producer)
             except marshal.StateError:
                 failed.append((var, producer))
         for var, producer in failed:
             self._load_input(var, producer)
+        self._restore_process_state(pseudo, roots)
 
     def _load_input(self, var: str, producer: str) -> None:
         dirs = _pairs(self.args.state_in, "--state-in")
@@ -526,6 +535,32 @@ class StepRuntime:
 
     def key(self) -> bytes | None:
         return marshal.read_key(self.args.key_file) if self.args.key_file else None
+
+    def _restore_process_state(self, pseudo: dict[str, tuple[str, str]],
+                               roots: list[str]) -> None:
+        """Library settings and random generators as their providing steps left them (read
+        from the producer's verified manifest, like every other input)."""
+        loaded: dict[str, Any] = {}
+        for name, (producer, directory) in pseudo.items():
+            if directory not in loaded:
+                if producer not in self.manifests:
+                    self.manifests[producer] = self._input_manifest(producer, directory)
+                record = self.manifests[producer]["variables"].get(process_state.STATE_VARIABLE)
+                loaded[directory] = (
+                    {}
+                    if record is None
+                    else marshal.load_variable(
+                        record,
+                        directory,
+                        allowed_root=_common_root(roots, directory),
+                        step=self.spec.get("step"),
+                        producer=producer,
+                    )
+                )
+            try:
+                process_state.restore(name, loaded[directory].get(name))
+            except Exception as exc:  # noqa: BLE001 - a library refusing its own state
+                self.notice(f"{name} could not be restored: {type(exc).__name__}: {exc}")
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""
@@ -663,7 +698,21 @@ class StepRuntime:
         out = Path(self.args.state_out)
         out.mkdir(parents=True, exist_ok=True)
         records, missing = [], []
-        for name in self.spec.get("outputs", []):
+        outputs = self.spec.get("outputs", [])
+        pseudo = [n for n in outputs if process_state.is_pseudo(n)]
+        if pseudo:
+            records.append(
+                marshal.save_variable(
+                    process_state.STATE_VARIABLE,
+                    process_state.capture(pseudo, self.notice),
+                    out,
+                    step=self.spec["step"],
+                    content_hash=not self.args.executor_output,
+                )
+            )
+        for name in outputs:
+            if process_state.is_pseudo(name):
+                continue
             if name not in self.namespace:
                 missing.append(name)
                 continue
@@ -705,6 +754,20 @@ class StepRuntime:
             except marshal.StateError as exc:
                 self.notice(f"not exported: {exc}")
         marshal.write_manifest(out, self.spec["step"], records)
+
+    def export_digests(self) -> None:
+        """Digests of every variable the step wrote, for ``nb2pipe verify``.
+
+        Written to ``$KALE_PY_EXPORT_DIGESTS/<kfp_name>.json`` when that is set.
+        """
+        target = os.environ.get("KALE_PY_EXPORT_DIGESTS")
+        if not target:
+            return
+        from kale_py import digest
+
+        names = [n for n in self.spec.get("writes", []) if not process_state.is_pseudo(n)]
+        digests = digest.digest_all(self.namespace, names)
+        _write_atomic(str(Path(target) / f"{self.spec['kfp_name']}.json"), json.dumps(digests))
 
 
 _MISSING = object()
@@ -825,6 +888,7 @@ def main(argv: list[str] | None = None) -> int:
         result["metrics"] = runtime.metrics()
         result["saved"] = runtime.save_outputs()
         runtime.export_all()
+        runtime.export_digests()
     except CellFailed as failed:
         result.update(
             status="failed",

@@ -312,6 +312,58 @@ class SubmitHandler(KalePyHandler):
             self.finish_json(result)
 
 
+class VerifyHandler(KalePyHandler):
+    """``POST <base>/kale-py/verify``: does the pipeline compute what the notebook computes?
+
+    Runs the notebook top to bottom in a Jupyter kernel and as the local pipeline, and
+    compares every name the steps bind (see ``nb2pipe verify``). It takes as long as both
+    runs together.
+
+    Request body::
+
+        {"path": "dir/nb.ipynb",          # relative to the server root (required)
+         "params": {"EPOCHS": 3},         # pipeline parameters for both runs (optional)
+         "runs": 2}                       # kernel runs, to find unstable names (default 1)
+
+    Answer (200)::
+
+        {"notebook": "/abs/dir/nb.ipynb",
+         "ok": false,                     # no difference and every step succeeded
+         "differences": [                 # names whose final values differ
+             {"name": "model", "step": "train",    # the step that provides the name
+              "kernel": "short description of the kernel's value",
+              "pipeline": "short description of the pipeline's value, or (step 'x' failed)"}],
+         "unstable": [                    # names differing between kernel runs: not failures
+             {"name": "stamp", "step": "load", "kernel": "first run", "pipeline": "other run"}],
+         "compared": 12,                  # names compared
+         "steps": [                       # one per step, in notebook order
+             {"step": "train", "status": "succeeded",   # the pipeline run's step status
+              "compared": 3, "differences": ["model"], "unstable": [],
+              "error": null}],            # "ZeroDivisionError: ... (cell 7, line 3)" if failed
+         "runs": 2,
+         "pipeline_status": "succeeded",  # succeeded | failed | cancelled
+         "seconds": {"kernel": 8.1, "pipeline": 3.2}}
+
+    422 with diagnostics when the notebook has errors, a parameter does not fit, the
+    notebook fails in the kernel (NB702, with its cell and line) or nbclient/ipykernel are
+    not installed (NB701).
+    """
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        from kale_py import api
+
+        body = self.json_body()
+        path = self.notebook_path(body.get("path"))
+        params = _expect(body, "params", dict) or {}
+        runs = body.get("runs", 1)
+        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+            raise BadRequest("'runs' must be a whole number of at least 1")
+        result = await self.call_api(api.verify, path, params, runs)
+        if result is not None:
+            self.finish_json(result)
+
+
 class ExperimentsHandler(KalePyHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -357,6 +409,7 @@ ROUTES: list[tuple[str, type[KalePyHandler]]] = [
     (f"tunes/{TUNE_ID}", TuneHandler),
     (f"tunes/{TUNE_ID}/report", TuneReportHandler),
     ("submit", SubmitHandler),
+    ("verify", VerifyHandler),
     (f"kfp-runs/{RUN_ID}", KfpRunHandler),
     ("experiments", ExperimentsHandler),
     ("volumes", VolumesHandler),

@@ -79,6 +79,8 @@ class FakeAPI:
                                  "poddefaults": [{"name": "access-ml-pipeline",
                                                   "description": "Allow access to KFP",
                                                   "labels": {"access-ml-pipeline": "true"}}]},
+            "verify": {"ok": True, "differences": [], "unstable": [], "compared": 0,
+                       "steps": []},
         }
         module = types.ModuleType("kale_py.api")
         for name, result in results.items():
@@ -120,6 +122,7 @@ ROUTES = [
     ("GET", "tunes/t1", None),
     ("GET", "tunes/t1/report", None),
     ("POST", "submit", {"path": "nb.ipynb"}),
+    ("POST", "verify", {"path": "nb.ipynb"}),
     ("GET", "experiments", None),
     ("GET", "volumes", None),
     ("GET", "poddefaults", None),
@@ -324,6 +327,10 @@ BAD_BODIES = [
     ("submit", {"path": "nb.ipynb", "host": 1}, "'host' must be a string"),
     ("submit", {"path": "nb.ipynb", "token": {}}, "'token' must be a string"),
     ("submit", {"path": "../nb.ipynb"}, "outside the server root"),
+    ("verify", {}, "'path' is required"),
+    ("verify", {"path": "nb.ipynb", "params": [1]}, "'params' must be an object"),
+    ("verify", {"path": "nb.ipynb", "runs": 0}, "'runs' must be a whole number"),
+    ("verify", {"path": "nb.ipynb", "runs": "2"}, "'runs' must be a whole number"),
 ]
 
 
@@ -377,7 +384,8 @@ async def test_diagnosed_problems_are_422_with_the_diagnostics(
                          cell=3, line=2, step="train")
     fake_api.error = CheckError([problem])
     for route, body in [("analyse", {"path": "nb.ipynb"}), ("runs", {"path": "nb.ipynb"}),
-                        ("compile", {"path": "nb.ipynb"}), ("submit", {"path": "nb.ipynb"})]:
+                        ("compile", {"path": "nb.ipynb"}), ("submit", {"path": "nb.ipynb"}),
+                        ("verify", {"path": "nb.ipynb"})]:
         with pytest.raises(HTTPClientError) as caught:
             await post(jp_fetch, route, body)
         assert caught.value.code == 422
@@ -427,3 +435,43 @@ async def test_analyse_with_the_real_api(jp_fetch: Fetch, jp_root_dir: Path) -> 
     live["cells"][2]["source"] = "y = x + 1"
     result = body_of(await post(jp_fetch, "analyse", {"path": "nb.ipynb", "notebook": live}))
     assert not [d for d in result["diagnostics"] if d["code"] == "NB103"]
+
+
+async def test_verify_passes_its_options(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    await post(jp_fetch, "verify", {"path": "nb.ipynb", "params": {"n": 2}, "runs": 2})
+    await post(jp_fetch, "verify", {"path": "nb.ipynb"})
+    nb = jp_root_dir / "nb.ipynb"
+    assert fake_api.calls == [("verify", (nb, {"n": 2}, 2), {}), ("verify", (nb, {}, 1), {})]
+
+
+VERIFIED = {
+    "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["imports"]}, "execution_count": None,
+         "outputs": [], "source": "import sys"},
+        {"cell_type": "code", "metadata": {"tags": ["pipeline-parameters"]},
+         "execution_count": None, "outputs": [], "source": "N = 2"},
+        {"cell_type": "code", "metadata": {"tags": ["step:load"]}, "execution_count": None,
+         "outputs": [], "source": "xs = list(range(N))\nsys.setrecursionlimit(4321)"},
+        {"cell_type": "code", "metadata": {"tags": ["step:train"]}, "execution_count": None,
+         "outputs": [], "source": "total = sum(xs)\nlimit = sys.getrecursionlimit()"},
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+async def test_verify_with_the_real_api(jp_fetch: Fetch, jp_root_dir: Path) -> None:
+    """A real kernel and a real local run: the recursion limit is not carried (NB105)."""
+    (jp_root_dir / "nb.ipynb").write_text(json.dumps(VERIFIED))
+    result = body_of(await post(jp_fetch, "verify", {"path": "nb.ipynb", "params": {"N": 5}}))
+    assert result["ok"] is False
+    assert result["compared"] == 3
+    assert [(d["name"], d["step"], d["kernel"]) for d in result["differences"]] == [
+        ("limit", "train", "4321")]
+    assert result["unstable"] == []
+    assert [(s["step"], s["status"], s["compared"], s["differences"]) for s in result["steps"]] == [
+        ("load", "succeeded", 1, []), ("train", "succeeded", 2, ["limit"])]
+    assert result["pipeline_status"] == "succeeded"

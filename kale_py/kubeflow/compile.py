@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .poddefaults import PodDefaultLabels
 
 DEFAULT_IMAGE = "python:3.11"
-RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py")
+RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py", "process_state.py", "digest.py")
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 
