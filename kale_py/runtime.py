@@ -707,7 +707,6 @@ class StepRuntime:
                     process_state.capture(pseudo, self.notice),
                     out,
                     step=self.spec["step"],
-                    content_hash=not self.args.executor_output,
                 )
             )
         for name in outputs:
