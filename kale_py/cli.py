@@ -29,7 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: Command = args.command
     try:
-        return command(args)
+        try:
+            return command(args)
+        except ModuleNotFoundError as missing:
+            from .extras import missing_package
+
+            raise KalePyError([missing_package(missing)]) from None
     except KalePyError as exc:
         fmt = getattr(args, "format", "text")
         _print_diagnostics(

@@ -24,6 +24,7 @@ CODES: dict[str, str] = {
     "NB003": "unknown key in the notebook's kubeflow_notebook metadata",
     "NB004": "invalid value in the notebook's kubeflow_notebook metadata",
     "NB005": "deprecated metadata key (docker_image): use base_image",
+    "NB010": "a command needs a Python package that is not installed (names the extra)",
     "NB101": "syntax error in a cell",
     "NB102": "star import: names it brings in cannot be tracked between steps",
     "NB103": "a name is used but no earlier step defines it",
