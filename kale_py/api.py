@@ -98,6 +98,7 @@ def submit(
     watch: bool = False,
     install_packages: bool = False,
     out: Callable[[str], None] = print,
+    username: str | None = None,
 ) -> dict[str, Any]:
     """Compile (for a notebook) and submit to a KFP endpoint; with ``watch``, wait for the end.
 
@@ -134,6 +135,7 @@ def submit(
         version_name=version,
         watch=watch,
         out=out,
+        username=username,
     )
     return {
         "pipeline_id": result.pipeline_id,

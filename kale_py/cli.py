@@ -294,6 +294,11 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="bearer token (default: $KF_PIPELINES_TOKEN, the "
         "in-cluster service account token, or the kubeconfig)",
     )
+    submit.add_argument(
+        "--username",
+        help="log in to a multi-user Kubeflow through Dex as this user; the password comes "
+        "from $KF_PIPELINES_PASSWORD or a prompt, the session is reused until it expires",
+    )
     _param_arg(submit, "a run parameter (repeatable), typed by the pipeline's parameters")
     submit.add_argument("--name", help="pipeline name (default: the notebook's pipeline_name)")
     submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
@@ -343,6 +348,7 @@ def _submit(args: argparse.Namespace) -> int:
         image=args.image,
         watch=args.watch,
         install_packages=args.install_packages,
+        username=args.username,
     )
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1

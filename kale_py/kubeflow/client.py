@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,11 @@ class Auth:
     path: str | None = None
     source: str = ""
     header: str | None = None  # a whole Authorization value (kubeconfig: Bearer or Basic)
+    cookie: str | None = field(default=None, repr=False)  # a Kubeflow session (Dex login)
 
     def headers(self) -> dict[str, str]:
+        if self.cookie:
+            return {"Cookie": self.cookie}
         if self.header:
             return {"Authorization": self.header}
         token = self.token
@@ -99,6 +102,8 @@ class Auth:
     def describe(self) -> str:
         if self.kind == "none":
             return "no credentials"
+        if self.kind == "dex":
+            return f"the Kubeflow session of {self.source}"
         if self.header and not self.header.startswith("Bearer "):
             return f"the credentials of {self.source}"
         return f"the bearer token from {self.source}"
@@ -125,7 +130,7 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
                     params: Mapping[str, object] | None = None,
                     version_name: str | None = None, watch: bool = False,
                     out: Output = print, poll_seconds: float = 5.0,
-                    upload: bool = True) -> SubmitResult:
+                    upload: bool = True, username: str | None = None) -> SubmitResult:
     """Upload ``yaml_text`` as pipeline ``name`` (or a new version of it), make sure the
     experiment exists, start a run and print its link; with ``watch``, follow it to the end.
     With ``upload=False`` the run carries the pipeline itself and nothing is uploaded.
@@ -133,7 +138,7 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
     >>> submit_pipeline(open("p.yaml").read(), name="churn", host="http://localhost:8080",
     ...                 params={"epochs": 3}, watch=True)  # doctest: +SKIP
     """
-    client = Client(resolve_endpoint(host, token, namespace))
+    client = Client(resolve_endpoint(host, token, namespace, username))
     if client.healthz().get("multi_user") and not client.endpoint.namespace:
         raise _error("KF105", f"the KFP endpoint at {client.endpoint.api} is multi-user: pass "
                      "--namespace with your Kubeflow profile namespace")
@@ -180,11 +185,16 @@ def list_experiments(*, host: str | None = None, token: str | None = None,
 # --- where and how --------------------------------------------------------------------------------
 
 def resolve_endpoint(host: str | None = None, token: str | None = None,
-                     namespace: str | None = None) -> Endpoint:
-    """The KFP endpoint and credentials to use (see the module docstring for the order)."""
+                     namespace: str | None = None, username: str | None = None) -> Endpoint:
+    """The KFP endpoint and credentials to use (see the module docstring for the order).
+
+    With ``username``, a Kubeflow session from Dex (see :mod:`kale_py.kubeflow.dex`).
+    """
     env = os.environ
     explicit = _explicit_auth(token)
     host = host or env.get("KF_PIPELINES_ENDPOINT")
+    if username and not explicit:
+        return _dex_endpoint(host, username, namespace)
     in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
     if in_cluster and not namespace:
         namespace = _read_optional(POD_NAMESPACE_PATH)
@@ -197,6 +207,19 @@ def resolve_endpoint(host: str | None = None, token: str | None = None,
         ui = env.get("KF_PIPELINES_UI_ENDPOINT") or IN_CLUSTER_UI
         return Endpoint(IN_CLUSTER_HOST, ui, auth, namespace)
     return _kubeconfig_endpoint(explicit, namespace)
+
+
+def _dex_endpoint(host: str | None, username: str, namespace: str | None) -> Endpoint:
+    from .dex import dex_session
+
+    if not host:
+        raise _error("KF105", "--username logs in through the Kubeflow gateway: pass --host "
+                     "with its pipelines address, e.g. https://kubeflow.example.com/pipeline")
+    api = _with_scheme(host)
+    tls = ssl.create_default_context() if api.startswith("https:") else None
+    session = dex_session(api, username, tls=tls)
+    auth = Auth("dex", cookie=session.cookie, source=username)
+    return Endpoint(api, os.environ.get("KF_PIPELINES_UI_ENDPOINT") or api, auth, namespace)
 
 
 def _explicit_auth(token: str | None) -> Auth | None:
@@ -458,6 +481,9 @@ def _auth_hint(auth: Auth) -> str:
     if auth.kind == "none":
         return ("pass --token (or set KF_PIPELINES_TOKEN), or run in a Kubeflow notebook with "
                 "access to Kubeflow Pipelines (the access-ml-pipeline PodDefault)")
+    if auth.kind == "dex":
+        return (f"the session may have expired or {auth.source} may lack access to this "
+                "namespace: check --namespace, or log in again")
     if auth.kind == "service-account":
         return ("the notebook's service account may lack access to this namespace: check the "
                 "access-ml-pipeline PodDefault and --namespace")
