@@ -55,6 +55,7 @@ CODES: dict[str, str] = {
     "KF001": "a step setting cannot be expressed in Kubeflow Pipelines",
     "KF002": "the compiled pipeline is not valid KFP IR",
     "KF003": "a step imports a module not installed here: its version cannot be pinned",
+    "KF008": "steps import packages and run in the built-in default image, which lacks them",
     "KF101": "the KFP endpoint cannot be reached",
     "KF102": "the KFP endpoint refused the credentials (401/403)",
     "KF103": "no KFP API at that address (404, or an answer that is not KFP JSON)",
