@@ -205,3 +205,28 @@ def test_kubernetes_is_imported_only_for_kubeconfig_access(apiserver: FakeKfp) -
                             check=True)
     assert result.stdout.strip() == "False"
     assert resolve_endpoint(apiserver.url, "t").auth.kind == "token"
+
+
+@pytest.mark.parametrize("host", ["10.96.0.1", "fd00:10:96::1"])
+def test_in_cluster_service_account_matches_the_kubernetes_client(tmp_path: Path,
+                                                                  host: str) -> None:
+    """kale_py.cluster reads the pod's service account itself (no kubernetes import on the
+    compile path); the official client's in-cluster loader is the oracle."""
+    from kubernetes import client as k8s_client
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    from kale_py.cluster import ClusterConfig
+
+    (tmp_path / "token").write_text("sa-token\n")
+    (tmp_path / "namespace").write_text("team-a")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": "443",
+           "HOSTNAME": "nb-0"}
+    ours = ClusterConfig.from_environment(env, tmp_path)
+    theirs = k8s_client.Configuration()
+    InClusterConfigLoader(str(tmp_path / "token"), str(tmp_path / "ca.crt"),
+                          environ=env).load_and_set(theirs)
+    assert ours.api_url == theirs.host
+    scheme, token = theirs.api_key["authorization"].split(" ", 1)
+    assert (scheme.lower(), token.strip()) == ("bearer", ours.token)
+    assert ours.ca_file == theirs.ssl_ca_cert
