@@ -47,6 +47,9 @@ _HELP = re.compile(r"^\s*(# )*[^\s]*\?\s*$")
 _SHELL_WORD = re.compile(
     r"^(# |#)*(cat|cd|cp|mv|rm|rmdir|mkdir|copy|ddir|echo|ls|ldir|ren)($|\s$|\s[^=,])")
 _CONTINUED = re.compile(r".*\\\s*$")
+_SHELL_FIRST = frozenset("#cdelmr")
+_BARE_HINT = re.compile(r"<codecell>|In\[")
+_QUOTE_OR_HASH = re.compile(r"[\"'#]")
 
 
 def read_percent(text: str, path: Path | None = None) -> Notebook:
@@ -57,16 +60,19 @@ def read_percent(text: str, path: Path | None = None) -> Notebook:
     if header_cell is not None:
         cells.append(Cell(index=1, kind="raw", source=header_cell, first_line=1))
     strings = _Strings()
+    quoted = [False] * len(lines)  # whether each line starts inside a string
     start = pos
     for i in range(pos, len(lines) + 1):
         at_end = i == len(lines)
         if not at_end:
             line = lines[i]
-            if strings.quoted() or i == start or not _is_start(line) or _in_fence(lines, start, i):
+            quoted[i] = strings.quoted()
+            if (i == start or "%%" not in line and not _BARE_HINT.search(line)
+                    or quoted[i] or not _is_start(line) or _in_fence(lines, start, i)):
                 strings.read(line)
                 continue
         if i > start:
-            cells.append(_cell(lines[start:i], start, len(cells) + 1))
+            cells.append(_cell(lines[start:i], start, len(cells) + 1, quoted[start:i]))
         start = i
         if not at_end:
             strings = _Strings()
@@ -119,6 +125,10 @@ def _header(lines: list[str]) -> tuple[dict[str, Any], str | None, int]:
 def _yaml_metadata(jupyter: list[tuple[int, str]]) -> dict[str, Any]:
     if not jupyter:
         return {}
+    simple = _simple_yaml([text for _, text in jupyter])
+    if simple is not None:
+        metadata = simple.get("jupyter")
+        return metadata if isinstance(metadata, dict) else {}
     import yaml  # type: ignore[import-untyped]  # a dependency; only headers need it
 
     try:
@@ -135,10 +145,72 @@ def _yaml_metadata(jupyter: list[tuple[int, str]]) -> dict[str, Any]:
     return metadata if isinstance(metadata, dict) else {}
 
 
+_YAML_KEY = re.compile(r"^( *)([A-Za-z_][A-Za-z0-9_.-]*):(?: (.*))?$")
+_YAML_WORD = re.compile(
+    r"^[A-Za-z_/.][A-Za-z0-9_./@+():-]*(?: [A-Za-z0-9_./@+()-][A-Za-z0-9_./@+():-]*)*$")
+_YAML_SPECIAL = frozenset({"yes", "no", "on", "off", "y", "n", "true", "false", "null",
+                           ".inf", ".nan"})
+
+
+def _simple_yaml(lines: list[str]) -> dict[str, Any] | None:
+    """The block mappings of plain scalars that jupytext writes, without importing PyYAML
+    (~85 ms); None for anything else (lists, flow style, comments, tags...): PyYAML reads it."""
+    root: dict[str, Any] = {}
+    stack: list[tuple[int, dict[str, Any]]] = [(-1, root)]
+    expect_deeper = False
+    for line in lines:
+        match = _YAML_KEY.match(line)
+        if match is None:
+            return None
+        indent, key, raw = len(match.group(1)), match.group(2), (match.group(3) or "").strip()
+        if expect_deeper and indent <= stack[-1][0]:
+            return None  # an empty value: None in YAML, left to PyYAML
+        while indent <= stack[-1][0]:
+            stack.pop()
+        parent = stack[-1][1]
+        if key in parent:
+            return None
+        if not raw:
+            child: dict[str, Any] = {}
+            parent[key] = child
+            stack.append((indent, child))
+            expect_deeper = True
+            continue
+        value = _yaml_scalar(raw)
+        if value is _NOT_SIMPLE:
+            return None
+        parent[key] = value
+        expect_deeper = False
+    return None if expect_deeper else root
+
+
+_NOT_SIMPLE = object()
+
+
+def _yaml_scalar(raw: str) -> object:
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'" and "'" not in raw[1:-1]:
+        return raw[1:-1]
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"' and not set(raw[1:-1]) & {'"', "\\"}:
+        return raw[1:-1]
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", raw):
+        return int(raw)
+    if re.fullmatch(r"-?[0-9]+\.[0-9]+", raw):
+        return float(raw)
+    if re.fullmatch(r"[0-9]+(\.[0-9]+){2,}", raw):  # a version such as 1.19.7: a string
+        return raw
+    if raw in ("true", "false"):
+        return raw == "true"
+    if (_YAML_WORD.match(raw) and raw.lower() not in _YAML_SPECIAL and not raw.endswith(":")
+            and ": " not in raw):
+        return raw
+    return _NOT_SIMPLE
+
+
 # --- one cell ----------------------------------------------------------------------------------
 
-def _cell(lines: list[str], start: int, index: int) -> Cell:
-    """The cell made of ``lines`` (its marker first, if any); ``start`` is its file index."""
+def _cell(lines: list[str], start: int, index: int, quoted: list[bool]) -> Cell:
+    """The cell made of ``lines`` (its marker first, if any); ``start`` is its file index;
+    ``quoted`` says which lines start inside a string."""
     has_marker = _is_start(lines[0])
     metadata, kind = _marker_metadata(lines[0], index, start + 1) if has_marker else ({}, "code")
     body = _trim_end(lines[1:] if has_marker else lines)
@@ -150,7 +222,7 @@ def _cell(lines: list[str], start: int, index: int) -> Cell:
         body = [f"%%{language}", *(_uncomment(line) for line in body)]
         first_line -= 1  # the marker line stands for the %%language line
     else:
-        body = _uncomment_magics(body)
+        body = _uncomment_magics(body, quoted[1:] if has_marker else quoted)
     return Cell(index=index, kind=kind, source="\n".join(body),
                 tags=_tags(metadata, index, start + 1), first_line=first_line)
 
@@ -271,24 +343,25 @@ def _uncomment(line: str) -> str:
     return line[1:] if line.startswith("#") else line
 
 
-def _uncomment_magics(body: list[str]) -> list[str]:
+def _uncomment_magics(body: list[str], quoted: list[bool]) -> list[str]:
     """Magics and shell lines, written commented out, as they are in the notebook."""
-    strings = _Strings()
     out = []
     continued = False
-    for line in body:
-        if not strings.quoted() and (continued or _is_magic(line)):
+    for line, in_string in zip(body, quoted, strict=False):  # body: without the blank end
+        if not in_string and (continued or _is_magic(line)):
             stripped = line.lstrip()
             indent = line[:len(line) - len(stripped)]
             out.append(indent + _uncomment(stripped))
             continued = bool(_CONTINUED.match(line))
         else:
             out.append(line)
-        strings.read(line)
     return out
 
 
 def _is_magic(line: str) -> bool:
+    if "%" not in line and "!" not in line and "?" not in line:
+        # the only form without one of those characters: a shell word first
+        return line[:1] in _SHELL_FIRST and bool(_SHELL_WORD.match(line))
     if _MAGIC_ESCAPE.match(line):
         return True
     if _MAGIC_NO_ESCAPE.match(line):
@@ -337,10 +410,11 @@ class _Strings:
         if self.triple is None and '"' not in line and "'" not in line:
             return
         triple_start = -1
-        for i, char in enumerate(line):
+        for match in _QUOTE_OR_HASH.finditer(line):
+            i, char = match.start(), match.group()
             if self.single is None and self.triple is None and char == "#":
                 break
-            if char not in "\"'" or line[i - 1:i] == "\\":
+            if char == "#" or line[i - 1:i] == "\\":
                 continue
             if self.single == char:
                 self.single = None

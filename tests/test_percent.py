@@ -254,3 +254,56 @@ def test_ipynb_and_script_agree_on_json(tmp_path: Path) -> None:
     jupytext.write(nb, script, fmt="py:percent")
     assert _cells(read_notebook(script)) == _cells(read_notebook(ipynb))
     assert json.loads(ipynb.read_text())["nbformat"] == 4
+
+
+JUPYTEXT_HEADER = """\
+jupyter:
+  jupytext:
+    text_representation:
+      extension: .py
+      format_name: percent
+      format_version: '1.3'
+      jupytext_version: 1.19.7
+  kernelspec:
+    display_name: Python 3
+    language: python
+    name: python3
+  kubeflow_notebook:
+    pipeline_name: demo
+    base_image: python:3.12
+    enable_caching: true
+    retries: 3
+    cpu: 0.5
+    kfp_host: http://localhost:8080/pipeline"""
+
+YAML_VALUES = ["yes", "No", "on", "2024-01-01", "[1, 2]", "{a: 1}", "010", "0x1f", "1:30", "1e3",
+               ".inf", ".NaN", "~", "null", "NULL", "x # comment", "'it''s'", '"a\\tb"', "3.10",
+               "1_000", "-7", "+7", "&anchor x", "*alias", "!!str 1", "| text", "> text",
+               "a: b", "python:3.12", "s3://bucket/key", "Python 3", "1.19.7", "'1.3'", "True"]
+
+
+@pytest.mark.parametrize("value", YAML_VALUES)
+def test_header_fast_path_agrees_with_pyyaml(value: str) -> None:
+    """Headers are read without PyYAML when they are plain block mappings; anything else is
+    left to PyYAML, and what the fast path reads is what PyYAML reads."""
+    import yaml
+
+    from kale_py.percent import _simple_yaml
+
+    text = f"jupyter:\n  kubeflow_notebook:\n    key: {value}\n    other: 1"
+    ours = _simple_yaml(text.splitlines())
+    try:
+        theirs = yaml.safe_load(text)
+    except yaml.YAMLError:
+        assert ours is None
+        return
+    assert ours is None or ours == theirs
+
+
+def test_jupytext_headers_take_the_fast_path() -> None:
+    import yaml
+
+    from kale_py.percent import _simple_yaml
+
+    ours = _simple_yaml(JUPYTEXT_HEADER.splitlines())
+    assert ours is not None and ours == yaml.safe_load(JUPYTEXT_HEADER)
