@@ -16,9 +16,9 @@ from .diagnostics import Diagnostic, error
 #: top-level module -> the extra of kale_py that installs it
 EXTRAS: dict[str, str] = {
     "cloudpickle": "state",
-    "dill": "state",
     "nbformat": "nbformat",
     "kfp": "kfp",
+    "optuna": "tune",
     "jupyterlab": "lab",
     "numpy": "samples",
     "pandas": "samples",

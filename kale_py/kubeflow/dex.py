@@ -52,7 +52,7 @@ class Session:
 
 
 def dex_session(host: str, username: str, *, tls: ssl.SSLContext | None = None,
-                password: Callable[[], str] | None = None,
+                password: Callable[[str], str] | None = None,
                 cache_dir: Path | None = None) -> Session:
     """A session for ``username`` at the KFP endpoint ``host`` (e.g. ``https://kf/pipeline``).
 

@@ -59,9 +59,10 @@ def _schema_problems(spec: Json, platform: Json | None) -> list[str]:
     if platform is not None:
         checks.append(("PlatformSpec", platform, pb.PlatformSpec()))
         # Each executor's Kubernetes config is a Struct too; kfp-kubernetes defines its schema.
-        for name, config in _kubernetes_executors(platform).items() if k8s else ():
-            checks.append((f"kubernetes config of {name}", config,
-                           k8s.KubernetesExecutorConfig()))
+        if k8s is not None:
+            for name, config in _kubernetes_executors(platform).items():
+                checks.append((f"kubernetes config of {name}", config,
+                               k8s.KubernetesExecutorConfig()))
     problems = []
     for where, data, message in checks:
         try:
