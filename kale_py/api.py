@@ -172,6 +172,7 @@ def manage_schedule(
     token: str | None = None,
     name: str | None = None,
     out: Callable[[str], None] = print,
+    username: str | None = None,
 ) -> list[str]:
     """``disable``, ``enable`` or ``delete`` the recurring runs of the notebook's pipeline (or
     of a compiled ``.yaml``); host, experiment and namespace fall back to the metadata."""
@@ -191,7 +192,8 @@ def manage_schedule(
             s.kfp_host, s.experiment_name, s.namespace)
     return manage(action, name=name or default_name, host=host or settings_host, token=token,
                   namespace=namespace or settings_ns,
-                  experiment=experiment or settings_experiment or "Default", out=out)
+                  experiment=experiment or settings_experiment or "Default", out=out,
+                  username=username)
 
 
 def tune(

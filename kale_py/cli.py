@@ -438,7 +438,8 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError("--watch follows one run: it does not go with recurring runs")
     if args.manage:
         manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
-                        namespace=args.namespace, token=args.token, name=args.name)
+                        namespace=args.namespace, token=args.token, name=args.name,
+                        username=args.username)
         return 0
     result = submit(
         args.notebook,

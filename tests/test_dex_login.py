@@ -123,3 +123,18 @@ def test_service_account_token_for_programmatic_access(kfp: FakeKfp) -> None:
     """`kubectl create token default-editor`: a bearer token, no login."""
     endpoint = resolve_endpoint(kfp.url, token="eyJhbGciOi.sa.token", username=USER)
     assert endpoint.auth.headers() == {"Authorization": "Bearer eyJhbGciOi.sa.token"}
+
+
+def test_recurring_runs_are_managed_with_the_session(
+        gateway: FakeDex, kfp: FakeKfp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--disable asks KFP (through the session) for the pipeline's recurring runs: none here."""
+    monkeypatch.setenv(dex.PASSWORD_ENV, PASSWORD)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(PIPELINE_YAML)
+    assert main(["submit", str(pipeline), "--host", f"{gateway.url}/pipeline", "--namespace",
+                 "ns", "--username", USER, "--disable"]) == 1
+    assert "KF107: no recurring run named 'demo'" in capsys.readouterr().err
+    assert gateway.logins == 1
+    api_calls = [r for r in gateway.requests if r[1].startswith("/pipeline/apis/")]
+    assert api_calls and all(f"{gateway.cookie_name}=" in cookies for _, _, cookies in api_calls)

@@ -186,11 +186,12 @@ def _inline_spec(yaml_text: str) -> Json:
 
 def manage_schedule(action: str, *, name: str, host: str | None = None,
                     token: str | None = None, namespace: str | None = None,
-                    experiment: str | None = None, out: Output = print) -> list[str]:
+                    experiment: str | None = None, out: Output = print,
+                    username: str | None = None) -> list[str]:
     """``disable``, ``enable`` or ``delete`` the recurring runs named ``name``; their ids."""
     from kale_py.kubeflow.schedules import manage_recurring_runs
 
-    client = Client(resolve_endpoint(host, token, namespace))
+    client = Client(resolve_endpoint(host, token, namespace, username))
     experiment_id = None
     if experiment:
         found = client.find("/experiments", "experiments", experiment, client.namespace_query())
