@@ -34,8 +34,10 @@ from .magics import (
     magic_name,
 )
 from .notebook import Cell, Notebook
+from .output_names import HISTORY, displaying_counts, execution_counts, reads_output_name
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
+from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, is_settings, rng_name, settings_name
 from .settings import NotebookSettings
 
 # Names a step can use without any provider: builtins and what Jupyter's kernel defines.
@@ -237,6 +239,13 @@ class _GraphBuilder:
         self.deleted_by: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
+        # steps whose displayed values no step has read yet (see _displayed)
+        self.undisplayed: list[Step] = []
+        self.carried: dict[str, tuple[tuple[str, bool], ...]] = {}
+        self.output_counts: dict[int, int] | None = None
+        # imports/functions-cell functions that draw random numbers or change settings
+        self.function_touches: dict[str, tuple[set[str], set[str]]] = {}
+        self.settings_written: set[str] = set()  # settings some step changed
 
     def run(self) -> None:
         self._prelude()
@@ -266,8 +275,10 @@ class _GraphBuilder:
             return
         a = located.analysis
         self._check_magics(located, None)
+        _string_notes(located, None, self.problems)
         self.prelude_names = a.binds
         self.functions.update(a.functions)
+        self.function_touches = _function_touches(cells)
         self.star_prelude = bool(a.star_imports)
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -288,10 +299,17 @@ class _GraphBuilder:
         a = located.analysis
         state = self.state[step.name]
         self._check_magics(located, step.name)
+        _string_notes(located, step.name, self.problems)
         state.hazards = _cell_hazards(step.cells)
         needed, called = self._needed(a)
+        if self.undisplayed and any(reads_output_name(name) for name in needed):
+            self._displayed()
+        self._carried_reads(needed)
         for name, line in needed.items():
-            self._resolve(step, state, name, located.where(line), name in a.maybe_free)
+            # `_5` may be shown by this step's own earlier cell: like `_`, never an error
+            maybe = name in a.maybe_free or reads_output_name(name)
+            self._resolve(step, state, name, located.where(line), maybe)
+        self._process_state(step, state, called)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -317,6 +335,60 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
+        self.undisplayed.append(step)
+        for name in writes:
+            self.carried.pop(name, None)
+        self.carried.update(a.carries)
+        if state.hazards:  # functions this step defines that later steps may call
+            self.function_touches.update(_function_touches(list(step.cells)))
+
+    def _carried_reads(self, needed: dict[str, int]) -> None:
+        """A formula model received from another step re-evaluates its formula when it is
+        restored: the step needs what the formula reads (a value name when some step binds
+        it; it may be a column)."""
+        for name in [n for n in needed if n in self.carried]:
+            for read, certain in self.carried[name]:
+                if certain or read in self.last_writer:
+                    needed.setdefault(read, needed[name])
+
+    def _displayed(self) -> None:
+        """A cell showing its last expression's value (maybe) binds IPython's output names.
+
+        Done for the earlier steps, in order, once a step reads one of those names: most
+        notebooks never do. They are partial bindings (a None value shows nothing), and not
+        among the steps' writes: they are loaded and saved only when a later step reads them."""
+        if self.output_counts is None:
+            self.output_counts = execution_counts(self.blocks.notebook)
+        for step in self.undisplayed:
+            shown = displaying_counts(step.cells, self.output_counts)
+            partial = self.state[step.name].partial
+            for name in [*HISTORY, *(f"_{n}" for n in shown)] if shown else []:
+                partial.setdefault(name, self.last_writer.get(name))
+                self.last_writer[name] = step.name
+        self.undisplayed.clear()
+
+    def _process_state(self, step: Step, state: _StepState, called: list[str]) -> None:
+        """Library settings and global random generators, as pseudo-variables.
+
+        A step that changes a library's settings or draws from a global generator mutates
+        its pseudo-variable (it starts from the state the provider left, and provides it);
+        a seed binds it. Settings changed by an earlier step are in force in every later
+        step, as in the kernel, so every later step loads them.
+        """
+        reads, writes = _touches(state.hazards)
+        for name in called:
+            function_reads, function_writes_ = self.function_touches.get(name, ((), ()))
+            reads |= set(function_reads)
+            writes |= set(function_writes_)
+        reads |= self.settings_written
+        for name in sorted(reads):
+            provider = self.last_writer.get(name)
+            if provider is not None and provider != PARAMETER:
+                state.loads[name] = provider
+                self.state[provider].saves.add(name)
+        for name in writes:
+            self.last_writer[name] = step.name
+        self.settings_written |= {n for n in writes if is_settings(n)}
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -326,7 +398,9 @@ class _GraphBuilder:
         """
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
-            for name in sorted(state.saves & state.partial.keys()):
+            # a display shifts the history: saving `__` needs the `_` from before
+            history = {n for s in state.saves & HISTORY.keys() for n in HISTORY[s]}
+            for name in sorted((state.saves | history) & state.partial.keys()):
                 provider = state.partial[name]
                 if provider == PARAMETER:
                     state.parameters.append(name)
@@ -484,6 +558,22 @@ class _GraphBuilder:
         return tuple(sorted(edges, key=lambda e: (order[e.target], order[e.source])))
 
 
+def _string_notes(located: _Located, step: str | None, problems: list[Diagnostic]) -> None:
+    """A formula or pandas expression whose names cannot be read (built at run time, or
+    its library is not installed here)."""
+    for note in located.analysis.string_notes:
+        cell, line = located.where(note.line)
+        problems.append(
+            warning(
+                "NB105",
+                f"{note.call}: {note.reason}",
+                cell=cell,
+                line=line,
+                step=step,
+            )
+        )
+
+
 def _later_definer(steps: tuple[Step, ...], step: Step, name: str) -> tuple[str, int] | None:
     """The first later step that binds ``name`` (only computed on the error path)."""
     for other in steps:
@@ -563,6 +653,43 @@ def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
     return found
 
 
+def _touches(hazards: list[tuple[Hazard, int, int]]) -> tuple[set[str], set[str]]:
+    """The pseudo-variables (settings, generators) hazards read and write."""
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for hazard, _, _ in hazards:
+        if hazard.kind == "seed" and hazard.detail in RNG_FAMILIES:
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "random" and hazard.detail in RNG_FAMILIES:
+            reads.add(rng_name(hazard.detail))
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "setting" and hazard.detail in SETTINGS_FAMILIES:
+            reads.add(settings_name(hazard.detail))
+            writes.add(settings_name(hazard.detail))
+    return reads, writes
+
+
+def _function_touches(cells: list[Cell]) -> dict[str, tuple[set[str], set[str]]]:
+    """For each function the imports/functions cells define, the state its calls touch."""
+    import ast
+
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for cell in cells:
+        if not might_have_hazards(cell.source):
+            continue
+        try:
+            tree = ast.parse(strip_magics(cell.source)[0])
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found = [(h, cell.index, h.line) for h in find_hazards(ast.unparse(node))]
+                reads, writes = _touches(found)
+                if reads or writes:
+                    out[node.name] = (reads, writes)
+    return out
+
+
 def _check_hazards(
     blocks: Blocks,
     state: Mapping[str, _StepState],
@@ -586,7 +713,7 @@ def _check_hazards(
         hazards = state[step.name].hazards
         own_seeds = {h.detail for h, _, _ in hazards if h.kind == "seed"}
         for hazard, cell, line in hazards:
-            if hazard.kind == "environment" and i < len(steps) - 1:
+            if hazard.kind in ("environment", "uncarried") and i < len(steps) - 1:
                 problems.append(
                     warning(
                         "NB105",
@@ -599,6 +726,7 @@ def _check_hazards(
                 )
             elif (
                 hazard.kind == "random"
+                and hazard.detail not in RNG_FAMILIES  # those continue their stream
                 and hazard.detail in seeded
                 and hazard.detail not in own_seeds | prelude_seeds
             ):
