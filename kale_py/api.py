@@ -150,6 +150,7 @@ def submit(
     max_concurrency: int = 1,
     catchup: bool = True,
     out: Callable[[str], None] = print,
+    username: str | None = None,
 ) -> dict[str, Any]:
     """Compile (for a notebook) and submit to a KFP endpoint; with ``watch``, wait for the end.
 
@@ -192,6 +193,7 @@ def submit(
         watch=watch and recurring is None,
         out=out,
         schedule=recurring,
+        username=username,
     )
     return {
         "pipeline_id": result.pipeline_id,
@@ -214,6 +216,7 @@ def manage_schedule(
     token: str | None = None,
     name: str | None = None,
     out: Callable[[str], None] = print,
+    username: str | None = None,
 ) -> list[str]:
     """``disable``, ``enable`` or ``delete`` the recurring runs of the notebook's pipeline (or
     of a compiled ``.yaml``); host, experiment and namespace fall back to the metadata."""
@@ -233,7 +236,8 @@ def manage_schedule(
             s.kfp_host, s.experiment_name, s.namespace)
     return manage(action, name=name or default_name, host=host or settings_host, token=token,
                   namespace=namespace or settings_ns,
-                  experiment=experiment or settings_experiment or "Default", out=out)
+                  experiment=experiment or settings_experiment or "Default", out=out,
+                  username=username)
 
 
 def tune(

@@ -33,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: Command = args.command
     try:
-        return command(args)
+        try:
+            return command(args)
+        except ModuleNotFoundError as missing:
+            from .extras import missing_package
+
+            raise KalePyError([missing_package(missing)]) from None
     except UsageError as exc:
         print(f"nb2pipe: error: {exc}", file=sys.stderr)
         return 2
@@ -378,6 +383,11 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="bearer token (default: $KF_PIPELINES_TOKEN, the "
         "in-cluster service account token, or the kubeconfig)",
     )
+    submit.add_argument(
+        "--username",
+        help="log in to a multi-user Kubeflow through Dex as this user; the password comes "
+        "from $KF_PIPELINES_PASSWORD or a prompt, the session is reused until it expires",
+    )
     _param_arg(submit, "a run parameter (repeatable), typed by the pipeline's parameters")
     submit.add_argument("--name", help="pipeline name (default: the notebook's pipeline_name)")
     submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
@@ -506,7 +516,8 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError("--watch follows one run: it does not go with recurring runs")
     if args.manage:
         manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
-                        namespace=args.namespace, token=args.token, name=args.name)
+                        namespace=args.namespace, token=args.token, name=args.name,
+                        username=args.username)
         return 0
     result = submit(
         args.notebook,
@@ -523,6 +534,7 @@ def _submit(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         max_concurrency=args.max_concurrency,
         catchup=not args.no_catchup,
+        username=args.username,
     )
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1
