@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     _image_parser(sub)
     _submit_parser(sub)
     _tune_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -476,6 +477,35 @@ def _tune(args: argparse.Namespace) -> int:
     from .tuning.render import tune_to_text
 
     print(tune_to_text(result))
+    return 0
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model tagged serve:VAR from a local run (KServe, V2 protocol)",
+        description="Load the variable tagged serve:VAR as the latest local run (or --run) "
+        "saved it and serve it with KServe's model server: POST "
+        "/v2/models/NAME/infer. Needs the serve extra.",
+    )
+    _notebook_arg(serve)
+    serve.add_argument("--run", metavar="ID", help="the local run (default: the latest)")
+    serve.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (8080)")
+    serve.add_argument("--name", help="the model's name in URLs (default: the variable's)")
+    serve.add_argument("--variable", help="which serve:VAR variable, when there are several")
+    serve.set_defaults(command=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serving.local import load_served, serve_local
+
+    pipeline = _load(args.notebook)
+    if not pipeline.ok:
+        errors = [d for d in pipeline.diagnostics if d.is_error]
+        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+        return 1
+    model = load_served(pipeline, args.variable, args.run, args.name)
+    serve_local(model, args.port, lambda line: print(line, flush=True))
     return 0
 
 
