@@ -403,6 +403,12 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="as for compile: steps pip-install their pinned imports at start",
     )
+    submit.add_argument(
+        "--tune", action="store_true",
+        help="create a Katib Experiment whose trials run the pipeline, instead of one run "
+        "(the search: the flags below or the notebook's katib_metadata)",
+    )
+    _search_flags(submit)
     recurring = submit.add_argument_group("recurring runs")
     recurring.add_argument(
         "--schedule", metavar="CRON",
@@ -544,6 +550,19 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError(f"--{args.manage} and --schedule do not go together")
     if args.watch and (args.schedule or args.manage):
         raise UsageError("--watch follows one run: it does not go with recurring runs")
+    if args.tune:
+        if args.schedule or args.manage or args.watch:
+            raise UsageError("--tune creates a Katib Experiment: it does not go with "
+                             "--schedule, --disable/--enable/--delete or --watch")
+        from .api import compile_katib
+
+        katib = compile_katib(
+            args.notebook, None, args.search, objective=args.objective, maximize=args.maximize,
+            trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
+            params=_overrides(args.param), image=args.image, namespace=args.namespace)
+        print(f"Katib Experiment {katib['name']!r} created in {katib['namespace']}: "
+              f"{katib['trials']} trials ({katib['algorithm']})")
+        return 0
     if args.manage:
         manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
                         namespace=args.namespace, token=args.token, name=args.name,

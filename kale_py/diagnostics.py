@@ -81,6 +81,7 @@ CODES: dict[str, str] = {
     "KF206": "a ReadWriteOnce volume is given to the steps without a snapshot",
     "KF207": "the notebook's directory is on no volume the steps mount",
     "KF208": "the namespace's PodDefaults cannot be listed: named ones get the label NAME=true",
+    "KF210": "a Katib Experiment of that name already exists",
     "IM001": "the step image cannot be built (a bad image reference, an unreadable installed file)",
     "IM101": "the image registry cannot be reached",
     "IM102": "the image registry refused the credentials, or none were found (401/403)",
