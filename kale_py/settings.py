@@ -7,7 +7,7 @@ from ``metadata.kubeflow_notebook``. Both are plain frozen data that every backe
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -115,4 +115,6 @@ class NotebookSettings:
     kfp_host: str | None = None
     namespace: str | None = None
     install_packages: bool = False
+    #: How ``nb2pipe run`` starts steps: auto | fork | spawn (see kale_py.warm).
+    local_isolation: Literal["auto", "fork", "spawn"] = "auto"
     extra: tuple[tuple[str, Any], ...] = ()
