@@ -9,7 +9,8 @@ in, which then loads its inputs, runs its cells, saves and exits.
 The runner and the warm process talk over a unix socket pair (one JSON message a packet):
 
     warm -> runner   {"ready": ..., "failed": bool, "hazard": str|null, "seconds": float}
-    runner -> warm   {"id": n, "argv": [...], "launched": time}  + the step's output pipe (SCM_RIGHTS)
+    runner -> warm   {"id": n, "argv": [...], "launched": time}
+                     with the step's output pipe (SCM_RIGHTS)
     warm -> runner   {"forked": n, "pid": pid}  or  {"forked": n, "error": "..."}
     warm -> runner   {"exit": pid, "code": code}   (as ``Popen.returncode``: -N for signal N)
 

@@ -40,12 +40,14 @@ PARALLEL: list[Cell] = [
     ),
     (
         ["step:left"],
-        "left = float(data.sum()) + box.v + 0 * K\nleft_draw = (random.random(), np.random.rand(3).tolist())"
+        "left = float(data.sum()) + box.v + 0 * K\n"
+        "left_draw = (random.random(), np.random.rand(3).tolist())"
         "\nparent_left = os.getppid()",
     ),
     (
         ["step:right"],
-        "right = scaled(data, K).tolist()\nright_draw = (random.random(), np.random.rand(3).tolist())"
+        "right = scaled(data, K).tolist()\n"
+        "right_draw = (random.random(), np.random.rand(3).tolist())"
         "\nparent_right = os.getppid()",
     ),
     (["step:join"], "both = (left, right, box.v, K)"),
@@ -184,7 +186,9 @@ def test_threads_left_by_the_imports_fall_back_to_fresh_processes(
 
 
 def test_the_notebook_setting_chooses_fresh_processes(tmp_path: Path) -> None:
-    notebook = write_notebook(tmp_path / "nb.ipynb", [(["step:a"], "import os\nparent = os.getppid()")])
+    notebook = write_notebook(
+        tmp_path / "nb.ipynb", [(["step:a"], "import os\nparent = os.getppid()")]
+    )
     nb = nbformat.read(str(notebook), as_version=4)
     nb.metadata["kubeflow_notebook"] = {"local_isolation": "spawn"}
     nbformat.write(nb, str(notebook))
@@ -245,7 +249,9 @@ def test_forked_step_that_runs_too_long_times_out_and_ends(tmp_path: Path) -> No
 
     result, _ = run(notebook, isolation="fork")
 
-    assert [(s, e.message) for s, e in result.failed] == [("slow", "timed out after 1 s (timeout:1)")]
+    assert [(s, e.message) for s, e in result.failed] == [
+        ("slow", "timed out after 1 s (timeout:1)")
+    ]
     pid = int((tmp_path / "pid.txt").read_text())
     assert not Path(f"/proc/{pid}").exists()  # ended, and reaped by the warm process
 
