@@ -449,7 +449,7 @@ class _StepRecord:
     attempts: int = 0
     program_hash: str | None = None  # of the step program and spec, to tell stale reuse
     metrics: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] | None = None  # seconds: start, load, code, save
+    timings: dict[str, float] | None = None  # seconds: start, load, code, save, cpu
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -821,6 +821,13 @@ class _Scheduler:
         return StepCache.key(program, params, inputs)
 
     def _launch(self, name: str, attempt: int) -> None:
+        if self.ctx.starter.prelude_failed and (
+            self.running or any(r.status == "failed" for r in self.records.values())
+        ):
+            # One step shows the failure with its cell and line; the others cannot run.
+            self._set(name, "skipped", reason="an imports or functions cell failed")
+            self.ctx.console.event("skipped", f"{name} skipped (an imports cell failed)")
+            return
         kfp = self.steps[name].kfp_name
         command = _step_command(self.ctx, name)
         log = self.ctx.run.log(kfp)

@@ -753,7 +753,7 @@ class StepRun:
     started: float  # perf_counter when the step's process (or fork) began
     result: dict[str, Any]
     failed: CellFailed | None = None
-    #: Seconds per phase: start (process start-up and prelude), load, code, save.
+    #: Seconds per phase: start (process start-up and prelude), load, code, save; cpu.
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -822,6 +822,9 @@ def finish(step: StepRun) -> int:
         _write_executor_output(args, result.get("metrics", {}))
     if "code" in step.timings:
         _lap(step.timings, "save", clock)
+    # CPU seconds of this process (of the fork: fork resets the counters), which the
+    # machine's load does not change the way it changes the wall-clock phases.
+    step.timings["cpu"] = time.process_time()
     result["timings"] = {k: round(v, 4) for k, v in step.timings.items()}
     _write_atomic(args.result_out, json.dumps(result, indent=2, default=str))
     return 0 if result["status"] == "succeeded" else 1

@@ -278,6 +278,13 @@ class StepStarter:
             return warm.fork(step.argv), warm.ready.output
         return self._spawn(step), b""
 
+    @property
+    def prelude_failed(self) -> bool:
+        """An imports or functions cell failed in a warm process: every step forked from
+        it would fail the same way."""
+        return any(w is not None and w.ready is not None and w.ready.failed
+                   for w in self._warm.values())  # fmt: skip
+
     def show_prelude_output(self) -> bool:
         """True once: the console shows the prelude's output for the first forked step."""
         shown, self._shown = self._shown, True

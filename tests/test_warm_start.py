@@ -256,7 +256,7 @@ def test_forked_step_that_runs_too_long_times_out_and_ends(tmp_path: Path) -> No
     assert not Path(f"/proc/{pid}").exists()  # ended, and reaped by the warm process
 
 
-def test_a_failing_imports_cell_runs_once_and_no_step_code_runs(tmp_path: Path) -> None:
+def test_a_failing_imports_cell_runs_once_and_stops_the_run(tmp_path: Path) -> None:
     cells: list[Cell] = [
         (
             ["imports"],
@@ -271,13 +271,15 @@ def test_a_failing_imports_cell_runs_once_and_no_step_code_runs(tmp_path: Path) 
     result, out = run(notebook, isolation="fork")
 
     assert result.status == "failed"
-    assert result.steps == {"a": "failed", "b": "failed", "c": "skipped"}
-    for _, failure in result.failed:
-        assert failure.describe() == (
-            "ModuleNotFoundError: No module named 'no_such_module_here' (cell 1, line 3)"
-        )
-        assert failure.log is not None
-        assert "No module named 'no_such_module_here'" in failure.log.read_text()
+    assert result.steps == {"a": "failed", "b": "skipped", "c": "skipped"}
+    ((_, failure),) = result.failed
+    assert failure.describe() == (
+        "ModuleNotFoundError: No module named 'no_such_module_here' (cell 1, line 3)"
+    )
+    assert failure.log is not None
+    assert "No module named 'no_such_module_here'" in failure.log.read_text()
+    reasons = {n: s["reason"] for n, s in last_run(notebook)["steps"].items()}
+    assert reasons == {"a": None, "b": "an imports or functions cell failed", "c": "a failed"}
     assert (tmp_path / "prelude.txt").read_text() == "ran\n"  # once, in the warm process
     assert not (tmp_path / "a.txt").exists() and not (tmp_path / "b.txt").exists()
     assert "step a failed: ModuleNotFoundError" in out
@@ -299,6 +301,6 @@ def test_prelude_output_heads_each_forked_step_log(tmp_path: Path) -> None:
     assert out.count("prelude says hi") == 1
     manifest = json.loads((result.run_dir / "run.json").read_text())
     timings = manifest["steps"]["a"]["timings"]
-    assert set(timings) == {"start", "load", "code", "save"}
+    assert set(timings) == {"start", "load", "code", "save", "cpu"}
     assert all(v >= 0 for v in timings.values())
     assert "  a: start " in out
