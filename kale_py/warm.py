@@ -197,7 +197,7 @@ class WarmProcess:
         stream = self.proc.stdout
         assert stream is not None
         with contextlib.suppress(OSError, ValueError):
-            for chunk in iter(lambda: stream.read1(65536), b""):
+            for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
                 self._output += chunk
 
     def _dispatch(self) -> None:
