@@ -10,6 +10,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,14 @@ import pytest
 from kale_py import marshal
 from kale_py.api import check_notebook
 from kale_py.local import RunOptions, RunResult, run_local
-from tests.test_local_runner import Cell, cli, last_run, write_notebook
+from tests.test_local_runner import (
+    REPO,
+    Cell,
+    _processes_mentioning,
+    cli,
+    last_run,
+    write_notebook,
+)
 
 PRELUDE: list[Cell] = [
     (["pipeline-parameters"], "K = 2\nN = 5"),
@@ -304,3 +315,38 @@ def test_prelude_output_heads_each_forked_step_log(tmp_path: Path) -> None:
     assert set(timings) == {"start", "load", "code", "save", "cpu"}
     assert all(v >= 0 for v in timings.values())
     assert "  a: start " in out
+
+
+def test_ctrl_c_while_the_imports_cell_runs_ends_the_warm_process(tmp_path: Path) -> None:
+    cells: list[Cell] = [
+        (["imports"], "import time\nopen('started.txt', 'w').write('x')\ntime.sleep(60)"),
+        (["step:a"], "x = 1"),
+    ]
+    notebook = write_notebook(tmp_path / "slow_imports.ipynb", cells)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "kale_py", "run", str(notebook), "--progress", "plain"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_mentioning(str(tmp_path / ".nb2pipe")) != []  # the warm process
+        runner.send_signal(signal.SIGINT)
+        code = runner.wait(timeout=20)
+    finally:
+        runner.kill()
+        runner.wait()
+
+    assert code == 130
+    assert _processes_mentioning(str(tmp_path)) == []
+    manifest = last_run(notebook)
+    assert manifest["status"] == "cancelled"
+    assert manifest["steps"]["a"]["status"] == "skipped"
