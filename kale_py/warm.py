@@ -447,7 +447,7 @@ def serve(control_fd: int, runtime_argv: list[str]) -> int:
     seconds = time.perf_counter() - started
     hazard = None if step.failed is not None else fork_hazard(control_fd)
     prelude = prelude_source(step.runtime.program, step.spec["cells"])
-    rng = _RandomState.capture(seeded=_SEEDING.search(prelude) is not None)
+    rng = _RandomState.capture(prelude)
     _quiet_stdio()
     _send(sock, {"ready": True, "failed": step.failed is not None, "hazard": hazard,
                  "seconds": seconds})  # fmt: skip
@@ -519,23 +519,27 @@ def _reap(sock: socket.socket, selector: selectors.BaseSelector, pidfd: int, pid
 
 @dataclass(frozen=True)
 class _RandomState:
-    """The global random generators after the prelude, when the prelude seeded them."""
+    """The random generators after the prelude: what each fork must change in them."""
 
-    seeded: bool
+    seeded: bool  # the prelude seeded the global generators: forks continue that stream
     python: object = None
     numpy: object = None
+    #: The prelude made generator objects from OS entropy only (``default_rng()``): each
+    #: fork draws new entropy for them, as each fresh process would.
+    fresh_objects: bool = False
 
     @classmethod
-    def capture(cls, seeded: bool) -> _RandomState:
-        if not seeded:
-            return cls(False)
+    def capture(cls, prelude: str) -> _RandomState:
         import random
 
+        fresh = bool(_UNSEEDED_MAKER.search(prelude)) and not _SEEDED_MAKER.search(prelude)
+        if not _SEEDING.search(prelude):
+            return cls(False, fresh_objects=fresh)
         numpy_random = sys.modules.get("numpy.random")
         numpy_state = numpy_random.get_state() if numpy_random is not None else None
-        return cls(True, random.getstate(), numpy_state)
+        return cls(True, random.getstate(), numpy_state, fresh)
 
-    def apply(self) -> None:
+    def apply(self, namespace: Mapping[str, Any]) -> None:
         """In a fork: the state a fresh process would have. Unseeded generators are seeded
         from the OS (no two steps share a stream); seeded ones continue where the prelude
         left them (Python reseeds ``random`` at each fork: that is undone)."""
@@ -546,10 +550,29 @@ class _RandomState:
             random.seed()
             if numpy_random is not None:
                 numpy_random.seed()
-            return
-        random.setstate(self.python)  # type: ignore[arg-type]
-        if numpy_random is not None and self.numpy is not None:
-            numpy_random.set_state(self.numpy)
+        else:
+            random.setstate(self.python)  # type: ignore[arg-type]
+            if numpy_random is not None and self.numpy is not None:
+                numpy_random.set_state(self.numpy)
+        if self.fresh_objects:
+            for value in list(namespace.values()):
+                _reseed_object(value, numpy_random)
+
+
+_UNSEEDED_MAKER = re.compile(r"\b(default_rng|RandomState|Random|Generator)\(\s*\)")
+_SEEDED_MAKER = re.compile(r"\b(default_rng|RandomState|Random)\(\s*[^)\s]")
+
+
+def _reseed_object(value: Any, numpy_random: Any) -> None:
+    import random
+
+    kinds: tuple[type, ...] = (random.Random,)
+    if numpy_random is not None:
+        kinds += (numpy_random.RandomState,)
+    if isinstance(value, kinds):
+        value.seed()
+    elif numpy_random is not None and isinstance(value, numpy_random.Generator):
+        value.bit_generator.state = type(value.bit_generator)().state
 
 
 def _run_fork(step: Any, request: tuple[dict[str, Any], int], rng: _RandomState) -> NoReturn:
@@ -591,7 +614,7 @@ def _become(step: Any, args: Any, rng: _RandomState) -> None:
     # The parameters the prelude names were bound before it ran, with the same values.
     bound = {name for name, _ in prelude_params(program, spec["cells"], given)}
     step.runtime.set_parameters(skip=frozenset(bound))
-    rng.apply()
+    rng.apply(step.runtime.namespace)
     step.started = time.perf_counter()
 
 

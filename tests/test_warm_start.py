@@ -350,3 +350,23 @@ def test_ctrl_c_while_the_imports_cell_runs_ends_the_warm_process(tmp_path: Path
     manifest = last_run(notebook)
     assert manifest["status"] == "cancelled"
     assert manifest["steps"]["a"]["status"] == "skipped"
+
+
+def test_a_generator_made_from_os_entropy_in_the_imports_differs_per_step(
+    tmp_path: Path,
+) -> None:
+    cells: list[Cell] = [
+        (
+            ["imports"],
+            "import random\nimport numpy as np\nrng = np.random.default_rng()\n"
+            "gen = random.Random()",
+        ),
+        (["step:a"], "a = (rng.random(), gen.random())"),
+        (["step:b"], "b = (rng.random(), gen.random())"),
+    ]
+    notebook = write_notebook(tmp_path / "gen.ipynb", cells)
+
+    result, _ = run(notebook, isolation="fork")
+
+    a, b = values(result, "a")["a"], values(result, "b")["b"]
+    assert a[0] != b[0] and a[1] != b[1]
