@@ -175,7 +175,10 @@ class WarmProcess:
             raise
         finally:
             os.close(write_end)
-        reply = self.replies.get()
+        try:
+            reply = self.replies.get(timeout=60.0)
+        except queue.Empty:
+            reply = "the warm start process did not answer within 60 s"
         if isinstance(reply, str):
             os.close(read_end)
             raise OSError(reply)
