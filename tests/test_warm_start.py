@@ -370,3 +370,25 @@ def test_a_generator_made_from_os_entropy_in_the_imports_differs_per_step(
 
     a, b = values(result, "a")["a"], values(result, "b")["b"]
     assert a[0] != b[0] and a[1] != b[1]
+
+
+def test_steps_that_bind_different_prelude_parameters_fork_from_different_processes(
+    tmp_path: Path,
+) -> None:
+    cells: list[Cell] = [
+        (["pipeline-parameters"], "K = 2"),
+        (["imports"], "import os"),
+        (["functions"], "def k_or_none():\n    return globals().get('K')"),
+        (["step:a"], "a = (K, k_or_none())\nparent_a = os.getppid()"),
+        (["step:b"], "b = k_or_none()\nparent_b = os.getppid()"),
+    ]
+    notebook = write_notebook(tmp_path / "params.ipynb", cells)
+
+    forked, _ = run(notebook, isolation="fork", params={"K": "5"})
+    spawned, _ = run(notebook, isolation="spawn", params={"K": "5"}, cache=False)
+
+    for result in (forked, spawned):
+        assert values(result, "a")["a"] == (5, 5)
+        assert values(result, "b")["b"] is None  # b is not given K, in either mode
+    assert values(forked, "a")["parent_a"] != values(forked, "b")["parent_b"]
+    assert os.getpid() not in (values(forked, "a")["parent_a"], values(forked, "b")["parent_b"])
