@@ -28,6 +28,7 @@ Standard library only: the runner imports it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import queue
@@ -452,6 +453,9 @@ def serve(control_fd: int, runtime_argv: list[str]) -> int:
     prelude = prelude_source(step.runtime.program, step.spec["cells"])
     rng = _RandomState.capture(prelude)
     _quiet_stdio()
+    # Objects made so far are never traversed by the forks' garbage collector: their
+    # pages stay shared (a collection would touch every object, copying its page).
+    gc.freeze()
     _send(sock, {"ready": True, "failed": step.failed is not None, "hazard": hazard,
                  "seconds": seconds})  # fmt: skip
     request = _serve(sock)
