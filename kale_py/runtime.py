@@ -872,10 +872,17 @@ def _record_cell_failure(step: StepRun, failed: CellFailed) -> None:
     )
 
 
+# On Kubeflow the metrics also go to the step's log in one line, where a Katib trial reads
+# them (kale_py/tuning/trial.py): the run API does not return metric values.
+METRICS_MARKER = "KALE_PY_METRICS "
+
+
 def _write_executor_output(args: argparse.Namespace, metrics: dict[str, Any]) -> None:
     """Kubeflow's ExecutorOutput: registers the step's output artifacts with the backend."""
     if not args.executor_output:
         return
+    if metrics:
+        print(METRICS_MARKER + json.dumps(metrics), flush=True)
     artifacts = {}
     for name, path in (
         ("state", args.state_out),
