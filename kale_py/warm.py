@@ -577,7 +577,7 @@ def _reseed_object(value: Any, numpy_random: Any) -> None:
     if numpy_random is not None:
         kinds += (numpy_random.RandomState,)
     if isinstance(value, kinds):
-        value.seed()
+        getattr(value, "seed")()  # noqa: B009 - a Random or a RandomState
     elif numpy_random is not None and isinstance(value, numpy_random.Generator):
         value.bit_generator.state = type(value.bit_generator)().state
 
