@@ -1,8 +1,9 @@
 """Running a pipeline on this machine: what ``nb2pipe run`` does.
 
-Each step runs as a fresh Python process (``python -m kale_py.runtime``) in its own process
+Each step runs as its own Python process (``python -m kale_py.runtime``) in its own process
 group, with the notebook's directory as working directory; independent steps run in
-parallel, up to ``jobs`` at a time. A step starts once every step before it (data and
+parallel, up to ``jobs`` at a time. By default a step process is a fork of one process that
+ran the imports and functions cells once (:mod:`kale_py.warm`), else a fresh interpreter. A step starts once every step before it (data and
 ``prev:`` edges) has succeeded, or was taken from the cache or an earlier run.
 
 Everything a run produces lives in its run directory, ``<notebook dir>/.nb2pipe/runs/<id>/``::
