@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,18 @@ __all__ = [
     "check_notebook",
     "compile_notebook",
     "get_run",
+    "get_tune",
     "kfp_run_status",
     "list_experiments",
     "list_runs",
+    "list_tunes",
     "list_volumes",
     "manage_schedule",
     "read_log",
     "read_report",
+    "read_tune_report",
     "start_local_run",
+    "start_tune",
     "submit",
     "tune",
 ]
@@ -64,8 +69,12 @@ def compile_notebook(
     params: Mapping[str, Any] | None = None,
     image: str | None = None,
     install_packages: bool = False,
+    step_image: str | None = None,
 ) -> dict[str, Any]:
     """Compile to Kubeflow Pipelines v2 YAML and write it (default: beside the notebook).
+
+    With ``step_image`` (``REGISTRY/REPOSITORY``) the steps' distributions are pushed there as a
+    step image first (see :func:`build_image`); the YAML references it by digest.
 
     ``params`` are ``--param``-style texts, read by each parameter's type. Returns
     ``{"path", "bytes", "steps", "name"}``. Raises :class:`~kale_py.diagnostics.KalePyError`
@@ -77,7 +86,8 @@ def compile_notebook(
     path = Path(path)
     pipeline = _checked(path)
     values = parse_param_overrides(pipeline.parameters, _texts(params))
-    compiled = compile_pipeline(pipeline, values, image=image, install_packages=install_packages)
+    compiled = compile_pipeline(pipeline, values, image=image, install_packages=install_packages,
+                                step_image=step_image)
     target = Path(output) if output is not None else path.with_suffix(".yaml")
     write_pipeline(compiled, target)
     return {
@@ -87,6 +97,40 @@ def compile_notebook(
         "name": compiled.name,
         "diagnostics": [d.to_dict() for d in compiled.diagnostics],
     }
+
+
+def build_image(path: str | Path, target: str | None = None,
+                base: str | None = None) -> dict[str, Any]:
+    """Build and push the notebook's step image; its reference by digest and what it holds.
+
+    ``target`` defaults to the metadata's ``step_image``; ``base`` to the image the steps would
+    get (the notebook pod's in a Kubeflow notebook, else ``base_image``).
+    """
+    from .diagnostics import KalePyError, error
+    from .images.build import build_step_image
+    from .kubeflow.compile import _default_image
+    from .packages import imported_modules
+
+    path = Path(path)
+    pipeline = _checked(path)
+    target = target or pipeline.settings.step_image
+    if not target:
+        raise KalePyError(error("IM001", "no registry to push the step image to: give --push "
+                                "REGISTRY/REPOSITORY or set step_image in the notebook metadata"))
+    if base is None and not pipeline.settings.base_image and os.environ.get(
+            "KUBERNETES_SERVICE_HOST"):
+        from .cluster import notebook_defaults
+
+        base, _, _ = notebook_defaults(path.resolve().parent, discover_volumes=False)
+    blocks = pipeline.blocks
+    cells = [*blocks.imports, *blocks.functions, *(c for s in pipeline.steps for c in s.cells)]
+    built = build_step_image(imported_modules(cells), target, _default_image(pipeline, base))
+    return {"reference": built.reference, "tag": built.tag, "base": built.base,
+            "python": built.python, "platform": built.platform,
+            "distributions": list(built.distributions), "layer_digest": built.layer_digest,
+            "layer_size": built.layer_size, "layer_files": built.layer_files,
+            "pushed": list(built.pushed), "seconds": round(built.seconds, 3),
+            "diagnostics": [d.to_dict() for d in built.diagnostics]}
 
 
 def submit(
@@ -203,6 +247,7 @@ def tune(
     algorithm: str | None = None,
     seed: int | None = None,
     jobs: int | None = None,
+    tune_id: str | None = None,
     progress: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Tune pipeline parameters locally (Optuna); the trials, the best one and the report path.
@@ -220,7 +265,37 @@ def tune(
     pipeline = _checked(Path(path))
     spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
                         parallel, seed)
-    return tune_local(pipeline, spec, jobs=jobs, progress=progress).to_dict()
+    return tune_local(pipeline, spec, jobs=jobs, tune_id=tune_id, progress=progress).to_dict()
+
+
+def start_tune(path: str | Path, search: list[str], **options: Any) -> dict[str, str]:
+    """Start ``nb2pipe tune`` in the background (for the panel); ``{"tune_id"}`` at once.
+
+    ``options``: objective, maximize, trials, parallel, algorithm, as for :func:`tune`."""
+    from .tuning.background import start_tune as start
+
+    return start(path, search, **options)
+
+
+def list_tunes(path: str | Path) -> list[dict[str, Any]]:
+    """The notebook's tunings, newest first."""
+    from .tuning.background import list_tunes as listing
+
+    return listing(path)
+
+
+def get_tune(path: str | Path, tune_id: str) -> dict[str, Any]:
+    """One tuning's trials, best trial and status."""
+    from .tuning.background import get_tune as get
+
+    return get(path, tune_id)
+
+
+def read_tune_report(path: str | Path, tune_id: str) -> str:
+    """One tuning's HTML report."""
+    from .tuning.background import read_tune_report as read
+
+    return read(path, tune_id)
 
 
 def compile_katib(
@@ -336,6 +411,25 @@ def list_volumes() -> dict[str, Any]:
     from .cluster import list_volumes as discover
 
     return discover()
+
+
+def list_poddefaults() -> dict[str, Any]:
+    """The namespace's Kubeflow PodDefaults (name, description, labels) for the panel."""
+    from .kubeflow.poddefaults import list_poddefaults as fetch
+
+    return fetch()
+
+
+def verify(path: str | Path, params: Mapping[str, Any] | None = None, runs: int = 1
+           ) -> dict[str, Any]:
+    """``nb2pipe verify``: the notebook in a kernel and as the local pipeline, compared.
+
+    The answer is :meth:`kale_py.verify.VerifyResult.to_dict` (see the server's
+    ``POST kale-py/verify`` for its fields). Raises KalePyError when it cannot compare.
+    """
+    from .verify import verify_notebook
+
+    return verify_notebook(path, _texts(params), runs).to_dict()
 
 
 def _texts(params: Mapping[str, Any] | None) -> dict[str, str]:

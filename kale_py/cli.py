@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     graph.set_defaults(command=_graph)
 
     _run_parser(sub)
+    _verify_parser(sub)
     _compile_parser(sub)
+    _image_parser(sub)
     _submit_parser(sub)
     _tune_parser(sub)
     return parser
@@ -226,6 +228,39 @@ def _run(args: argparse.Namespace) -> int:
     return run_local(pipeline, options, sys.stdout).exit_code
 
 
+def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check that the pipeline computes what the notebook computes",
+        description="Run the notebook top to bottom in a Jupyter kernel and as the local "
+        "pipeline, and compare every name the steps bind. Exit 1 when a name differs "
+        "(each is named with the step that provides it) or a step fails.",
+    )
+    _notebook_arg(verify)
+    _param_arg(verify, "a pipeline parameter for both runs (repeatable)")
+    verify.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run the kernel N times: names that differ between kernel runs (the time, "
+        "unseeded randomness) are reported as unstable, not as differences",
+    )
+    verify.add_argument("--format", choices=("text", "json"), default="text")
+    verify.set_defaults(command=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import result_to_text, verify_notebook
+
+    result = verify_notebook(args.notebook, _overrides(args.param), runs=args.runs)
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result_to_text(result))
+    return 0 if result.ok else 1
+
+
 def _print_diagnostics(
     diagnostics: Sequence[Diagnostic],
     notebook: Notebook | None,
@@ -290,7 +325,47 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "pinned to this environment's versions (needs a package index from the "
         "pods; by default the image must hold them)",
     )
+    compile_.add_argument(
+        "--step-image",
+        metavar="REGISTRY/REPO",
+        help="build a step image (the base image plus the distributions the steps import, "
+        "as installed here), push it there and run the steps in it",
+    )
     compile_.set_defaults(command=_compile)
+
+
+def _image_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    image = sub.add_parser(
+        "image",
+        help="build and push the step image; print its reference",
+        description="Build the step image without a container engine: the base image plus "
+        "one layer holding the installed distributions the steps import that the base lacks. "
+        "Push it and print its reference by digest. Credentials come from ~/.docker/config.json.",
+    )
+    _notebook_arg(image)
+    image.add_argument("--push", metavar="REGISTRY/REPO",
+                       help="where to push (default: the notebook's step_image)")
+    image.add_argument("--base", metavar="IMAGE",
+                       help="the base image (default: the notebook pod's, else base_image)")
+    image.add_argument("--format", choices=("text", "json"), default="text")
+    image.set_defaults(command=_image)
+
+
+def _image(args: argparse.Namespace) -> int:
+    from .api import build_image
+
+    result = build_image(args.notebook, args.push, args.base)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    for d in result["diagnostics"]:
+        print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
+    pushed = len(result["pushed"])
+    print(f"{len(result['distributions'])} distributions, layer {result['layer_size']} bytes, "
+          f"{pushed} blob{'s' * (pushed != 1)} pushed, {result['seconds']:.2f} s",
+          file=sys.stderr)
+    print(result["reference"])
+    return 0
 
 
 def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -365,6 +440,8 @@ def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     tune.add_argument("--seed", type=int, help="seed of the suggestions, for repeatable searches")
     tune.add_argument("--jobs", type=_positive_int, help="parallel steps within one trial")
     tune.add_argument("--format", choices=("text", "json"), default="text")
+    # The Jupyter server picks the id so that the panel can follow the tuning at once.
+    tune.add_argument("--tune-id", help=argparse.SUPPRESS)
     tune.set_defaults(command=_tune)
 
 
@@ -391,7 +468,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     result = tune(args.notebook, args.search, objective=args.objective, maximize=args.maximize,
                   trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
-                  seed=args.seed, jobs=args.jobs, progress=progress)
+                  seed=args.seed, jobs=args.jobs, tune_id=args.tune_id, progress=progress)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
@@ -411,6 +488,7 @@ def _compile(args: argparse.Namespace) -> int:
         _overrides(args.param),
         image=args.image,
         install_packages=args.install_packages,
+        step_image=args.step_image,
     )
     for d in result["diagnostics"]:
         print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)

@@ -55,6 +55,8 @@ CODES: dict[str, str] = {
     "NB602": "--objective names no pipeline metric",
     "NB603": "every tuning trial failed",
     "NB604": "tuning needs the tune extra (Optuna)",
+    "NB701": "nb2pipe verify needs nbclient and ipykernel (the verify extra)",
+    "NB702": "the notebook fails when run top to bottom in a Jupyter kernel",
     "KF001": "a step setting cannot be expressed in Kubeflow Pipelines",
     "KF002": "the compiled pipeline is not valid KFP IR",
     "KF003": "a step imports a module not installed here: its version cannot be pinned",
@@ -72,6 +74,16 @@ CODES: dict[str, str] = {
     "KF205": "a ReadWriteOnce volume reaches the steps as a copy restored from a snapshot",
     "KF206": "a ReadWriteOnce volume is given to the steps without a snapshot",
     "KF207": "the notebook's directory is on no volume the steps mount",
+    "KF208": "the namespace's PodDefaults cannot be listed: named ones get the label NAME=true",
+    "IM001": "the step image cannot be built (a bad image reference, an unreadable installed file)",
+    "IM101": "the image registry cannot be reached",
+    "IM102": "the image registry refused the credentials, or none were found (401/403)",
+    "IM103": "the image or repository is not in the registry (404)",
+    "IM104": "the image registry answered with an error or an unexpected document",
+    "IM201": "the steps import a module that no installed distribution provides",
+    "IM202": "the base image's Python or architecture differs from this environment's",
+    "IM203": "the step image's registry needs credentials but the steps name no pull secret",
+    "IM204": "a distribution the steps import is installed in editable mode: not in the layer",
 }
 
 

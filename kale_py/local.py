@@ -3,8 +3,9 @@
 Each step runs as its own Python process (``python -m kale_py.runtime``) in its own process
 group, with the notebook's directory as working directory; independent steps run in
 parallel, up to ``jobs`` at a time. By default a step process is a fork of one process that
-ran the imports and functions cells once (:mod:`kale_py.warm`), else a fresh interpreter. A step starts once every step before it (data and
-``prev:`` edges) has succeeded, or was taken from the cache or an earlier run.
+ran the imports and functions cells once (:mod:`kale_py.warm`), else a fresh interpreter.
+A step starts once every step before it (data and ``prev:`` edges) has succeeded, or was
+taken from the cache or an earlier run.
 
 Everything a run produces lives in its run directory, ``<notebook dir>/.nb2pipe/runs/<id>/``::
 
@@ -49,6 +50,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 
 from . import __version__
 from .diagnostics import Diagnostic, RunError, error
+from .process_state import STATE_VARIABLE, is_pseudo
 from .warm import Isolation, StepProcess, StepStart, StepStarter, prelude_params
 
 if TYPE_CHECKING:
@@ -101,6 +103,9 @@ class RunOptions:
     #: ``spawn`` a fresh one, ``auto`` fork when that is safe. ``None``: the notebook's
     #: ``local_isolation`` setting, else ``auto``.
     isolation: Isolation | None = None
+    #: Extra environment variables of the step processes (``nb2pipe verify`` sets
+    #: ``KALE_PY_EXPORT_DIGESTS`` through it).
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class RunPlan:
     reuse: Mapping[str, str]  # step left out -> the earlier run whose outputs it lends
     run_root: Path
     workdir: Path
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan_run(pipeline: Pipeline, options: RunOptions) -> RunPlan:
@@ -182,7 +188,9 @@ def plan_run(pipeline: Pipeline, options: RunOptions) -> RunPlan:
         raise RunError(problems)
     earlier = [r for r in read_runs(run_root / "runs", notebook) if r["run_id"] != options.run_id]
     reuse = _reuse_sources(pipeline, selected, run_root / "runs", earlier)
-    return RunPlan(pipeline, params, selected, reuse, run_root, notebook.parent)
+    return RunPlan(
+        pipeline, params, selected, reuse, run_root, notebook.parent, dict(options.environment)
+    )
 
 
 def _selected_steps(pipeline: Pipeline, options: RunOptions) -> tuple[str, ...]:
@@ -817,7 +825,9 @@ class _Scheduler:
             manifest = read_json(state / "manifest.json")
             if not isinstance(manifest, dict):
                 return None
-            inputs[var] = (manifest.get("variables", {}).get(var) or {}).get("hash")
+            # pseudo-variables (library settings, generators) travel in one record
+            saved = STATE_VARIABLE if is_pseudo(var) else var
+            inputs[var] = (manifest.get("variables", {}).get(saved) or {}).get("hash")
         params = {p: self.ctx.plan.params[p] for p in program.spec.get("parameters", {})}
         return StepCache.key(program, params, inputs)
 
@@ -1220,9 +1230,8 @@ def run_local(
 
 def _starter(plan: RunPlan, options: RunOptions) -> StepStarter:
     isolation = options.isolation or plan.pipeline.settings.local_isolation
-    return StepStarter(
-        isolation, sys.executable, options.runtime_command, plan.workdir, _step_environment()
-    )
+    env = {**_step_environment(), **plan.environment}
+    return StepStarter(isolation, sys.executable, options.runtime_command, plan.workdir, env)
 
 
 def _start_record(starter: StepStarter) -> dict[str, Any]:

@@ -27,6 +27,8 @@ arrays and DataFrames, see notes/state-passing-and-analysis.md). Each step write
 
 from __future__ import annotations
 
+import builtins
+import functools
 import gc
 import hashlib
 import importlib
@@ -39,6 +41,7 @@ import pickle
 import struct
 import sys
 import threading
+import traceback
 import types
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -702,8 +705,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | None = None,
-                  shared: Collection[str] | None = None, content_hash: bool = True
-                  ) -> VariableRecord:
+                  shared: Collection[str] | None = None, content_hash: bool = True,
+                  namespace: dict[str, Any] | None = None) -> VariableRecord:
     """Save one variable as ``<state_dir>/<name>.kpk``, atomically and durably.
 
     Raises StateError (naming the variable, its type, the step and a fix) when the
@@ -713,17 +716,21 @@ def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | No
     imports and functions cells); they travel by name, other notebook code by value.
     ``content_hash=False`` skips the hash (the record's ``hash`` is empty) where nothing
     reads it, saving about a CPU-second per GiB.
+    ``namespace``: the step's globals. Given, an object of a library type whose pickle is
+    small is restored once right away (see restore_in), so that an object that saves but
+    cannot be rebuilt is reported here, by the step that made it, with the real reason.
 
         >>> save_variable("df", df, "state/load", step="load").format  # doctest: +SKIP
         'pickle5'
     """
     return save_variables({name: obj}, state_dir, step=step, shared=shared,
-                          content_hash=content_hash)[0]
+                          content_hash=content_hash, namespace=namespace)[0]
 
 
 def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
                    step: str | None = None, shared: Collection[str] | None = None,
-                   content_hash: bool = True) -> list[VariableRecord]:
+                   content_hash: bool = True, namespace: dict[str, Any] | None = None
+                   ) -> list[VariableRecord]:
     """Save several variables; all files appear only when every one of them was saved.
 
     Writing everything before the first fsync lets the disk flush all files at once.
@@ -738,7 +745,8 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
     pending: list[tuple[_PendingFile, VariableRecord]] = []
     try:
         for name, obj in names_values.items():
-            pending.append(_write_variable(name, obj, directory, step, shared, content_hash))
+            pending.append(_write_variable(name, obj, directory, step, shared, content_hash,
+                                           namespace))
         records = []
         for file, record in pending:
             with _io_errors(record, step, file.final):
@@ -753,13 +761,16 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
 
 
 def _write_variable(name: str, obj: object, directory: Path, step: str | None,
-                    shared: Collection[str] | None = None, content_hash: bool = True
+                    shared: Collection[str] | None = None, content_hash: bool = True,
+                    namespace: dict[str, Any] | None = None
                     ) -> tuple[_PendingFile, VariableRecord]:
     if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
         raise _save_error(str(name), obj, step, "the name is not a Python identifier",
                           "only variables (valid Python names) are passed between steps")
     type_name = _type_name(obj)
     encoded = _encode(name, obj, step, shared)
+    if namespace is not None:
+        _check_round_trip(name, obj, step, encoded, namespace)
     segments, size = _layout(encoded, name, type_name)
     file_name = name + SUFFIX
     record = VariableRecord(name, type_name, encoded.pickler, size, "", file_name)
@@ -771,6 +782,29 @@ def _write_variable(name: str, obj: object, directory: Path, step: str | None,
         file.abort()
         raise
     return file, record
+
+
+# Types whose pickles always restore: no round trip for them.
+_NO_ROUND_TRIP = frozenset({"builtins", "numpy", "pandas", "collections", "datetime",
+                            "decimal", "fractions", "pathlib", "uuid", "re"})
+_ROUND_TRIP_MAX = 16 * 1024 * 1024  # main pickle stream bytes; arrays stay out of band
+
+
+def _check_round_trip(name: str, obj: object, step: str | None, encoded: _Encoded,
+                      namespace: dict[str, Any]) -> None:
+    """Restore a library object once, so that a failure names the producing step."""
+    top = str(getattr(type(obj), "__module__", "") or "").partition(".")[0]
+    if top in _NO_ROUND_TRIP or encoded.main_size > _ROUND_TRIP_MAX or encoded.pickler == "dill":
+        return
+    main = b"".join(encoded.main)
+    try:
+        with _gc_paused():
+            restore_in(namespace, _unpickler(encoded.pickler, main, encoded.buffers))
+    except Exception as exc:
+        where = _restore_code_failure(exc) or "pickle"
+        raise _save_error(
+            name, obj, step, f"it can be saved but not restored in another step: restoring it "
+            f"raised {type(exc).__name__}: {exc} (in {where})", _restore_hint(exc)) from exc
 
 
 @contextmanager
@@ -819,6 +853,7 @@ def load_variable(
     *,
     allowed_root: PathLike,
     step: str | None = None,
+    namespace: dict[str, Any] | None = None,
 ) -> object:
     """Load a variable saved by save_variable.
 
@@ -826,6 +861,11 @@ def load_variable(
     (relative paths are taken from `state_dir`). Only a file whose resolved path lies
     inside `allowed_root` is ever unpickled. `step` (the loading step) only goes into
     error messages. Raises StateError for a missing, foreign, corrupt or unloadable file.
+    ``namespace``: the loading step's globals; restore code that looks names up in its
+    caller's frames (a statsmodels formula model re-evaluating its formula) finds them there,
+    and notebook functions, lambdas and methods saved by value read their globals from it
+    when they run, as in the notebook (what they read when saved only fills in names it
+    lacks).
 
         >>> manifest = read_manifest("state/load")  # doctest: +SKIP
         >>> df = load_variable(manifest["variables"]["df"], "state/load", allowed_root="state")
@@ -844,7 +884,7 @@ def load_variable(
     buffers = [view[offset : offset + length] for offset, length in header.buffers]
     try:
         with _gc_paused():
-            return _unpickle(header.pickler, main, buffers)
+            return restore_in(namespace, _unpickler(header.pickler, main, buffers, namespace))
     except Exception as exc:
         named = replace(target, name=header.name, type_name=header.type)
         raise _unpickling_failed(named, path, exc) from exc
@@ -970,17 +1010,115 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _unpickle(pickler: str, main: memoryview, buffers: list[memoryview]) -> object:
+def _unpickler(pickler: str, main: memoryview | bytes, buffers: Sequence[memoryview],
+               namespace: dict[str, Any] | None = None) -> Callable[[], object]:
+    """The unpickling call, without a Python frame of this module (see restore_in).
+
+    ``namespace``: the loading step's globals, for notebook code saved by value."""
     if pickler == "dill":
         # dill's own unpickler restores what its pickler special-cases (e.g. __main__ globals).
         dill = importlib.import_module("dill")
-        return dill.Unpickler(io.BytesIO(main), buffers=buffers).load()
+        return dill.Unpickler(io.BytesIO(main), buffers=buffers).load  # type: ignore[no-any-return]
+    if pickler == "cloudpickle" and namespace is not None:
+        return _CodeIntoNamespace(io.BytesIO(main), list(buffers), namespace).load
     # cloudpickle output is a standard pickle stream; its helpers import by themselves.
-    return pickle.loads(main, buffers=buffers)
+    return functools.partial(pickle.loads, main, buffers=buffers)
+
+
+# Restore code that evaluates names looks for them in its caller's frames: statsmodels'
+# formula models re-evaluate their formula when unpickled, trying the frames 0 to 4 above
+# them (patsy's EvalEnvironment.capture). Unpickling runs under a few frames whose
+# globals are the step's namespace, as it would in the notebook's kernel.
+_RESTORE_FRAMES = 6
+_RESTORE_CODE = compile(
+    "def _kale_py_restore(_kale_py_self, _kale_py_depth, _kale_py_call):\n"
+    "    if _kale_py_depth:\n"
+    "        return _kale_py_self(_kale_py_self, _kale_py_depth - 1, _kale_py_call)\n"
+    "    return _kale_py_call()\n",
+    "<kale_py restore>", "exec")
+
+
+def restore_in(namespace: dict[str, Any] | None, call: Callable[[], object]) -> object:
+    """Run ``call`` (an unpickling) with the frames above it seeing ``namespace``."""
+    if namespace is None:
+        return call()
+    namespace.setdefault("__builtins__", __builtins__)  # as exec() does
+    scope: dict[str, Any] = {}
+    exec(_RESTORE_CODE, scope)  # noqa: S102 - a fixed trampoline, no user input
+    restore = types.FunctionType(scope["_kale_py_restore"].__code__, namespace)
+    return restore(restore, _RESTORE_FRAMES - 1, call)
+
+
+def _restore_code_failure(exc: BaseException) -> str | None:
+    """Where an object's own restore code raised: ``module.function``, or None.
+
+    pickle's C unpickler leaves no frame: the frames after this module's are the
+    object's (``__setstate__``, ``__reduce__``'s callable, what they call). A damaged file
+    fails inside pickle itself, with no such frame."""
+    frames = [f for f, _ in traceback.walk_tb(exc.__traceback__)]
+    outside = [f for f in frames if f.f_code.co_filename not in _OWN_FILES
+               and f.f_globals.get("__name__") not in ("pickle", "dill._dill", "dill")]
+    if not outside:
+        return None
+    first = outside[0]
+    module = first.f_globals.get("__name__", "?")
+    return f"{module}.{first.f_code.co_name}"
+
+
+_OWN_FILES = frozenset({__file__, "<kale_py restore>"})
+
+
+class _CodeIntoNamespace(pickle.Unpickler):
+    """Unpickles cloudpickle output so that notebook code reads the step's globals.
+
+    cloudpickle gives each function saved by value a private dict of the globals it read
+    when saved: a method, closure or lambda loaded by a later step would not see what
+    that step binds or loads (the notebook's code does). Functions of the notebook's
+    ``__main__`` get the step's namespace instead; their saved globals only fill in
+    names the namespace lacks.
+    """
+
+    def __init__(self, file: io.BytesIO, buffers: list[memoryview],
+                 namespace: dict[str, Any]) -> None:
+        super().__init__(file, buffers=buffers)
+        self._namespace = namespace
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if module == "cloudpickle.cloudpickle":
+            if name == "_make_function":
+                return self._make_function
+            if name == "_function_setstate":
+                return functools.partial(self._function_setstate, found)
+        return found
+
+    def _make_function(self, code: types.CodeType, saved: dict[str, Any], name: str,
+                       defaults: Any, closure: Any) -> types.FunctionType:
+        target = self._namespace if saved.get("__name__") == _NOTEBOOK_MODULE else saved
+        target.setdefault("__builtins__", builtins)
+        return types.FunctionType(code, target, name, defaults, closure)
+
+    def _function_setstate(self, setstate: Callable[[Any, Any], None], function: Any,
+                           state: Any) -> None:
+        if getattr(function, "__globals__", None) is not self._namespace:
+            setstate(function, state)
+            return
+        attributes, slots = state
+        slots = dict(slots)
+        for key, value in slots.pop("__globals__", {}).items():
+            self._namespace.setdefault(key, value)
+        kept = self._namespace.get("__builtins__", builtins)
+        setstate(function, (attributes, {**slots, "__globals__": {}}))
+        self._namespace["__builtins__"] = kept
 
 
 def _unpickling_failed(target: _Target, path: Path, exc: Exception) -> StateError:
     message = f"{type(exc).__name__}: {exc}"
+    where = _restore_code_failure(exc)
+    if where is not None and not isinstance(exc, ImportError):
+        return target.error(
+            f"restoring it raised {message} in the object's own restore code ({where}), "
+            "not because the file is damaged", _restore_hint(exc), path)
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         module = exc.name.partition(".")[0]
         if module in ("cloudpickle", "dill"):
@@ -1004,6 +1142,15 @@ def _unpickling_failed(target: _Target, path: Path, exc: Exception) -> StateErro
             "cell belongs in a cell tagged functions, so every step defines it", path)
     return target.error(f"the file is corrupt or unreadable ({message})",
                         "re-run the step that produces it", path)
+
+
+def _restore_hint(exc: BaseException) -> str:
+    if isinstance(exc, NameError) or "NameError" in str(exc):
+        return ("the object evaluates names of the notebook when it is restored (a formula "
+                "model re-evaluates its formula): define what it names in an imports or "
+                "functions cell, or use it in this step's code so the step receives it")
+    return ("the object cannot be rebuilt in another process: create it in the step that "
+            "uses it, or pass what it is made of instead")
 
 
 # --- manifests ------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kale_py import marshal
+from kale_py import marshal, process_state
 from kale_py.magics import SKIPPED_LINE_MAGICS
 
 CELL_FILE = "{notebook}, cell {cell}"  # the file name tracebacks show for a cell
@@ -440,6 +440,11 @@ class StepRuntime:
                 "display": self.display,
                 "get_ipython": lambda: _IPythonShim(self.magics),
                 "_kp": self.magics,
+                # IPython's output history, as a fresh kernel has it
+                "_": "",
+                "__": "",
+                "___": "",
+                "Out": {},
             }
         )
         self.set_parameters()
@@ -453,26 +458,69 @@ class StepRuntime:
                 self.namespace[name] = parse_parameter(name, text, declared[name], name in rendered)
 
     def load_inputs(self) -> None:
+        # An object whose restore code reads the namespace (a formula model) may need a
+        # variable that comes later in the list: what fails is tried again after the rest.
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
         roots = self.args.allowed_root or list(dirs.values())
+        pseudo: dict[str, str] = {}
+        failed = []
         for var, producer in self.spec.get("inputs", {}).items():
             directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
-            if directory is None:
-                raise SystemExit(
-                    f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
-                )
-            manifest = marshal.read_manifest(directory)
-            record = manifest["variables"].get(var)
-            if record is None:
-                raise NameError(
-                    f"name {var!r} is not defined: step {producer!r} did not define it "
-                    "when it ran (was it bound only on some paths?)"
-                )
-            value = marshal.load_variable(
-                record["file"], directory, allowed_root=_common_root(roots, directory)
+            if process_state.is_pseudo(var) and directory is not None:
+                pseudo[var] = directory
+                continue
+            try:
+                self._load_input(var, producer)
+            except marshal.StateError:
+                failed.append((var, producer))
+        for var, producer in failed:
+            self._load_input(var, producer)
+        self._restore_process_state(pseudo, roots)
+
+    def _load_input(self, var: str, producer: str) -> None:
+        dirs = _pairs(self.args.state_in, "--state-in")
+        kfp_names = self.spec.get("kfp_names", {})
+        roots = self.args.allowed_root or list(dirs.values())
+        directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+        if directory is None:
+            raise SystemExit(
+                f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
             )
-            self.namespace[var] = self._rebind(value)
+        manifest = marshal.read_manifest(directory)
+        record = manifest["variables"].get(var)
+        if record is None:
+            raise NameError(
+                f"name {var!r} is not defined: step {producer!r} did not define it "
+                "when it ran (was it bound only on some paths?)"
+            )
+        value = marshal.load_variable(
+            record["file"],
+            directory,
+            allowed_root=_common_root(roots, directory),
+            namespace=self.namespace,
+        )
+        self.namespace[var] = self._rebind(value)
+
+    def _restore_process_state(self, pseudo: dict[str, str], roots: list[str]) -> None:
+        """Library settings and random generators as their providing steps left them."""
+        loaded: dict[str, Any] = {}
+        for name, directory in pseudo.items():
+            if directory not in loaded:
+                record = marshal.read_manifest(directory)["variables"].get(
+                    process_state.STATE_VARIABLE
+                )
+                loaded[directory] = (
+                    {}
+                    if record is None
+                    else marshal.load_variable(
+                        record["file"], directory, allowed_root=_common_root(roots, directory)
+                    )
+                )
+            try:
+                process_state.restore(name, loaded[directory].get(name))
+            except Exception as exc:  # noqa: BLE001 - a library refusing its own state
+                self.notice(f"{name} could not be restored: {type(exc).__name__}: {exc}")
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""
@@ -544,7 +592,7 @@ class StepRuntime:
                     expr = ast.Expression(last.value)
                     value = eval(compile(expr, filename, "eval"), self.namespace)  # noqa: S307
                     if show_last and value is not None:
-                        self.namespace["_"] = value
+                        record_output(self.namespace, value, cell.get("count"))
                         self.display(value)
         except Exception as exc:  # noqa: BLE001 - every failure of user code is reported, with its cell
             raise CellFailed(
@@ -610,7 +658,21 @@ class StepRuntime:
         out = Path(self.args.state_out)
         out.mkdir(parents=True, exist_ok=True)
         records, missing = [], []
-        for name in self.spec.get("outputs", []):
+        outputs = self.spec.get("outputs", [])
+        pseudo = [n for n in outputs if process_state.is_pseudo(n)]
+        if pseudo:
+            records.append(
+                marshal.save_variable(
+                    process_state.STATE_VARIABLE,
+                    process_state.capture(pseudo, self.notice),
+                    out,
+                    step=self.spec["step"],
+                    content_hash=not self.args.executor_output,
+                )
+            )
+        for name in outputs:
+            if process_state.is_pseudo(name):
+                continue
             if name not in self.namespace:
                 missing.append(name)
                 continue
@@ -621,6 +683,7 @@ class StepRuntime:
                     out,
                     step=self.spec["step"],
                     shared=self.shared,
+                    namespace=self.namespace,
                     # Only the local runner's cache reads hashes; in a Kubeflow pod
                     # (--executor-output) nothing does, so the CPU is spared.
                     content_hash=not self.args.executor_output,
@@ -653,8 +716,36 @@ class StepRuntime:
                 self.notice(f"not exported: {exc}")
         marshal.write_manifest(out, self.spec["step"], records)
 
+    def export_digests(self) -> None:
+        """Digests of every variable the step wrote, for ``nb2pipe verify``.
+
+        Written to ``$KALE_PY_EXPORT_DIGESTS/<kfp_name>.json`` when that is set.
+        """
+        target = os.environ.get("KALE_PY_EXPORT_DIGESTS")
+        if not target:
+            return
+        from kale_py import digest
+
+        names = [n for n in self.spec.get("writes", []) if not process_state.is_pseudo(n)]
+        digests = digest.digest_all(self.namespace, names)
+        _write_atomic(str(Path(target) / f"{self.spec['kfp_name']}.json"), json.dumps(digests))
+
 
 _MISSING = object()
+
+
+def record_output(namespace: dict[str, Any], value: Any, count: int | None) -> None:
+    """What IPython's display hook does with a shown value: ``_`` (shifting ``__`` and
+    ``___``), ``Out[count]`` and ``_<count>``; count is the cell's execution count."""
+    namespace["___"] = namespace.get("__", "")
+    namespace["__"] = namespace.get("_", "")
+    namespace["_"] = value
+    if count is not None:
+        out = namespace.get("Out")
+        if not isinstance(out, dict):
+            out = namespace["Out"] = {}
+        out[count] = value
+        namespace[f"_{count}"] = value
 
 
 def _common_root(roots: list[str], directory: str) -> str:
@@ -793,6 +884,7 @@ def finish(step: StepRun) -> int:
         result["metrics"] = runtime.metrics()
         result["saved"] = runtime.save_outputs()
         runtime.export_all()
+        runtime.export_digests()
     except CellFailed as failed:
         _record_cell_failure(step, failed)
     except (marshal.StateError, NameError) as exc:
