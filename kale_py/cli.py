@@ -189,6 +189,14 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="live: a status line redrawn in place (the default in a terminal); "
         "plain: one line per event; quiet: only the summary",
     )
+    run.add_argument(
+        "--isolation",
+        choices=("auto", "fork", "spawn"),
+        default=None,
+        help="fork: each step starts as a copy of one process that ran the imports and "
+        "functions cells; spawn: each step is a fresh process that runs them again; "
+        "auto (the default, or the notebook's local_isolation): fork when that is safe",
+    )
     # The Jupyter server picks the id so that it can answer before the run starts.
     run.add_argument("--run-id", help=argparse.SUPPRESS)
     run.set_defaults(command=_run)
@@ -221,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
         cache=args.cache,
         progress=args.progress,
         run_id=args.run_id,
+        isolation=args.isolation,
     )
     return run_local(pipeline, options, sys.stdout).exit_code
 
