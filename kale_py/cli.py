@@ -35,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(with_default_verb(sys.argv[1:] if argv is None else argv))
     command: Command = args.command
     try:
-        return command(args)
+        try:
+            return command(args)
+        except ModuleNotFoundError as missing:
+            from .extras import missing_package
+
+            raise KalePyError([missing_package(missing)]) from None
     except UsageError as exc:
         print(f"nb2pipe: error: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     _image_parser(sub)
     _submit_parser(sub)
     _tune_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -194,6 +200,14 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="after the run, print request:/limit: memory tags for each step from the "
         "peak memory it used",
     )
+    run.add_argument(
+        "--isolation",
+        choices=("auto", "fork", "spawn"),
+        default=None,
+        help="fork: each step starts as a copy of one process that ran the imports and "
+        "functions cells; spawn: each step is a fresh process that runs them again; "
+        "auto (the default, or the notebook's local_isolation): fork when that is safe",
+    )
     # The Jupyter server picks the id so that it can answer before the run starts.
     run.add_argument("--run-id", help=argparse.SUPPRESS)
     run.set_defaults(command=_run)
@@ -226,6 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         cache=args.cache,
         progress=args.progress,
         run_id=args.run_id,
+        isolation=args.isolation,
     )
     from .storage import LimitError
 
@@ -412,6 +427,11 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="bearer token (default: $KF_PIPELINES_TOKEN, the "
         "in-cluster service account token, or the kubeconfig)",
     )
+    submit.add_argument(
+        "--username",
+        help="log in to a multi-user Kubeflow through Dex as this user; the password comes "
+        "from $KF_PIPELINES_PASSWORD or a prompt, the session is reused until it expires",
+    )
     _param_arg(submit, "a run parameter (repeatable), typed by the pipeline's parameters")
     submit.add_argument("--name", help="pipeline name (default: the notebook's pipeline_name)")
     submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
@@ -426,6 +446,12 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="as for compile: steps pip-install their pinned imports at start",
     )
+    submit.add_argument(
+        "--tune", action="store_true",
+        help="create a Katib Experiment whose trials run the pipeline, instead of one run "
+        "(the search: the flags below or the notebook's katib_metadata)",
+    )
+    _search_flags(submit)
     recurring = submit.add_argument_group("recurring runs")
     recurring.add_argument(
         "--schedule", metavar="CRON",
@@ -503,6 +529,35 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model tagged serve:VAR from a local run (KServe, V2 protocol)",
+        description="Load the variable tagged serve:VAR as the latest local run (or --run) "
+        "saved it and serve it with KServe's model server: POST "
+        "/v2/models/NAME/infer. Needs the serve extra.",
+    )
+    _notebook_arg(serve)
+    serve.add_argument("--run", metavar="ID", help="the local run (default: the latest)")
+    serve.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (8080)")
+    serve.add_argument("--name", help="the model's name in URLs (default: the variable's)")
+    serve.add_argument("--variable", help="which serve:VAR variable, when there are several")
+    serve.set_defaults(command=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serving.local import load_served, serve_local
+
+    pipeline = _load(args.notebook)
+    if not pipeline.ok:
+        errors = [d for d in pipeline.diagnostics if d.is_error]
+        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+        return 1
+    model = load_served(pipeline, args.variable, args.run, args.name)
+    serve_local(model, args.port, lambda line: print(line, flush=True))
+    return 0
+
+
 def _compile(args: argparse.Namespace) -> int:
     from .api import compile_notebook
 
@@ -538,9 +593,23 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError(f"--{args.manage} and --schedule do not go together")
     if args.watch and (args.schedule or args.manage):
         raise UsageError("--watch follows one run: it does not go with recurring runs")
+    if args.tune:
+        if args.schedule or args.manage or args.watch:
+            raise UsageError("--tune creates a Katib Experiment: it does not go with "
+                             "--schedule, --disable/--enable/--delete or --watch")
+        from .api import compile_katib
+
+        katib = compile_katib(
+            args.notebook, None, args.search, objective=args.objective, maximize=args.maximize,
+            trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
+            params=_overrides(args.param), image=args.image, namespace=args.namespace)
+        print(f"Katib Experiment {katib['name']!r} created in {katib['namespace']}: "
+              f"{katib['trials']} trials ({katib['algorithm']})")
+        return 0
     if args.manage:
         manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
-                        namespace=args.namespace, token=args.token, name=args.name)
+                        namespace=args.namespace, token=args.token, name=args.name,
+                        username=args.username)
         return 0
     result = submit(
         args.notebook,
@@ -557,6 +626,7 @@ def _submit(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         max_concurrency=args.max_concurrency,
         catchup=not args.no_catchup,
+        username=args.username,
     )
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1

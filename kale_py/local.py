@@ -1,9 +1,11 @@
 """Running a pipeline on this machine: what ``nb2pipe run`` does.
 
-Each step runs as a fresh Python process (``python -m kale_py.runtime``) in its own process
+Each step runs as its own Python process (``python -m kale_py.runtime``) in its own process
 group, with the notebook's directory as working directory; independent steps run in
-parallel, up to ``jobs`` at a time. A step starts once every step before it (data and
-``prev:`` edges) has succeeded, or was taken from the cache or an earlier run.
+parallel, up to ``jobs`` at a time. By default a step process is a fork of one process that
+ran the imports and functions cells once (:mod:`kale_py.warm`), else a fresh interpreter.
+A step starts once every step before it (data and ``prev:`` edges) has succeeded, or was
+taken from the cache or an earlier run.
 
 Everything a run produces lives in its run directory, ``<notebook dir>/.nb2pipe/runs/<id>/``::
 
@@ -50,6 +52,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 from . import __version__
 from .diagnostics import Diagnostic, RunError, error
 from .process_state import STATE_VARIABLE, is_pseudo
+from .warm import Isolation, StepProcess, StepStart, StepStarter, prelude_params
 
 if TYPE_CHECKING:
     from .codegen import StepProgram
@@ -98,6 +101,10 @@ class RunOptions:
     runtime_command: tuple[str, ...] | None = None
     #: Seconds between SIGTERM and SIGKILL when steps are cancelled or time out.
     grace_seconds: float = 5.0
+    #: How steps start: ``fork`` a process that ran the imports and functions cells once,
+    #: ``spawn`` a fresh one, ``auto`` fork when that is safe. ``None``: the notebook's
+    #: ``local_isolation`` setting, else ``auto``.
+    isolation: Isolation | None = None
     #: Extra environment variables of the step processes (``nb2pipe verify`` sets
     #: ``KALE_PY_EXPORT_DIGESTS`` through it).
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -495,6 +502,7 @@ class _StepRecord:
     cpu_seconds: float | None = None  # its user + system CPU time
     warnings: list[str] = field(default_factory=list)  # e.g. a damaged cache entry removed
     metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] | None = None  # seconds: start, load, code, save, cpu
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -513,6 +521,7 @@ class _StepRecord:
             "peak_rss_bytes": self.peak_rss_bytes,
             "cpu_seconds": self.cpu_seconds,
             "warnings": self.warnings,
+            "timings": self.timings,
         }
 
 
@@ -529,6 +538,8 @@ class _RunManifest:
     started: str = field(default_factory=_now)
     ended: str | None = None
     size_bytes: int | None = None
+    #: How the steps started: isolation, notes (why not forked), prelude_seconds.
+    start: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -551,6 +562,7 @@ class _RunManifest:
             "size_bytes": self.size_bytes,
             "runner_pid": os.getpid(),
             "runner_started": _process_start(os.getpid()),
+            "step_start": self.start,
             "kale_py": __version__,
         }
 
@@ -787,7 +799,7 @@ class _Interrupts:
 @dataclass
 class _Process:
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: StepProcess
     started: float  # monotonic
     deadline: float | None
     attempt: int
@@ -812,6 +824,7 @@ class _Context:
     jobs: int
     runtime: tuple[str, ...]
     grace: float
+    starter: StepStarter
     key_file: Path | None = None  # the user's key, which signs the steps' manifests
     guardian: Guardian | None = None  # kills the step process groups if the runner dies
 
@@ -856,12 +869,25 @@ class _Scheduler:
         while progressed:
             progressed = False
             for name in self.order:
+                if self.ctx.interrupts.count:
+                    return
                 if self.records[name].status != "pending" or not self._ready(name):
                     continue
                 if self._from_cache(name):
                     progressed = True
                 elif len(self.running) < self.ctx.jobs:
                     self._launch(name, attempt=1)
+
+    def _prelude_output(self, log: Path, output: bytes) -> list[str]:
+        """What the imports and functions cells printed in the warm process: first in
+        every forked step's log, as a fresh process prints it; the lines to show once."""
+        if not output:
+            return []
+        with log.open("ab") as f:
+            f.write(output)
+        if not self.ctx.starter.show_prelude_output():
+            return []
+        return output.decode("utf-8", "replace").splitlines()
 
     def _ready(self, name: str) -> bool:
         return all(self.records[p].status in DONE for p in self.preds[name])
@@ -919,6 +945,13 @@ class _Scheduler:
         return StepCache.key(program, params, inputs)
 
     def _launch(self, name: str, attempt: int) -> None:
+        if self.ctx.starter.prelude_failed and (
+            self.running or any(r.status == "failed" for r in self.records.values())
+        ):
+            # One step shows the failure with its cell and line; the others cannot run.
+            self._set(name, "skipped", reason="an imports or functions cell failed")
+            self.ctx.console.event("skipped", f"{name} skipped (an imports cell failed)")
+            return
         kfp = self.steps[name].kfp_name
         command = _step_command(self.ctx, name)
         log = self.ctx.run.log(kfp)
@@ -929,19 +962,17 @@ class _Scheduler:
             log.write_bytes(b"")
         self.ctx.run.clear(kfp)  # a retry must not see what the failed attempt left
         try:
-            proc = subprocess.Popen(
-                command,
-                cwd=self.ctx.plan.workdir,
-                env={**_step_environment(), **self.ctx.plan.environment},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            started = self.ctx.starter.start(
+                _step_start(self.ctx, name, command), lambda: bool(self.ctx.interrupts.count)
             )
         except OSError as exc:
             self._set(name, "running", started=_now(), attempts=attempt)
             self._failed(name, StepError(f"the step process cannot start: {exc}", None, None, log))
             return
+        if started is None:
+            return  # interrupted while the imports cell ran: the run is being cancelled
+        proc, prelude_output = started
+        shown = self._prelude_output(log, prelude_output)
         from .resources import memory_limit
 
         if self.ctx.guardian is not None:
@@ -957,6 +988,8 @@ class _Scheduler:
             daemon=True,
             name=f"kale_py-{kfp}",
         )
+        for line in shown:
+            self.ctx.console.step_output(name, line)
         process.reader.start()
         self.running[name] = process
         record = self.records[name]
@@ -1001,6 +1034,7 @@ class _Scheduler:
             return
         record = self.records[name]
         record.exit_code = code
+        record.timings = (result or {}).get("timings") or None
         if failure is None:
             record.metrics = dict((result or {}).get("metrics") or {})
             if record.cache_key is not None:
@@ -1160,11 +1194,14 @@ def _reaped(process: _Process) -> int:
     """Wait for the step process, keeping its peak memory and CPU time."""
     from .resources import reap
 
-    code, usage = reap(process.proc.pid)
+    proc = process.proc
+    if not isinstance(proc, subprocess.Popen):  # a fork of the warm process: not our child
+        return proc.wait()
+    code, usage = reap(proc.pid)
     if usage is None:  # reaped elsewhere (a cancel): no usage figures
-        return process.proc.wait()
+        return proc.wait()
     process.usage = usage
-    process.proc.returncode = code
+    proc.returncode = code
     return code
 
 
@@ -1186,8 +1223,13 @@ def _measured_peak(process: _Process, result: Any) -> None:
     from .resources import Usage
 
     own = result.get("peak_rss_bytes") if isinstance(result, dict) else None
+    cpu = result.get("cpu_seconds") if isinstance(result, dict) else None
     seen = process.memory.seen if process.memory is not None else 0
-    if process.usage is not None and (isinstance(own, int) or seen):
+    if process.usage is None:  # a forked step: only what it reports (and what was seen)
+        if isinstance(own, int) or seen:
+            peak = max(own, seen) if isinstance(own, int) else seen
+            process.usage = Usage(peak, float(cpu) if isinstance(cpu, (int, float)) else 0.0)
+    elif isinstance(own, int) or seen:
         peak = max(own, seen) if isinstance(own, int) else seen
         process.usage = Usage(peak, process.usage.cpu_seconds)
 
@@ -1226,7 +1268,10 @@ def _failure(process: _Process, code: int, result: Any, log: Path) -> StepError 
 def _exited(process: _Process) -> bool:
     from .resources import exited
 
-    return process.proc.returncode is not None or exited(process.proc.pid)
+    proc = process.proc
+    if not isinstance(proc, subprocess.Popen):  # a fork: the warm process reports its exit
+        return proc.poll() is not None
+    return proc.returncode is not None or exited(proc.pid)
 
 
 def _kill_group(pid: int, sig: int) -> None:
@@ -1267,6 +1312,18 @@ def _step_command(ctx: _Context, name: str) -> list[str]:
     if ctx.key_file is not None:
         command += ["--key-file", str(ctx.key_file)]
     return command
+
+
+def _step_start(ctx: _Context, name: str, command: Sequence[str]) -> StepStart:
+    program, kfp = ctx.programs[name], ctx.programs[name].kfp_name
+    params = {p: json.dumps(ctx.plan.params[p]) for p in program.spec.get("parameters", {})}
+    return StepStart(
+        tuple(command[len(ctx.runtime) :]),
+        ctx.run.program(kfp),
+        ctx.run.spec(kfp),
+        ctx.plan.workdir,
+        prelude_params(program.source, program.spec["cells"], params),
+    )
 
 
 def _step_environment() -> dict[str, str]:
@@ -1336,6 +1393,7 @@ def run_local(
     run = RunDirectory.create(plan.run_root / "runs", options.run_id)
     manifest = _new_manifest(plan, run, options, programs)
     console = _Console(out, options.progress)
+    starter = _starter(plan, options)
     with _Interrupts() as interrupts:
         try:
             _write_programs(run, programs)
@@ -1354,6 +1412,7 @@ def run_local(
                 options.jobs or os.cpu_count() or 1,
                 options.runtime_command or (sys.executable, "-m", RUNTIME_MODULE),
                 options.grace_seconds,
+                starter,
                 key_path(),
                 guardian,
             )
@@ -1366,6 +1425,8 @@ def run_local(
             _abandon(manifest, exc)
             raise
         finally:
+            starter.close()
+            manifest.start = _start_record(starter)
             manifest.ended = _now()
             manifest.size_bytes = directory_bytes(run.path)
             # Before the final status: whoever waits for it finds the runner done.
@@ -1402,6 +1463,19 @@ def _keep_under_limit(root: Path, limit: Any, run: RunDirectory, status: str) ->
         return enforce(root, limit, keep=[run.run_id], ending={run.run_id: status}).line(limit)
     except OSError as exc:
         return f"warning: storage: could not clean up {root}: {exc}"
+def _starter(plan: RunPlan, options: RunOptions) -> StepStarter:
+    isolation = options.isolation or plan.pipeline.settings.local_isolation
+    env = {**_step_environment(), **plan.environment}
+    return StepStarter(isolation, sys.executable, options.runtime_command, plan.workdir, env)
+
+
+def _start_record(starter: StepStarter) -> dict[str, Any]:
+    """run.json's ``step_start``: how the steps started, and why not forked."""
+    return {
+        "isolation": starter.isolation,
+        "notes": list(starter.notes),
+        "prelude_seconds": starter.prelude_seconds,
+    }
 
 
 def _new_manifest(
@@ -1522,6 +1596,7 @@ def _summary(
         if failure.cell is not None:  # file:line, which editors turn into a link
             yield f"    at {_failure_location(pipeline, failure)}"
         yield f"    log: {_display_path(failure.log)}"
+    yield from _start_summary(manifest)
     if result.metrics:
         yield "  metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items())
     usage = _usage_line(manifest)
@@ -1540,6 +1615,21 @@ def _usage_line(manifest: _RunManifest) -> str:
         if r.peak_rss_bytes is not None and r.status in ("succeeded", "failed")
     ]
     return "  peak memory: " + ", ".join(parts) if parts else ""
+def _start_summary(manifest: _RunManifest) -> Iterator[str]:
+    """How the steps started, once, then where each step's time went."""
+    for note in manifest.start.get("notes", []):
+        yield f"  {note}"
+    prelude = manifest.start.get("prelude_seconds")
+    if prelude is not None:
+        yield f"  imports and functions cells: {prelude:.2f}s, once (steps forked from them)"
+    for name, record in manifest.steps.items():
+        if record.timings:
+            phases = ", ".join(
+                f"{phase} {record.timings[phase]:.3f}s"
+                for phase in ("start", "load", "code", "save")
+                if phase in record.timings
+            )
+            yield f"  {name}: {phases}"
 
 
 def _failure_location(pipeline: Pipeline, failure: StepError) -> str:

@@ -6,7 +6,7 @@ pipeline locally until it succeeds, opens a step's log and compiles the pipeline
 Screenshots go to the test's tmp folder.
 
 Needs the built extension (``pip install -e .`` or ``jlpm build``) and /usr/bin/chromium
-(``.ci/install_chromium.sh``); Playwright never downloads a browser here. Playwright's async
+(``.ci/install_system.sh``); Playwright never downloads a browser here. Playwright's async
 API runs on pytest-jupyter's event loop (tests/conftest.py): its sync API would start a second
 loop.
 """
@@ -44,7 +44,7 @@ TOKEN = "kale-py-e2e-token"
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium: run .ci/install_chromium.sh"
+    not CHROMIUM.exists(), reason="needs Debian's chromium: run .ci/install_system.sh"
 )
 
 
