@@ -74,7 +74,7 @@ def test_peak_memory_and_cpu_time_are_recorded_shown_and_suggested(
         [
             (["imports"], "import numpy as np"),
             (["step:one"], "big = np.ones(12_500_000)  # 100 MB\nx = float(big.sum())\n"
-                           "spin = sum(range(3_000_000))"),
+                           "spin = sum(range(20_000_000))"),
             (["step:two", "prev:one"], "y = x + 1"),
         ],
     )
@@ -83,7 +83,7 @@ def test_peak_memory_and_cpu_time_are_recorded_shown_and_suggested(
     steps = last_run(notebook)["steps"]
     assert steps["one"]["peak_rss_bytes"] > 100_000_000
     assert steps["two"]["peak_rss_bytes"] < steps["one"]["peak_rss_bytes"]
-    assert steps["one"]["cpu_seconds"] > 0.05
+    assert steps["one"]["cpu_seconds"] > 0.1
     assert "peak memory: one 1" in out and "MiB" in out
     lines = [line.strip() for line in out.splitlines() if "request:memory:" in line]
     assert [line.split(":")[0] for line in lines] == ["one", "two"]
