@@ -487,4 +487,19 @@ async def test_tune_from_the_panel(lab: tuple[str, Path], tmp_path: Path) -> Non
         report = page.frame_locator("iframe.kale-py-report").locator("#trials")
         await expect(report).to_contain_text("10", timeout=15_000)
         await page.screenshot(path=str(tmp_path / "panel-tune-report.png"))
+
+        # Verify: a kernel run and a pipeline run, every variable compared, per step
+        await panel.locator("#kale-py-verify-section > summary").click()
+        await panel.locator("#kale-py-verify").click()
+        verified = panel.locator("#kale-py-verify-result")
+        await expect(verified).to_have_attribute("data-ok", "true", timeout=180_000)
+        await expect(verified.locator('.kale-py-verify-step[data-step="score"]')).to_contain_text(
+            "same")
+        await page.screenshot(path=str(tmp_path / "panel-verify.png"))
+
+        # PodDefaults: off-cluster the panel says why it cannot list them
+        await panel.locator("#kale-py-settings > summary").click()
+        await panel.locator("#kale-py-list-poddefaults").click()
+        await expect(panel.locator("#kale-py-poddefaults")).to_contain_text(
+            "not running in a Kubernetes pod")
     assert page_errors == []
