@@ -105,6 +105,16 @@ def _load(path: Path) -> Pipeline:
     return build_pipeline(read_notebook(path))
 
 
+def _load_checked(path: Path) -> Pipeline | None:
+    """The pipeline, or None after printing its errors (the command then exits 1)."""
+    pipeline = _load(path)
+    if pipeline.ok:
+        return pipeline
+    errors = [d for d in pipeline.diagnostics if d.is_error]
+    _print_diagnostics(errors, pipeline.notebook, path, "text", sys.stderr)
+    return None
+
+
 def _check(args: argparse.Namespace) -> int:
     pipeline = _load(args.notebook)
     if args.format == "json":
@@ -132,10 +142,8 @@ def _check(args: argparse.Namespace) -> int:
 def _graph(args: argparse.Namespace) -> int:
     from . import render
 
-    pipeline = _load(args.notebook)
-    if not pipeline.ok:
-        errors = [d for d in pipeline.diagnostics if d.is_error]
-        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+    pipeline = _load_checked(args.notebook)
+    if pipeline is None:
         return 1
     writers = {
         "text": render.pipeline_to_text,
@@ -227,10 +235,8 @@ def _run(args: argparse.Namespace) -> int:
     from .local import RunOptions, run_local
 
     overrides = _overrides(args.param)
-    pipeline = _load(args.notebook)
-    if not pipeline.ok:
-        errors = [d for d in pipeline.diagnostics if d.is_error]
-        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+    pipeline = _load_checked(args.notebook)
+    if pipeline is None:
         return 1
     options = RunOptions(
         params=overrides,
@@ -548,10 +554,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _serve(args: argparse.Namespace) -> int:
     from .serving.local import load_served, serve_local
 
-    pipeline = _load(args.notebook)
-    if not pipeline.ok:
-        errors = [d for d in pipeline.diagnostics if d.is_error]
-        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+    pipeline = _load_checked(args.notebook)
+    if pipeline is None:
         return 1
     model = load_served(pipeline, args.variable, args.run, args.name)
     serve_local(model, args.port, lambda line: print(line, flush=True))

@@ -123,6 +123,31 @@ export interface IVolumes {
 
 export type Params = Record<string, unknown>;
 
+/** The namespace's PodDefaults (Kubeflow's admission webhook presets). */
+export interface IPodDefaults {
+  in_cluster: boolean;
+  namespace: string | null;
+  message: string | null;
+  poddefaults: { name: string; description: string; labels: Record<string, string> }[];
+}
+
+/** What `nb2pipe verify` found (see kale_py/server.py VerifyHandler). */
+export interface IVerifyResult {
+  ok: boolean;
+  differences: { name: string; step: string; kernel: string; pipeline: string }[];
+  unstable: { name: string; step: string; kernel: string; pipeline: string }[];
+  compared: number;
+  steps: {
+    step: string;
+    status: string;
+    compared: number;
+    differences: string[];
+    unstable: string[];
+    error: string | null;
+  }[];
+  pipeline_status: string;
+}
+
 export interface ITuneTrial {
   number: number;
   params: Record<string, unknown>;
@@ -285,6 +310,14 @@ export class KalePyAPI {
       {},
       this.settings
     );
+  }
+
+  listPodDefaults(): Promise<IPodDefaults> {
+    return requestAPI('poddefaults', {}, this.settings);
+  }
+
+  verify(path: string, params: Params = {}): Promise<IVerifyResult> {
+    return post('verify', { path, params }, this.settings);
   }
 
   listVolumes(): Promise<IVolumes> {

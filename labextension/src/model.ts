@@ -20,6 +20,7 @@ import {
   ISubmitted,
   ITune,
   ITuneRequest,
+  IVerifyResult,
   KalePyAPI,
   Params
 } from './api';
@@ -67,6 +68,8 @@ interface INotebookState {
   kfpRun: IKfpRunStatus | null;
   /** The local tuning started from the panel, followed while it runs. */
   tune: IActionState<ITune>;
+  /** The last `nb2pipe verify` of the notebook: kernel against pipeline. */
+  verify: IActionState<IVerifyResult>;
 }
 
 function freshState(): INotebookState {
@@ -78,7 +81,8 @@ function freshState(): INotebookState {
     submit: idle(),
     runs: [],
     kfpRun: null,
-    tune: idle()
+    tune: idle(),
+    verify: idle()
   };
 }
 
@@ -425,6 +429,14 @@ export class PipelineModel {
     void this.refreshRuns();
   }
 
+  /** Run the notebook in a kernel and as the pipeline, and compare every variable. */
+  async verify(params: Params): Promise<void> {
+    await this._action('verify', async path => {
+      await this._notebook?.context.save();
+      return this.api.verify(path, params);
+    });
+  }
+
   async compile(params: Params): Promise<void> {
     await this._action('compile', async path => {
       await this._notebook?.context.save();
@@ -535,7 +547,7 @@ export class PipelineModel {
     }
   }
 
-  private async _action<K extends 'compile' | 'submit'>(
+  private async _action<K extends 'compile' | 'submit' | 'verify'>(
     kind: K,
     call: (path: string) => Promise<NonNullable<INotebookState[K]['result']>>
   ): Promise<void> {

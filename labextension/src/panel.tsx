@@ -6,7 +6,7 @@
  */
 import * as React from 'react';
 import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
-import { IDiagnostic, IRun, IRunSummary } from './api';
+import { IDiagnostic, IPodDefaults, IRun, IRunSummary } from './api';
 import { formatDiagnostic } from './diagnostics';
 import { GraphView } from './graphview';
 import { PipelineModel } from './model';
@@ -197,6 +197,7 @@ function PipelineView({ model, openOutput, openGraph }: IBodyProps): JSX.Element
         openOutput={openOutput}
       />
       <CompileSection model={model} params={params} blocked={paramErrors.length > 0} />
+      <VerifySection model={model} params={params} blocked={paramErrors.length > 0} />
       <TuneSection model={model} openOutput={openOutput} />
       <SubmitSection model={model} params={params} blocked={paramErrors.length > 0} />
     </>
@@ -267,6 +268,28 @@ function SettingsSection(props: {
 }): JSX.Element {
   const { model, settings } = props;
   const [volumeNote, setVolumeNote] = React.useState('');
+  const [podDefaults, setPodDefaults] = React.useState<IPodDefaults | null>(null);
+  const [podDefaultsNote, setPodDefaultsNote] = React.useState('');
+  const listPodDefaults = async () => {
+    try {
+      const found = await model.api.listPodDefaults();
+      setPodDefaults(found);
+      setPodDefaultsNote(found.message ?? `${found.poddefaults.length} in ${found.namespace}`);
+    } catch (error) {
+      setPodDefaultsNote((error as Error).message);
+    }
+  };
+  const togglePodDefault = (name: string, on: boolean) =>
+    update({
+      poddefaults: on
+        ? [...settings.poddefaults.filter(n => n !== name), name]
+        : settings.poddefaults.filter(n => n !== name)
+    });
+  // chosen ones stay listed even when the cluster cannot be asked
+  const podDefaultNames = [
+    ...(podDefaults?.poddefaults.map(d => d.name) ?? []),
+    ...settings.poddefaults.filter(n => !podDefaults?.poddefaults.some(d => d.name === n))
+  ];
   const update = (change: Partial<INotebookSettings>) =>
     model.setSettings({ ...settings, ...change });
   const setVolume = (i: number, change: Partial<IVolume>) =>
@@ -326,6 +349,35 @@ function SettingsSection(props: {
         />
         Cache step results
       </label>
+      <div className="kale-py-poddefaults" id="kale-py-poddefaults">
+        <span>PodDefaults of the steps</span>
+        {podDefaultNames.map(name => {
+          const found = podDefaults?.poddefaults.find(d => d.name === name);
+          return (
+            <label key={name} className="kale-py-checkbox" title={found?.description ?? ''}>
+              <input
+                type="checkbox"
+                className="kale-py-poddefault"
+                data-poddefault={name}
+                checked={settings.poddefaults.includes(name)}
+                onChange={e => togglePodDefault(name, e.target.checked)}
+              />
+              {name}
+              {found?.description ? <small> — {found.description}</small> : null}
+            </label>
+          );
+        })}
+        <div className="kale-py-buttons">
+          <button
+            id="kale-py-list-poddefaults"
+            className="jp-mod-styled kale-py-small"
+            onClick={() => void listPodDefaults()}
+          >
+            List the namespace's PodDefaults
+          </button>
+        </div>
+        {podDefaultsNote && <div className="kale-py-hint">{podDefaultsNote}</div>}
+      </div>
       <div className="kale-py-volumes">
         <span>Volumes</span>
         {settings.volumes.map((v, i) => (
@@ -783,6 +835,73 @@ function formatStart(r: IRunSummary): string {
   }
   const d = new Date(r.started);
   return isNaN(d.getTime()) ? r.started : d.toLocaleString();
+}
+
+/** Does the pipeline compute what the notebook computes? A kernel run against a pipeline run. */
+function VerifySection(props: IActionProps): JSX.Element {
+  const { model } = props;
+  const action = model.state.verify;
+  const result = action.result;
+  return (
+    <Section title="Verify" id="kale-py-verify-section" open={false}>
+      <p className="kale-py-hint">
+        Runs the notebook top to bottom in a kernel and as the pipeline, and compares every
+        variable the steps bind.
+      </p>
+      <div className="kale-py-buttons">
+        <button
+          id="kale-py-verify"
+          className="jp-mod-styled"
+          disabled={action.busy || props.blocked}
+          onClick={() => void model.verify(props.params)}
+        >
+          {action.busy ? 'Verifying…' : 'Verify'}
+        </button>
+      </div>
+      {result && (
+        <div id="kale-py-verify-result" data-ok={String(result.ok)}>
+          <div className="kale-py-status">
+            <b className={result.ok ? 'kale-py-status-succeeded' : 'kale-py-status-failed'}>
+              {result.ok ? 'Same results' : 'Different results'}
+            </b>
+            : {result.compared} variable(s) compared, {result.differences.length} differ
+            {result.unstable.length ? `, ${result.unstable.length} unstable` : ''}
+          </div>
+          <ul className="kale-py-run-steps">
+            {result.steps.map(s => (
+              <li
+                key={s.step}
+                className="kale-py-verify-step"
+                data-step={s.step}
+                data-differences={s.differences.length}
+              >
+                <span className="kale-py-run-step-name">{s.step}</span>
+                <span
+                  className={
+                    'kale-py-run-step-status kale-py-status-' +
+                    (s.error || s.differences.length ? 'failed' : 'succeeded')
+                  }
+                >
+                  {s.error
+                    ? 'failed'
+                    : s.differences.length
+                      ? `differs: ${s.differences.join(', ')}`
+                      : `${s.compared} same`}
+                </span>
+                {s.error && <div className="kale-py-error">{s.error}</div>}
+              </li>
+            ))}
+          </ul>
+          {result.differences.map(d => (
+            <div key={d.name} className="kale-py-error kale-py-verify-difference">
+              {d.name} (step {d.step}): notebook {d.kernel}, pipeline {d.pipeline}
+            </div>
+          ))}
+        </div>
+      )}
+      <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
+    </Section>
+  );
 }
 
 /** Search pipeline parameters for the best value of a metric, with local runs. */

@@ -24,6 +24,8 @@ export interface INotebookSettings {
   volumes: IVolume[];
   enable_caching: boolean;
   kfp_host: string;
+  /** Kubeflow PodDefaults the steps carry (their labels set to "true"). */
+  poddefaults: string[];
 }
 
 type JSONObject = Record<string, unknown>;
@@ -55,7 +57,8 @@ export function defaultSettings(notebookPath: string): INotebookSettings {
     base_image: '',
     volumes: [],
     enable_caching: true,
-    kfp_host: ''
+    kfp_host: '',
+    poddefaults: []
   };
 }
 
@@ -82,7 +85,10 @@ export function readSettings(raw: unknown): INotebookSettings | null {
     base_image: text(raw.base_image) || text(raw.docker_image),
     volumes,
     enable_caching: raw.enable_caching !== false,
-    kfp_host: text(raw.kfp_host)
+    kfp_host: text(raw.kfp_host),
+    poddefaults: Array.isArray(raw.poddefaults)
+      ? raw.poddefaults.filter((p): p is string => typeof p === 'string')
+      : []
   };
 }
 
@@ -109,6 +115,9 @@ export function writeSettings(
   out.enable_caching = settings.enable_caching;
   if (settings.kfp_host.trim() || 'kfp_host' in out) {
     out.kfp_host = settings.kfp_host.trim();
+  }
+  if (settings.poddefaults.length || 'poddefaults' in out) {
+    out.poddefaults = [...settings.poddefaults];
   }
   return out;
 }

@@ -67,4 +67,14 @@ describe('notebook settings', () => {
       writeSettings({}, { ...defaultSettings('n.ipynb'), kfp_host: 'http://kfp' }).kfp_host
     ).toBe('http://kfp');
   });
+
+  it('reads and writes the PodDefaults the steps carry, only when chosen or present', () => {
+    const raw = { poddefaults: ['access-ml-pipeline', 3, 'add-gcp-secret'] };
+    expect(readSettings(raw)!.poddefaults).toEqual(['access-ml-pipeline', 'add-gcp-secret']);
+    expect('poddefaults' in writeSettings({}, defaultSettings('n.ipynb'))).toBe(false);
+    const chosen = { ...defaultSettings('n.ipynb'), poddefaults: ['access-ml-pipeline'] };
+    expect(writeSettings({}, chosen).poddefaults).toEqual(['access-ml-pipeline']);
+    // unticking the last one keeps an empty list rather than a stale one
+    expect(writeSettings(raw, { ...chosen, poddefaults: [] }).poddefaults).toEqual([]);
+  });
 });
