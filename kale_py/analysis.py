@@ -26,7 +26,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -107,6 +107,8 @@ class CodeAnalysis:
     ``partial_binds``: the names in ``binds`` that some path leaves as they were before
     the source ran (or unbound). A step providing such a name must start from the
     earlier value to save the right one.
+    ``shares``: sets of module-level names whose objects may be shared once the source ran
+    (``clf_list = [(lr, "lr")]``); see :mod:`kale_py.sharing`.
     """
 
     free: tuple[NameUse, ...]
@@ -118,6 +120,7 @@ class CodeAnalysis:
     magics: tuple[MagicLine, ...]
     maybe_free: frozenset[str] = frozenset()
     partial_binds: frozenset[str] = frozenset()
+    shares: tuple[frozenset[str], ...] = ()  # module-level names that may share objects
 
     @property
     def free_names(self) -> frozenset[str]:
@@ -353,8 +356,11 @@ def analyse_source(
     Raises :class:`CodeSyntaxError` with the cell-relative line when it is not Python.
     """
     tree, text, magics = _parse_cell(source)
+    from .sharing import module_shares  # noqa: PLC0415 (sharing builds on this module)
+
     try:
-        return _Analyser(text, functions or {}).run(tree, magics)
+        analysis = _Analyser(text, functions or {}).run(tree, magics)
+        return replace(analysis, shares=module_shares(tree))
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 

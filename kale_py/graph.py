@@ -37,6 +37,7 @@ from .notebook import Cell, Notebook
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
 from .settings import NotebookSettings
+from .sharing import ShareGroups
 
 # Names a step can use without any provider: builtins and what Jupyter's kernel defines.
 AMBIENT_NAMES = frozenset(dir(builtins)) | {
@@ -67,6 +68,8 @@ class StepIO:
     saves: tuple[str, ...]  # variables later steps load from it
     metrics: tuple[Metric, ...]  # metrics it reports
     writes: tuple[str, ...] = ()  # every variable it binds or may mutate
+    # saved variables that may share objects, saved (and loaded) together, one file each
+    groups: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,10 @@ class _StepState:
     # names the step binds only on some paths, with their provider when the step ran:
     # if the step provides such a name, it must start from the earlier value
     partial: dict[str, str | None] = field(default_factory=dict)
+    # may-share groups of the names it loads, as they were when the step started, and of
+    # the names it writes, when it ended (only names that share with others)
+    start_groups: dict[str, frozenset[str]] = field(default_factory=dict)
+    end_groups: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 class _GraphBuilder:
@@ -237,6 +244,8 @@ class _GraphBuilder:
         self.deleted_by: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
+        self.groups = ShareGroups()
+        self.parameter_names = frozenset(p.name for p in blocks.parameters)
 
     def run(self) -> None:
         self._prelude()
@@ -251,6 +260,7 @@ class _GraphBuilder:
             else:
                 self._metrics_cell(item)
         self._load_partial_bindings()
+        self._unify_shared_loads()
         _check_split_steps(self.blocks.steps, self.state, self.problems)
         _check_hazards(self.blocks, self.state, self.edges, self.problems)
         # A name missing because a split step runs too early is that cycle, said once.
@@ -309,6 +319,7 @@ class _GraphBuilder:
         # does not change it (its global writes are counted separately): no data to pass.
         mutated = {n for n in a.mutates if not self._is_code(n)}
         writes = a.binds | mutated | function_writes(called, self.functions)
+        writes |= self._shared_writes(state, a, mutated, writes, needed)
         state.writes, state.reads = writes, frozenset(needed)
         for name in writes:
             self.last_writer[name] = step.name
@@ -333,6 +344,62 @@ class _GraphBuilder:
                 elif provider is not None and name not in state.loads:
                     state.loads[name] = provider
                     self.state[provider].saves.add(name)
+
+    def _shared_writes(self, state: _StepState, a: CodeAnalysis, mutated: set[str],
+                       writes: frozenset[str], needed: Mapping[str, int]) -> set[str]:
+        """Names the step may change through another name of their may-share group.
+
+        The step provides them too, so it starts from their earlier values (loaded with
+        the names it changes them through). Then the step's own sharing is recorded.
+        """
+        shares = [g - self.parameter_names for g in a.shares]
+        shares = [g for g in shares if len(g) > 1 and not any(self._is_code(n) for n in g)]
+        extra: set[str] = set()
+        if mutated and (shares or any(self.groups.of(n) != {n} for n in mutated)):
+            for name in self.groups.closure(mutated, shares) - writes:
+                provider = self.last_writer.get(name)
+                if provider is not None and provider != PARAMETER and not self._is_code(name):
+                    extra.add(name)
+                    state.partial.setdefault(name, provider)
+        for name in (*needed, *extra, *a.partial_binds):
+            group = self.groups.of(name)
+            if len(group) > 1:
+                state.start_groups[name] = group
+        self.groups.update(a.binds - a.partial_binds, shares)
+        for name in writes | extra:
+            group = self.groups.of(name)
+            if len(group) > 1:
+                state.end_groups[name] = group
+        return extra
+
+    def _unify_shared_loads(self) -> None:
+        """Names of one may-share group come from one step, so they arrive sharing objects.
+
+        When a step would load them from several providers, it loads them all from the
+        latest one, which loads (if it does not already) and saves the others. Walking
+        backwards lets such a load be unified in the providing step in turn.
+        """
+        order = {s.name: i for i, s in enumerate(self.blocks.steps)}
+        for step in reversed(self.blocks.steps):
+            state = self.state[step.name]
+            by_group: dict[frozenset[str], list[str]] = {}
+            for name in state.loads:
+                group = state.start_groups.get(name)
+                if group is not None:
+                    by_group.setdefault(group, []).append(name)
+            for group, names in by_group.items():
+                latest = max((state.loads[n] for n in names), key=order.__getitem__)
+                provider = self.state[latest]
+                for name in names:
+                    earlier = state.loads[name]
+                    if earlier == latest:
+                        continue
+                    state.loads[name] = latest
+                    provider.saves.add(name)
+                    if name not in provider.loads and name not in provider.writes:
+                        provider.loads[name] = earlier
+                        provider.start_groups.setdefault(name, group)
+                        self.state[earlier].saves.add(name)
 
     def _check_magics(self, located: _Located, step: str | None) -> None:
         for magic in located.magics:
@@ -466,9 +533,42 @@ class _GraphBuilder:
                 saves=tuple(sorted(s.saves)),
                 metrics=tuple(s.metrics),
                 writes=tuple(sorted(s.writes)),
+                groups=self._save_groups(name),
             )
             for name, s in self.state.items()
         }
+
+    def _save_groups(self, step: str) -> tuple[tuple[str, ...], ...]:
+        """The step's saved names that may share objects: each group is saved as one file.
+
+        Names share a file when they were in one may-share group as the step ended, or
+        when a later step loads them as one group.
+        """
+        state = self.state[step]
+        saves = state.saves
+        parent = {name: name for name in saves}
+
+        def find(name: str) -> str:
+            while parent[name] != name:
+                parent[name] = parent[parent[name]]
+                name = parent[name]
+            return name
+
+        def join(names: list[str]) -> None:
+            for other in names[1:]:
+                parent[find(other)] = find(names[0])
+
+        for name, group in state.end_groups.items():
+            if name in saves:
+                join(sorted(saves & group))
+        for consumer in self.state.values():
+            for name, group in consumer.start_groups.items():
+                if consumer.loads.get(name) == step:
+                    join(sorted(n for n in group if consumer.loads.get(n) == step))
+        found: dict[str, list[str]] = {}
+        for name in sorted(saves):
+            found.setdefault(find(name), []).append(name)
+        return tuple(tuple(g) for g in found.values() if len(g) > 1)
 
     def edges(self) -> tuple[Edge, ...]:
         data: dict[tuple[str, str], list[str]] = {}

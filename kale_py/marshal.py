@@ -27,6 +27,7 @@ arrays and DataFrames, see notes/state-passing-and-analysis.md). Each step write
 
 from __future__ import annotations
 
+import copyreg
 import gc
 import hashlib
 import importlib
@@ -40,6 +41,7 @@ import struct
 import sys
 import threading
 import types
+from collections import ChainMap
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
@@ -54,6 +56,7 @@ __all__ = [
     "VariableRecord",
     "hash_file",
     "load_variable",
+    "load_variables",
     "read_manifest",
     "save_variable",
     "save_variables",
@@ -127,6 +130,8 @@ class VariableRecord:
     bytes: int  # file size
     hash: str  # "<HASH_ALGORITHM>:<hex>" of the file's bytes, see hash_file()
     file: str  # file name relative to the state directory
+    # the names saved together in ``file`` (they may share objects); empty: alone
+    group: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariableRecord:
@@ -138,7 +143,17 @@ class VariableRecord:
             bytes=int(data["bytes"]),
             hash=str(data["hash"]),
             file=str(data["file"]),
+            group=tuple(str(n) for n in data.get("group", ())),
         )
+
+    @property
+    def stored_name(self) -> str:
+        """The name in the file's header: the variable's, or its group's."""
+        return group_key(self.group) if self.group else self.name
+
+
+def group_key(names: Sequence[str]) -> str:
+    return "+".join(names)
 
 
 def _type_name(obj: object) -> str:
@@ -349,7 +364,8 @@ class _Encoded:
         return any(isinstance(c, bytes) and _MAIN_MARKER in c for c in self.main)
 
 
-def _dump(obj: object, pickler: Callable[..., Any], name: str, **options: Any) -> _Encoded:
+def _dump(obj: object, pickler: Callable[..., Any], name: str,
+          views: Callable[[Any], Any] | None = None, **options: Any) -> _Encoded:
     sink = _ChunkSink()
     buffers: list[memoryview] = []
 
@@ -363,7 +379,10 @@ def _dump(obj: object, pickler: Callable[..., Any], name: str, **options: Any) -
         buffers.append(raw)
         return False
 
-    pickler(sink, protocol=5, buffer_callback=keep_out_of_band, **options).dump(obj)
+    instance = pickler(sink, protocol=5, buffer_callback=keep_out_of_band, **options)
+    if views is not None:
+        _add_view_reducer(instance, views)
+    instance.dump(obj)
     return _Encoded(name, sink.chunks, sink.size, buffers)
 
 
@@ -372,12 +391,16 @@ _REFUSALS = (pickle.PicklingError, TypeError, AttributeError)
 
 
 def _encode(name: str, obj: object, step: str | None,
-            shared: Collection[str] | None = None) -> _Encoded:
-    """Pickle `obj` with plain pickle, or by value when plain pickle cannot carry it."""
+            shared: Collection[str] | None = None,
+            views: Callable[[Any], Any] | None = None) -> _Encoded:
+    """Pickle `obj` with plain pickle, or by value when plain pickle cannot carry it.
+
+    ``views``: the reducer that keeps numpy views of arrays saved in the same file views.
+    """
     try:
-        plain = _dump(obj, pickle.Pickler, "pickle5")
+        plain = _dump(obj, pickle.Pickler, "pickle5", views)
     except _REFUSALS as refusal:
-        return _encode_refused(name, obj, step, refusal)
+        return _encode_refused(name, obj, step, refusal, views)
     except Exception as exc:
         raise _pickling_failed(name, obj, step, exc) from exc
     if not plain.mentions_notebook_module():
@@ -385,9 +408,9 @@ def _encode(name: str, obj: object, step: str | None,
     # Something from __main__ is in there: instances of notebook classes are fine by
     # reference, functions and classes themselves are not (see _NotebookCodePickler).
     try:
-        return _dump(obj, _NotebookCodePickler, "pickle5", shared=shared)
+        return _dump(obj, _NotebookCodePickler, "pickle5", views, shared=shared)
     except _NeedsByValue:
-        by_value, _ = _dump_by_value(obj)
+        by_value, _ = _dump_by_value(obj, views)
         # By name still works when the consumer defines it (a cell tagged functions), and
         # it is the only way when by value fails (a function using a database connection).
         return by_value or plain
@@ -395,12 +418,13 @@ def _encode(name: str, obj: object, step: str | None,
         raise _pickling_failed(name, obj, step, exc) from exc
 
 
-def _dump_by_value(obj: object) -> tuple[_Encoded | None, Exception | None]:
+def _dump_by_value(obj: object, views: Callable[[Any], Any] | None = None
+                   ) -> tuple[_Encoded | None, Exception | None]:
     """The first by-value pickle that succeeds, or else the first failure."""
     first_failure: Exception | None = None
     for pickler_name, pickler, options in _by_value_picklers():
         try:
-            return _dump(obj, pickler, pickler_name, **options), None
+            return _dump(obj, pickler, pickler_name, views, **options), None
         except _Unsavable as unsavable:
             return None, unsavable  # every pickler refuses resources alike
         except Exception as exc:
@@ -408,8 +432,9 @@ def _dump_by_value(obj: object) -> tuple[_Encoded | None, Exception | None]:
     return None, first_failure
 
 
-def _encode_refused(name: str, obj: object, step: str | None, refusal: Exception) -> _Encoded:
-    encoded, failure = _dump_by_value(obj)
+def _encode_refused(name: str, obj: object, step: str | None, refusal: Exception,
+                    views: Callable[[Any], Any] | None = None) -> _Encoded:
+    encoded, failure = _dump_by_value(obj, views)
     if encoded is not None:
         return encoded
     if isinstance(failure, _Unsavable):
@@ -473,6 +498,85 @@ def _pickling_failed(name: str, obj: object, step: str | None, exc: BaseExceptio
         "make the object picklable (its __reduce__/__getstate__ raised), create it in the step "
         "that uses it, or mark the cell skip",
     )
+
+
+# --- groups: variables that share objects, in one pickle ------------------------------------
+#
+# One pickle keeps identity (pickle's memo): ``clf_list[0][0] is lr`` still holds after
+# loading. numpy views are not objects pickle follows (a view pickles as a copy of its
+# data), so a view of an array saved in the same file is saved as "this array's memory at
+# this offset, with these strides", and comes back a view again.
+
+_WALK_LIMIT = 10_000  # objects visited to find the arrays of a group: stays cheap
+
+
+def _view_reducer(values: Iterable[object]) -> Callable[[Any], Any] | None:
+    """A reducer for numpy arrays that keeps views of the group's arrays views, or None."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    ndarray = numpy.ndarray
+    known = _arrays_in(values, ndarray)
+    if len(known) < 2:
+        return None
+
+    def reduce(array: Any) -> Any:
+        ancestor = _saved_ancestor(array, known, ndarray)
+        if ancestor is None:
+            return array.__reduce_ex__(5)
+        offset = _address(array) - _address(ancestor)
+        return ndarray, (array.shape, array.dtype, ancestor, offset, array.strides)
+
+    return reduce
+
+
+def _arrays_in(values: Iterable[object], ndarray: type) -> dict[int, Any]:
+    """The numpy arrays among the values, their containers' items and their attributes."""
+    found: dict[int, Any] = {}
+    seen: set[int] = set()
+    pending = [(v, 0) for v in values]
+    while pending and len(seen) < _WALK_LIMIT:
+        obj, depth = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, ndarray):
+            found[id(obj)] = obj
+            continue
+        if depth >= 4 or type(obj).__module__.partition(".")[0] == "pandas":
+            continue
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            pending += [(item, depth + 1) for item in obj]
+        elif isinstance(obj, dict):
+            pending += [(item, depth + 1) for item in obj.values()]
+        elif not isinstance(obj, (type, types.ModuleType)):
+            attributes = getattr(obj, "__dict__", None)
+            if isinstance(attributes, dict):
+                pending += [(item, depth + 1) for item in attributes.values()]
+    return found
+
+
+def _saved_ancestor(array: Any, known: Mapping[int, Any], ndarray: type) -> Any:
+    """The nearest array ``array`` is a view of that the group saves, if it can rebuild it."""
+    if array.dtype.hasobject:
+        return None
+    base = array.base
+    while isinstance(base, ndarray):
+        if id(base) in known and (base.flags.c_contiguous or base.flags.f_contiguous):
+            return base
+        base = base.base
+    return None
+
+
+def _address(array: Any) -> int:
+    address: int = array.__array_interface__["data"][0]
+    return address
+
+
+def _add_view_reducer(pickler: Any, reduce: Callable[[Any], Any]) -> None:
+    numpy = sys.modules["numpy"]
+    table = getattr(pickler, "dispatch_table", None) or copyreg.dispatch_table
+    pickler.dispatch_table = ChainMap({numpy.ndarray: reduce}, table)
 
 
 # --- file layout and hashing ----------------------------------------------------------------
@@ -723,10 +827,14 @@ def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | No
 
 def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
                    step: str | None = None, shared: Collection[str] | None = None,
-                   content_hash: bool = True) -> list[VariableRecord]:
+                   content_hash: bool = True, groups: Iterable[Sequence[str]] = ()
+                   ) -> list[VariableRecord]:
     """Save several variables; all files appear only when every one of them was saved.
 
     Writing everything before the first fsync lets the disk flush all files at once.
+    ``groups``: names that may share objects; each group present in ``names_values`` is
+    saved as one file (``<first name>.group.kpk``), so that loading it gives back objects
+    shared as they were, numpy views included. Every member gets its own record.
     """
     directory = Path(state_dir)
     try:
@@ -736,14 +844,30 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
                          "that the state volume is mounted and writable", step=step,
                          path=str(directory)) from exc
     pending: list[tuple[_PendingFile, VariableRecord]] = []
+    members: dict[str, tuple[str, ...]] = {}
+    for group in groups:
+        present = tuple(n for n in group if n in names_values)
+        if len(present) > 1:
+            members.update((n, present) for n in present)
     try:
         for name, obj in names_values.items():
-            pending.append(_write_variable(name, obj, directory, step, shared, content_hash))
+            group = members.get(name)
+            if group is None:
+                pending.append(_write_variable(name, obj, directory, step, shared,
+                                               content_hash))
+            elif group[0] == name:
+                values = {n: names_values[n] for n in group}
+                pending.append(_write_group(values, directory, step, shared, content_hash))
         records = []
         for file, record in pending:
             with _io_errors(record, step, file.final):
                 file.sync()
-                records.append(replace(record, hash=file.commit()))
+                digest = file.commit()
+            if record.group:
+                records += [replace(record, name=n, type=_type_name(names_values[n]),
+                                    hash=digest) for n in record.group]
+            else:
+                records.append(replace(record, hash=digest))
     except BaseException:
         for file, _ in pending:
             file.abort()
@@ -763,6 +887,34 @@ def _write_variable(name: str, obj: object, directory: Path, step: str | None,
     segments, size = _layout(encoded, name, type_name)
     file_name = name + SUFFIX
     record = VariableRecord(name, type_name, encoded.pickler, size, "", file_name)
+    file = _PendingFile(directory, file_name, segments, size, hashed=content_hash)
+    try:
+        with _io_errors(record, step, file.final):
+            file.write()
+    except BaseException:
+        file.abort()
+        raise
+    return file, record
+
+
+def _write_group(values: Mapping[str, object], directory: Path, step: str | None,
+                 shared: Collection[str] | None, content_hash: bool
+                 ) -> tuple[_PendingFile, VariableRecord]:
+    names = tuple(values)
+    key = group_key(names)
+    for name in names:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise _save_error(name, values[name], step, "the name is not a Python identifier",
+                              "only variables (valid Python names) are passed between steps")
+    try:
+        encoded = _encode(key, dict(values), step, shared, _view_reducer(values.values()))
+    except StateError:
+        for name, obj in values.items():  # name the variable that cannot be saved
+            _encode(name, obj, step, shared)
+        raise
+    segments, size = _layout(encoded, key, "dict")
+    file_name = names[0] + ".group" + SUFFIX
+    record = VariableRecord(key, "dict", encoded.pickler, size, "", file_name, names)
     file = _PendingFile(directory, file_name, segments, size, hashed=content_hash)
     try:
         with _io_errors(record, step, file.final):
@@ -831,10 +983,52 @@ def load_variable(
         >>> df = load_variable(manifest["variables"]["df"], "state/load", allowed_root="state")
     """
     target = _locate(record_or_path, Path(state_dir), step)
+    value = _load_file(target, allowed_root)
+    if target.record is not None and target.record.group:
+        return _member(target, value)
+    return value
+
+
+def load_variables(
+    records: Iterable[VariableRecord | Mapping[str, Any]],
+    state_dir: PathLike,
+    *,
+    allowed_root: PathLike,
+    step: str | None = None,
+) -> dict[str, object]:
+    """Load several variables of one state directory, each file once.
+
+    Variables saved as one group come from one load, so they share objects as they did
+    when saved, also when only some of the group's names are asked for.
+    """
+    loaded: dict[str, object] = {}
+    files: dict[str, object] = {}
+    for entry in records:
+        target = _locate(entry, Path(state_dir), step)
+        record = target.record
+        if record is None or not record.group:
+            loaded[target.name] = _load_file(target, allowed_root)
+            continue
+        if record.file not in files:
+            files[record.file] = _load_file(target, allowed_root)
+        loaded[record.name] = _member(target, files[record.file])
+    return loaded
+
+
+def _member(target: _Target, value: object) -> object:
+    record = target.record
+    assert record is not None
+    if not isinstance(value, dict) or record.name not in value:
+        raise target.error(f"its group file does not hold {record.name!r}",
+                           "re-run the step that produces it")
+    return value[record.name]
+
+
+def _load_file(target: _Target, allowed_root: PathLike) -> object:
     path = _inside_root(target, allowed_root)
     data = _map_file(target, path)
     header = _read_header(target, path, data)
-    if target.record is not None and (target.record.bytes, target.record.name) != (
+    if target.record is not None and (target.record.bytes, target.record.stored_name) != (
         len(data), header.name
     ):
         raise target.error("the file does not match its manifest entry (size or name differ)",

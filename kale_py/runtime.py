@@ -452,23 +452,31 @@ class StepRuntime:
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
         roots = self.args.allowed_root or list(dirs.values())
+        wanted: dict[str, list[str]] = {}
         for var, producer in self.spec.get("inputs", {}).items():
             directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
             if directory is None:
                 raise SystemExit(
                     f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
                 )
+            wanted.setdefault(directory, []).append(var)
+        for directory, names in wanted.items():
             manifest = marshal.read_manifest(directory)
-            record = manifest["variables"].get(var)
-            if record is None:
-                raise NameError(
-                    f"name {var!r} is not defined: step {producer!r} did not define it "
-                    "when it ran (was it bound only on some paths?)"
-                )
-            value = marshal.load_variable(
-                record["file"], directory, allowed_root=_common_root(roots, directory)
+            records = []
+            for var in names:
+                record = manifest["variables"].get(var)
+                if record is None:
+                    raise NameError(
+                        f"name {var!r} is not defined: step {manifest.get('step')!r} did not "
+                        "define it when it ran (was it bound only on some paths?)"
+                    )
+                records.append(record)
+            # Names saved as one group load from one file: they arrive sharing objects.
+            values = marshal.load_variables(
+                records, directory, allowed_root=_common_root(roots, directory)
             )
-            self.namespace[var] = self._rebind(value)
+            for var, value in values.items():
+                self.namespace[var] = self._rebind(value)
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""
@@ -605,23 +613,23 @@ class StepRuntime:
             return []
         out = Path(self.args.state_out)
         out.mkdir(parents=True, exist_ok=True)
-        records, missing = [], []
+        values, missing = {}, []
         for name in self.spec.get("outputs", []):
             if name not in self.namespace:
                 missing.append(name)
                 continue
-            records.append(
-                marshal.save_variable(
-                    name,
-                    self.namespace[name],
-                    out,
-                    step=self.spec["step"],
-                    shared=self.shared,
-                    # Only the local runner's cache reads hashes; in a Kubeflow pod
-                    # (--executor-output) nothing does, so the CPU is spared.
-                    content_hash=not self.args.executor_output,
-                )
-            )
+            values[name] = self.namespace[name]
+        records = marshal.save_variables(
+            values,
+            out,
+            step=self.spec["step"],
+            shared=self.shared,
+            # Only the local runner's cache reads hashes; in a Kubeflow pod
+            # (--executor-output) nothing does, so the CPU is spared.
+            content_hash=not self.args.executor_output,
+            # Names that may share objects travel in one file, still sharing them.
+            groups=self.spec.get("groups", []),
+        )
         if missing:
             self.notice(f"not defined at the end of the step, so not saved: {', '.join(missing)}")
         marshal.write_manifest(out, self.spec["step"], records)

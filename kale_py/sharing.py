@@ -1,0 +1,285 @@
+"""May-share groups: which top-level names may hold the same objects.
+
+``clf_list = [(lr, "lr")]`` makes ``clf_list`` hold ``lr``'s object; a later
+``for clf, _ in clf_list: clf.fit(X, y)`` changes ``lr`` through another name. The
+graph builder follows such groups across steps: a step that may change an object
+through one name of a group provides every name of it, and names of one group travel
+in one file so that they arrive still sharing their objects.
+
+:func:`module_shares` reads one source's module-level statements (function and class
+bodies run elsewhere) and returns the sets of names that may share objects after it
+ran. Like the rest of the analysis it errs toward "may share" where it cannot know (a
+call to an unknown function may return something holding its arguments), with the
+exceptions that keep ordinary data science code precise: results of well-known pure
+functions and methods are new objects, fancy indexing and boolean masks copy.
+
+:class:`ShareGroups` is the notebook-wide state the graph builder updates step by step:
+binding a name to a new object takes it out of its group, sharing merges groups.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator
+
+from .analysis import (
+    _ARGUMENT_SAFE_METHODS,
+    _MODULE_ALIASES,
+    _PASS_THROUGH,
+    _PURE_FUNCTIONS,
+    _PURE_METHODS,
+    _dotted,
+    _is_pure_call,
+    _root_name,
+)
+
+__all__ = ["ShareGroups", "module_shares"]
+
+# Methods (and numpy functions) whose result is, or may be, a view of the receiver or of
+# the argument, or one of its elements: ``arr.reshape(...)``, ``d.get(k)``, ``d.values()``.
+_VIEW_METHODS = frozenset({
+    "reshape", "ravel", "view", "transpose", "squeeze", "swapaxes", "get", "values", "items",
+    "keys", "to_numpy", "__iter__", "__getitem__", "pop", "popitem", "setdefault",
+    "iterrows", "itertuples", "T", "real", "imag", "diagonal", "expand_dims", "asarray",
+    "asanyarray", "atleast_1d", "atleast_2d", "atleast_3d", "moveaxis", "broadcast_to",
+})
+# Methods that return their receiver (``model = model.fit(X, y)``) or objects it keeps
+# (``line, = ax.plot(...)``): the result shares the receiver, not the arguments.
+_SELF_METHODS = (_ARGUMENT_SAFE_METHODS | {"set_params", "set_output"}) - {
+    "fit_transform", "fit_predict", "append", "extend", "insert", "update", "write",
+    "writelines", "put", "savefig"}
+# Methods that store their arguments in the receiver: the receiver then holds them.
+_STORING_METHODS = frozenset({
+    "append", "extend", "insert", "add", "update", "setdefault", "put", "appendleft",
+    "extendleft", "__setitem__", "set_params", "add_artist", "add_patch", "add_line",
+    "add_collection", "add_subplot", "add_axes", "register", "attach",
+})
+# Functions that read a file into a new object (besides ``read_*``).
+_READERS = frozenset({"load", "loadtxt", "genfromtxt", "fromfile", "imread", "open_dataset"})
+# Attributes that describe an object rather than hold its contents (``X.shape[0]``).
+_DESCRIPTIVE = frozenset({"shape", "size", "ndim", "dtype", "dtypes", "nbytes", "itemsize",
+                          "name", "__name__", "__class__", "__doc__"})
+# Builtins whose result never holds their arguments' objects (``len``, ``str``, ...).
+_NEW_OBJECT_BUILTINS = _PURE_FUNCTIONS - _PASS_THROUGH - {"iter", "next", "getattr", "vars",
+                                                          "max", "min", "open"}
+
+
+def module_shares(tree: ast.Module) -> tuple[frozenset[str], ...]:
+    """Sets of module-level names that may share objects after ``tree`` ran."""
+    found: list[frozenset[str]] = []
+    for statement in _module_statements(tree.body):
+        for group in _statement_shares(statement):
+            if len(group) > 1:
+                found.append(frozenset(group))
+    return tuple(found)
+
+
+def _module_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Statements that run at module level, nested blocks included, bodies of defs not."""
+    for statement in body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        yield statement
+        for field in ("body", "orelse", "finalbody"):
+            nested = getattr(statement, field, None)
+            if isinstance(nested, list) and nested and isinstance(nested[0], ast.stmt):
+                yield from _module_statements(nested)
+        for handler in getattr(statement, "handlers", ()):
+            yield from _module_statements(handler.body)
+        for case in getattr(statement, "cases", ()):
+            yield from _module_statements(case.body)
+
+
+def _statement_shares(node: ast.stmt) -> Iterator[set[str]]:
+    if isinstance(node, ast.Assign):
+        yield from _assignment_shares(node.targets, node.value)
+    elif isinstance(node, ast.AnnAssign) and node.value is not None:
+        yield from _assignment_shares([node.target], node.value)
+    elif isinstance(node, ast.AugAssign) and isinstance(node.value, (ast.List, ast.Tuple)):
+        yield {*_target_roots(node.target), *may_share(node.value)}
+    elif isinstance(node, (ast.For, ast.AsyncFor)):
+        yield from _assignment_shares([node.target], node.iter)
+    elif isinstance(node, (ast.With, ast.AsyncWith)):
+        for item in node.items:
+            if item.optional_vars is not None:
+                yield from _assignment_shares([item.optional_vars], item.context_expr)
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        yield _storing_call(node.value)
+
+
+def _assignment_shares(targets: list[ast.expr], value: ast.expr) -> Iterator[set[str]]:
+    shared = may_share(value)
+    names = [t.id for t in targets if isinstance(t, ast.Name)]
+    # ``a = b = []``: every plain target holds the value itself.
+    yield {*names, *shared}
+    for target in targets:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            elements = [set(_target_roots(e)) for e in target.elts]
+            if shared:
+                for element in elements:
+                    yield element | shared
+            elif isinstance(value, ast.Call) and not _returns_new(value):
+                # ``fig, ax = plt.subplots()``: the parts of one unknown result may share.
+                yield set().union(*elements)
+        elif not isinstance(target, ast.Name):
+            yield {*_target_roots(target), *shared}  # ``obj.attr = x``, ``d[k] = x``
+
+
+def _target_roots(node: ast.expr) -> Iterator[str]:
+    if isinstance(node, ast.Name):
+        yield node.id
+    elif isinstance(node, (ast.Tuple, ast.List)):
+        for element in node.elts:
+            yield from _target_roots(element)
+    elif isinstance(node, ast.Starred):
+        yield from _target_roots(node.value)
+    elif isinstance(node, (ast.Attribute, ast.Subscript)):
+        root = _root_name(node)
+        if root is not None:
+            yield root
+
+
+def _storing_call(call: ast.Call) -> set[str]:
+    """``models.append(m)``, ``setattr(obj, "m", m)``: the receiver now holds the arguments."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr in _STORING_METHODS:
+        root = _root_name(func.value)
+        if root is not None and root not in _MODULE_ALIASES:
+            return {root, *_arguments_share(call)}
+    if isinstance(func, ast.Name) and func.id == "setattr" and len(call.args) == 3:
+        return {*may_share(call.args[0]), *may_share(call.args[2])}
+    return set()
+
+
+def _arguments_share(call: ast.Call) -> set[str]:
+    names: set[str] = set()
+    for arg in call.args:
+        names |= may_share(arg)
+    for keyword in call.keywords:
+        names |= may_share(keyword.value)
+    return names
+
+
+def _returns_new(call: ast.Call) -> bool:
+    """Whether a call is known to return new objects that hold nothing of its inputs."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id in _NEW_OBJECT_BUILTINS
+    if isinstance(func, ast.Attribute) and func.attr in _VIEW_METHODS:
+        return False
+    if isinstance(func, ast.Attribute) and (func.attr.startswith("read_") or func.attr in _READERS):
+        return True  # ``pd.read_csv(path)``: a new object from a file
+    return _is_pure_call(func) or (
+        isinstance(func, ast.Attribute) and func.attr in _PURE_METHODS)
+
+
+def may_share(node: ast.expr) -> set[str]:
+    """Variables whose objects the value of ``node`` may be, hold or be held by."""
+    if isinstance(node, ast.Name):
+        return {node.id}
+    if isinstance(node, ast.Subscript):
+        return set() if _copies(node.slice) else may_share(node.value)
+    if isinstance(node, ast.Attribute):
+        return set() if node.attr in _DESCRIPTIVE else may_share(node.value)
+    if isinstance(node, (ast.Starred, ast.Await)):
+        return may_share(node.value)
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return _union(may_share(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return _union(may_share(v) for v in node.values)
+    if isinstance(node, ast.Call):
+        return _call_shares(node)
+    if isinstance(node, ast.IfExp):
+        return may_share(node.body) | may_share(node.orelse)
+    if isinstance(node, ast.BoolOp):
+        return _union(may_share(v) for v in node.values)
+    if isinstance(node, ast.NamedExpr):
+        return {node.target.id, *may_share(node.value)}
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+        return _union(may_share(g.iter) for g in node.generators)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        sequences = (ast.List, ast.Tuple, ast.ListComp)
+        if isinstance(node.left, sequences) or isinstance(node.right, sequences):
+            return may_share(node.left) | may_share(node.right)
+    return set()
+
+
+def _copies(index: ast.expr) -> bool:
+    """Fancy indexing and boolean masks return copies (numpy and pandas alike)."""
+    return isinstance(index, (ast.List, ast.Compare, ast.ListComp)) or (
+        isinstance(index, (ast.BoolOp, ast.BinOp, ast.UnaryOp))
+        and any(isinstance(n, ast.Compare) for n in ast.walk(index)))
+
+
+def _call_shares(call: ast.Call) -> set[str]:
+    func = call.func
+    if isinstance(func, ast.Name):
+        if func.id in _PASS_THROUGH:
+            return _arguments_share(call)
+        if func.id in _NEW_OBJECT_BUILTINS:
+            return set()
+        return _arguments_share(call)  # unknown: may return something holding them
+    if not isinstance(func, ast.Attribute):
+        return may_share(func) | _arguments_share(call)
+    parts = _dotted(func)
+    module_call = parts is not None and parts[0] in _MODULE_ALIASES
+    if func.attr in _VIEW_METHODS:
+        return _arguments_share(call) if module_call else may_share(func.value)
+    if _returns_new(call):
+        return set()
+    if module_call:
+        return _arguments_share(call)  # ``make_pipeline(scaler, clf)``
+    if func.attr in _SELF_METHODS:
+        return may_share(func.value)
+    return may_share(func.value) | _arguments_share(call)
+
+
+def _union(sets: Iterable[set[str]]) -> set[str]:
+    result: set[str] = set()
+    for names in sets:
+        result |= names
+    return result
+
+
+class ShareGroups:
+    """The notebook's may-share groups as the steps run, in notebook order."""
+
+    def __init__(self) -> None:
+        self._group: dict[str, set[str]] = {}
+
+    def of(self, name: str) -> frozenset[str]:
+        """``name``'s group (``{name}`` when it shares with nothing)."""
+        group = self._group.get(name)
+        return frozenset(group) if group is not None else frozenset((name,))
+
+    def closure(self, names: Iterable[str], shares: Iterable[frozenset[str]]) -> set[str]:
+        """The names that may share with ``names``, counting ``shares`` too (not recorded)."""
+        extra: dict[str, set[str]] = {}
+        for group in shares:
+            for name in group:
+                extra.setdefault(name, set()).update(group)
+        result: set[str] = set()
+        pending = list(names)
+        while pending:
+            name = pending.pop()
+            if name in result:
+                continue
+            result.add(name)
+            pending += self._group.get(name, ())
+            pending += extra.get(name, ())
+        return result
+
+    def update(self, rebound: Iterable[str], shares: Iterable[frozenset[str]]) -> None:
+        """A step ran: ``rebound`` names hold new objects, then ``shares`` were made."""
+        for name in rebound:
+            group = self._group.pop(name, None)
+            if group is not None:
+                group.discard(name)
+                if len(group) == 1:
+                    self._group.pop(next(iter(group)), None)
+        for names in shares:
+            merged: set[str] = set()
+            for name in names:
+                merged |= self._group.get(name, {name})
+            for name in merged:
+                self._group[name] = merged
