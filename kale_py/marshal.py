@@ -1218,7 +1218,7 @@ def write_manifest(state_dir: PathLike, step: str, records: Iterable[VariableRec
     manifest = {
         "step": step,
         "format_version": FORMAT_VERSION,
-        "variables": {record.name: asdict(record) for record in records},
+        "variables": {record.name: _entry(record) for record in records},
         **extra,
     }
     text = json.dumps(manifest, indent=2) + "\n"
@@ -1233,6 +1233,13 @@ def write_manifest(state_dir: PathLike, step: str, records: Iterable[VariableRec
         raise
     _fsync_directory(directory)
     return path
+
+
+def _entry(record: VariableRecord) -> dict[str, Any]:
+    entry = asdict(record)
+    if not record.group:
+        del entry["group"]  # a variable alone in its file: the entry of format 1 as it was
+    return entry
 
 
 def read_manifest(state_dir: PathLike) -> dict[str, Any]:

@@ -68,26 +68,35 @@ def module_shares(tree: ast.Module) -> tuple[frozenset[str], ...]:
     """Sets of module-level names that may share objects after ``tree`` ran."""
     found: list[frozenset[str]] = []
     for statement in _module_statements(tree.body):
-        for group in _statement_shares(statement):
-            if len(group) > 1:
-                found.append(frozenset(group))
+        try:
+            groups = list(_statement_shares(statement))
+        except RecursionError:  # a very long method chain: every name in it may share
+            groups = [{n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}]
+        found += [frozenset(group) for group in groups if len(group) > 1]
     return tuple(found)
 
 
 def _module_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
-    """Statements that run at module level, nested blocks included, bodies of defs not."""
-    for statement in body:
+    """Statements that run at module level, nested blocks included, bodies of defs not.
+
+    Iterative: a long ``elif`` chain nests as deep as it is long.
+    """
+    pending = list(reversed(body))
+    while pending:
+        statement = pending.pop()
         if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
         yield statement
+        nested: list[ast.stmt] = []
         for field in ("body", "orelse", "finalbody"):
-            nested = getattr(statement, field, None)
-            if isinstance(nested, list) and nested and isinstance(nested[0], ast.stmt):
-                yield from _module_statements(nested)
+            block = getattr(statement, field, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                nested += block
         for handler in getattr(statement, "handlers", ()):
-            yield from _module_statements(handler.body)
+            nested += handler.body
         for case in getattr(statement, "cases", ()):
-            yield from _module_statements(case.body)
+            nested += case.body
+        pending += reversed(nested)
 
 
 def _statement_shares(node: ast.stmt) -> Iterator[set[str]]:
