@@ -108,7 +108,8 @@ class CodeAnalysis:
     the source ran (or unbound). A step providing such a name must start from the
     earlier value to save the right one.
     ``shares``: sets of module-level names whose objects may be shared once the source ran
-    (``clf_list = [(lr, "lr")]``); see :mod:`kale_py.sharing`.
+    (``clf_list = [(lr, "lr")]``); ``returns``: for the functions it defines, the
+    parameters their result may hold; see :mod:`kale_py.sharing`.
     """
 
     free: tuple[NameUse, ...]
@@ -121,6 +122,8 @@ class CodeAnalysis:
     maybe_free: frozenset[str] = frozenset()
     partial_binds: frozenset[str] = frozenset()
     shares: tuple[frozenset[str], ...] = ()  # module-level names that may share objects
+    rebound: frozenset[str] = frozenset()  # names whose earlier sharing ends here
+    returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None
 
     @property
     def free_names(self) -> frozenset[str]:
@@ -346,21 +349,26 @@ def _continued_string(line: str, quote: str) -> str:
 
 
 def analyse_source(
-    source: str, functions: Mapping[str, FunctionInfo] | None = None
+    source: str, functions: Mapping[str, FunctionInfo] | None = None,
+    returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None,
 ) -> CodeAnalysis:
     """Parse one cell (IPython syntax allowed) and analyse it.
 
     ``functions``: functions defined by earlier cells (their ``FunctionInfo``). Passing
     them makes calls to them precise: only the arguments they may change count as
     mutated, and calling them does not count as changing them.
+    ``returns``: what functions of earlier cells return (``CodeAnalysis.returns``), for
+    the names that may share objects.
     Raises :class:`CodeSyntaxError` with the cell-relative line when it is not Python.
     """
     tree, text, magics = _parse_cell(source)
-    from .sharing import module_shares  # noqa: PLC0415 (sharing builds on this module)
+    from .sharing import function_returns, module_shares  # noqa: PLC0415 (builds on this)
 
     try:
         analysis = _Analyser(text, functions or {}).run(tree, magics)
-        return replace(analysis, shares=module_shares(tree))
+        shares, rebound = module_shares(tree, returns)
+        return replace(analysis, shares=shares, rebound=rebound,
+                       returns=function_returns(tree))
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 

@@ -37,7 +37,7 @@ from .notebook import Cell, Notebook
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
 from .settings import NotebookSettings
-from .sharing import ShareGroups
+from .sharing import Returns, ShareGroups
 
 # Names a step can use without any provider: builtins and what Jupyter's kernel defines.
 AMBIENT_NAMES = frozenset(dir(builtins)) | {
@@ -164,6 +164,7 @@ def _analyse_cells(
     step: str | None,
     problems: list[Diagnostic],
     functions: Mapping[str, FunctionInfo] | None = None,
+    returns: Mapping[str, Returns] | None = None,
 ) -> _Located | None:
     """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
     sources: list[str] = []
@@ -182,7 +183,7 @@ def _analyse_cells(
         starts.append((line, cell.index))
         line += text.count("\n")
     try:
-        analysis = analyse_source("".join(sources), functions)
+        analysis = analyse_source("".join(sources), functions, returns)
         return _Located(analysis, tuple(starts), tuple(magics))
     except CodeSyntaxError:
         pass
@@ -228,10 +229,13 @@ class _StepState:
     # names the step binds only on some paths, with their provider when the step ran:
     # if the step provides such a name, it must start from the earlier value
     partial: dict[str, str | None] = field(default_factory=dict)
-    # may-share groups of the names it loads, as they were when the step started, and of
-    # the names it writes, when it ended (only names that share with others)
-    start_groups: dict[str, frozenset[str]] = field(default_factory=dict)
-    end_groups: dict[str, frozenset[str]] = field(default_factory=dict)
+    # may-share group tokens (see ShareGroups) of the names it loads, as they were when
+    # the step started, and of the names it writes, when it ended (names in a group only)
+    start_groups: dict[str, int] = field(default_factory=dict)
+    end_groups: dict[str, int] = field(default_factory=dict)
+    # groups whose names it must load from one step: it changes their objects, or a later
+    # step that does loads them from it
+    unify: set[int] = field(default_factory=set)
 
 
 class _GraphBuilder:
@@ -245,6 +249,7 @@ class _GraphBuilder:
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
         self.groups = ShareGroups()
+        self.returns: dict[str, Returns] = {}
         self.parameter_names = frozenset(p.name for p in blocks.parameters)
 
     def run(self) -> None:
@@ -278,6 +283,7 @@ class _GraphBuilder:
         self._check_magics(located, None)
         self.prelude_names = a.binds
         self.functions.update(a.functions)
+        self.returns.update(a.returns or {})
         self.star_prelude = bool(a.star_imports)
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -292,7 +298,8 @@ class _GraphBuilder:
             )
 
     def _step(self, step: Step) -> None:
-        located = _analyse_cells(list(step.cells), step.name, self.problems, self.functions)
+        located = _analyse_cells(list(step.cells), step.name, self.problems, self.functions,
+                                 self.returns)
         if located is None:
             return
         a = located.analysis
@@ -328,6 +335,7 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
+        self.returns.update(a.returns or {})
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -352,54 +360,66 @@ class _GraphBuilder:
         The step provides them too, so it starts from their earlier values (loaded with
         the names it changes them through). Then the step's own sharing is recorded.
         """
+        groups = self.groups
         shares = [g - self.parameter_names for g in a.shares]
         shares = [g for g in shares if len(g) > 1 and not any(self._is_code(n) for n in g)]
         extra: set[str] = set()
-        if mutated and (shares or any(self.groups.of(n) != {n} for n in mutated)):
-            for name in self.groups.closure(mutated, shares) - writes:
+        if mutated and (shares or any(groups.token(n) is not None for n in mutated)):
+            for name in groups.closure(mutated, shares) - writes:
                 provider = self.last_writer.get(name)
                 if provider is not None and provider != PARAMETER and not self._is_code(name):
                     extra.add(name)
                     state.partial.setdefault(name, provider)
         for name in (*needed, *extra, *a.partial_binds):
-            group = self.groups.of(name)
-            if len(group) > 1:
-                state.start_groups[name] = group
-        self.groups.update(a.binds - a.partial_binds, shares)
+            token = groups.token(name)
+            if token is not None:
+                state.start_groups[name] = token
+                if name in mutated or name in extra:
+                    state.unify.add(token)
+        groups.update((a.binds - a.partial_binds) | a.rebound, shares)
         for name in writes | extra:
-            group = self.groups.of(name)
-            if len(group) > 1:
-                state.end_groups[name] = group
+            token = groups.token(name)
+            if token is not None:
+                state.end_groups[name] = token
         return extra
 
     def _unify_shared_loads(self) -> None:
-        """Names of one may-share group come from one step, so they arrive sharing objects.
+        """Names of one may-share group that a step changes come from one step, so they
+        arrive sharing their objects.
 
-        When a step would load them from several providers, it loads them all from the
-        latest one, which loads (if it does not already) and saves the others. Walking
-        backwards lets such a load be unified in the providing step in turn.
+        When the step would load them from several providers, it loads them all from the
+        latest one, which loads (if it does not already) and saves the others, and must
+        in turn get them from one step. Walking backwards lets that happen.
         """
         order = {s.name: i for i, s in enumerate(self.blocks.steps)}
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
-            by_group: dict[frozenset[str], list[str]] = {}
+            if not state.unify:
+                continue
+            by_group: dict[int, list[str]] = {}
             for name in state.loads:
-                group = state.start_groups.get(name)
-                if group is not None:
-                    by_group.setdefault(group, []).append(name)
-            for group, names in by_group.items():
+                token = state.start_groups.get(name)
+                if token in state.unify:
+                    by_group.setdefault(token, []).append(name)
+            for names in by_group.values():
                 latest = max((state.loads[n] for n in names), key=order.__getitem__)
-                provider = self.state[latest]
-                for name in names:
-                    earlier = state.loads[name]
-                    if earlier == latest:
-                        continue
-                    state.loads[name] = latest
-                    provider.saves.add(name)
-                    if name not in provider.loads and name not in provider.writes:
-                        provider.loads[name] = earlier
-                        provider.start_groups.setdefault(name, group)
-                        self.state[earlier].saves.add(name)
+                self._load_from(state, names, latest)
+
+    def _load_from(self, state: _StepState, names: list[str], latest: str) -> None:
+        provider = self.state[latest]
+        for name in names:
+            earlier = state.loads[name]
+            if earlier == latest:
+                continue
+            state.loads[name] = latest
+            provider.saves.add(name)
+            if name not in provider.loads and name not in provider.writes:
+                provider.loads[name] = earlier
+                self.state[earlier].saves.add(name)
+        for name in names:
+            token = provider.start_groups.get(name)
+            if name in provider.loads and token is not None:
+                provider.unify.add(token)
 
     def _check_magics(self, located: _Located, step: str | None) -> None:
         for magic in located.magics:
@@ -526,6 +546,7 @@ class _GraphBuilder:
                 self.state[provider].metrics.append(metric)
 
     def io(self) -> dict[str, StepIO]:
+        groups = self._save_groups()
         return {
             name: StepIO(
                 loads=dict(sorted(s.loads.items())),
@@ -533,42 +554,34 @@ class _GraphBuilder:
                 saves=tuple(sorted(s.saves)),
                 metrics=tuple(s.metrics),
                 writes=tuple(sorted(s.writes)),
-                groups=self._save_groups(name),
+                groups=groups[name],
             )
             for name, s in self.state.items()
         }
 
-    def _save_groups(self, step: str) -> tuple[tuple[str, ...], ...]:
-        """The step's saved names that may share objects: each group is saved as one file.
+    def _save_groups(self) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """Each step's saved names that may share objects: each group is saved as one file.
 
         Names share a file when they were in one may-share group as the step ended, or
-        when a later step loads them as one group.
+        when a later step loads them from it as one group.
         """
-        state = self.state[step]
-        saves = state.saves
-        parent = {name: name for name in saves}
-
-        def find(name: str) -> str:
-            while parent[name] != name:
-                parent[name] = parent[parent[name]]
-                name = parent[name]
-            return name
-
-        def join(names: list[str]) -> None:
-            for other in names[1:]:
-                parent[find(other)] = find(names[0])
-
-        for name, group in state.end_groups.items():
-            if name in saves:
-                join(sorted(saves & group))
+        together: dict[str, list[list[str]]] = {name: [] for name in self.state}
         for consumer in self.state.values():
-            for name, group in consumer.start_groups.items():
-                if consumer.loads.get(name) == step:
-                    join(sorted(n for n in group if consumer.loads.get(n) == step))
-        found: dict[str, list[str]] = {}
-        for name in sorted(saves):
-            found.setdefault(find(name), []).append(name)
-        return tuple(tuple(g) for g in found.values() if len(g) > 1)
+            by_group: dict[tuple[str, int], list[str]] = {}
+            for name, token in consumer.start_groups.items():
+                provider = consumer.loads.get(name)
+                if provider is not None and provider in together:
+                    by_group.setdefault((provider, token), []).append(name)
+            for (provider, _), names in by_group.items():
+                together[provider].append(names)
+        result = {}
+        for step, state in self.state.items():
+            by_token: dict[int, list[str]] = {}
+            for name, token in state.end_groups.items():
+                if name in state.saves:
+                    by_token.setdefault(token, []).append(name)
+            result[step] = _partition(state.saves, [*by_token.values(), *together[step]])
+        return result
 
     def edges(self) -> tuple[Edge, ...]:
         data: dict[tuple[str, str], list[str]] = {}
@@ -582,6 +595,30 @@ class _GraphBuilder:
             ]
         order = {s.name: i for i, s in enumerate(self.blocks.steps)}
         return tuple(sorted(edges, key=lambda e: (order[e.target], order[e.source])))
+
+
+def _partition(names: set[str], joined: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    """The groups of two or more of ``names`` that the ``joined`` lists connect."""
+    parent = {name: name for name in names}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for listed in joined:
+        members = [m for m in listed if m in parent]
+        if len(members) < 2:
+            continue
+        first = find(members[0])
+        for other in members[1:]:
+            parent[find(other)] = first
+            first = find(first)
+    found: dict[str, list[str]] = {}
+    for name in sorted(names):
+        found.setdefault(find(name), []).append(name)
+    return tuple(tuple(g) for g in found.values() if len(g) > 1)
 
 
 def _later_definer(steps: tuple[Step, ...], step: Step, name: str) -> tuple[str, int] | None:

@@ -20,7 +20,8 @@ binding a name to a new object takes it out of its group, sharing merges groups.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 
 from .analysis import (
     _ARGUMENT_SAFE_METHODS,
@@ -30,10 +31,17 @@ from .analysis import (
     _PURE_METHODS,
     _dotted,
     _is_pure_call,
+    _is_transparent,
+    _parameter_list,
     _root_name,
 )
 
-__all__ = ["ShareGroups", "module_shares"]
+__all__ = ["Returns", "ShareGroups", "function_returns", "module_shares"]
+
+# A function's parameters (as analysis._parameter_list gives them) and those whose
+# objects its result may hold.
+Returns = tuple[tuple[str, ...], frozenset[str]]
+_KNOWN: ContextVar[Mapping[str, Returns]] = ContextVar("known_functions", default={})
 
 # Methods (and numpy functions) whose result is, or may be, a view of the receiver or of
 # the argument, or one of its elements: ``arr.reshape(...)``, ``d.get(k)``, ``d.values()``.
@@ -64,29 +72,123 @@ _NEW_OBJECT_BUILTINS = _PURE_FUNCTIONS - _PASS_THROUGH - {"iter", "next", "getat
                                                           "max", "min", "open"}
 
 
-def module_shares(tree: ast.Module) -> tuple[frozenset[str], ...]:
-    """Sets of module-level names that may share objects after ``tree`` ran."""
-    found: list[frozenset[str]] = []
-    for statement in _module_statements(tree.body):
+def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None
+                  ) -> tuple[tuple[frozenset[str], ...], frozenset[str]]:
+    """Sets of module-level names that may share objects after ``tree`` ran, and the
+    names rebound by a statement at the top of the module (``x = ...``, ``for x in``).
+
+    A rebinding at the top ends what the name shared before (also for a loop variable,
+    although a loop that runs zero times would leave the old value: the one place where
+    the groups are not an over-approximation, so that a reused loop variable does not
+    join every list it ever iterated into one group).
+
+    ``known``: functions defined earlier (:func:`function_returns`); a call to one of
+    them shares only the arguments its result may hold.
+    """
+    found: list[set[str]] = []
+    rebound: set[str] = set()
+    context = _KNOWN.set({**(known or {}), **function_returns(tree)})
+    try:
+        for statement, top in _module_statements(tree.body):
+            try:
+                groups = [g for g in _statement_shares(statement) if len(g) > 1]
+            except RecursionError:  # a very long method chain: every name in it may share
+                groups = [{n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}]
+            if top:
+                fresh = set(_bound_names(statement))
+                if fresh:
+                    rebound |= fresh
+                    for group in found:
+                        group -= fresh
+            found += groups
+    finally:
+        _KNOWN.reset(context)
+    return tuple(frozenset(g) for g in found if len(g) > 1), frozenset(rebound)
+
+
+def _bound_names(statement: ast.stmt) -> Iterator[str]:
+    if isinstance(statement, ast.Assign):
+        targets = statement.targets
+    elif isinstance(statement, (ast.AnnAssign, ast.For, ast.AsyncFor)):
+        targets = [statement.target] if getattr(statement, "value", True) is not None else []
+    elif isinstance(statement, (ast.With, ast.AsyncWith)):
+        targets = [i.optional_vars for i in statement.items if i.optional_vars is not None]
+    else:
+        return
+    for target in targets:
+        if isinstance(target, (ast.Name, ast.Tuple, ast.List, ast.Starred)):
+            yield from _target_roots(target)
+
+
+def function_returns(tree: ast.Module) -> dict[str, Returns]:
+    """For each module-level ``def``: the parameters whose objects its result may hold.
+
+    Decorated functions (other than caches and ``wraps``) are left out: the wrapper may
+    return anything.
+    """
+    found: dict[str, Returns] = {}
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if not all(_is_transparent(d) for d in node.decorator_list):
+            found.pop(node.name, None)
+            continue
+        parameters = _parameter_list(node.args)
+        plain = {p.lstrip("*") for p in parameters if p != "*"}
         try:
-            groups = list(_statement_shares(statement))
-        except RecursionError:  # a very long method chain: every name in it may share
-            groups = [{n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}]
-        found += [frozenset(group) for group in groups if len(group) > 1]
-    return tuple(found)
+            held = _returned_names(node)
+        except RecursionError:
+            held = set(plain)
+        found[node.name] = (parameters, frozenset(held & plain))
+    return found
 
 
-def _module_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
-    """Statements that run at module level, nested blocks included, bodies of defs not.
+def _returned_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """Names the function's result may hold: returned ones and what they were built from."""
+    local: dict[str, set[str]] = {}
+    returned: set[str] = set()
+    everything = {a.lstrip("*") for a in _parameter_list(function.args)}
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            # a closure or class made here may hold any parameter
+            name = getattr(node, "name", None)
+            if name is not None:
+                local.setdefault(name, set()).update(everything)
+            continue
+        if isinstance(node, ast.Return) and node.value is not None:
+            returned |= may_share(node.value)
+        elif isinstance(node, (ast.Yield, ast.YieldFrom)):
+            returned |= everything  # a generator holds its frame
+        elif isinstance(node, ast.stmt):
+            for group in _statement_shares(node):
+                for name in group:
+                    local.setdefault(name, set()).update(group)
+        pending += ast.iter_child_nodes(node)
+    result: set[str] = set()
+    todo = list(returned)
+    while todo:
+        name = todo.pop()
+        if name not in result:
+            result.add(name)
+            todo += local.get(name, ())
+    return result
+
+
+def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
+    """Statements that run at module level, nested blocks included, bodies of defs not;
+    with whether the statement is at the top (not inside another statement).
 
     Iterative: a long ``elif`` chain nests as deep as it is long.
     """
+    top = {id(s) for s in body}
     pending = list(reversed(body))
     while pending:
         statement = pending.pop()
         if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        yield statement
+        yield statement, id(statement) in top
         nested: list[ast.stmt] = []
         for field in ("body", "orelse", "finalbody"):
             block = getattr(statement, field, None)
@@ -205,12 +307,25 @@ def may_share(node: ast.expr) -> set[str]:
     if isinstance(node, ast.NamedExpr):
         return {node.target.id, *may_share(node.value)}
     if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
-        return _union(may_share(g.iter) for g in node.generators)
+        return _comprehension_shares(node)
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
         sequences = (ast.List, ast.Tuple, ast.ListComp)
         if isinstance(node.left, sequences) or isinstance(node.right, sequences):
             return may_share(node.left) | may_share(node.right)
     return set()
+
+
+def _comprehension_shares(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
+                          ) -> set[str]:
+    """``[m for m in models]`` holds what ``models`` holds; ``[x * 2 for x in xs]`` not."""
+    element = may_share(node.value if isinstance(node, ast.DictComp) else node.elt)
+    result: set[str] = set()
+    for generator in node.generators:
+        targets = set(_target_roots(generator.target))
+        if element & targets:
+            result |= may_share(generator.iter)
+        element -= targets
+    return result | element
 
 
 def _copies(index: ast.expr) -> bool:
@@ -223,6 +338,9 @@ def _copies(index: ast.expr) -> bool:
 def _call_shares(call: ast.Call) -> set[str]:
     func = call.func
     if isinstance(func, ast.Name):
+        known = _KNOWN.get().get(func.id)
+        if known is not None:
+            return _held_arguments(call, *known)
         if func.id in _PASS_THROUGH:
             return _arguments_share(call)
         if func.id in _NEW_OBJECT_BUILTINS:
@@ -243,6 +361,26 @@ def _call_shares(call: ast.Call) -> set[str]:
     return may_share(func.value) | _arguments_share(call)
 
 
+def _held_arguments(call: ast.Call, parameters: tuple[str, ...], held: frozenset[str]
+                    ) -> set[str]:
+    """The arguments of a call to a known function whose objects its result may hold."""
+    if not held:
+        return set()
+    star = next((i for i, p in enumerate(parameters) if p.startswith("*")), len(parameters))
+    catch_all = parameters[star].lstrip("*") if star < len(parameters) else ""
+    keywords = next((p[2:] for p in parameters if p.startswith("**")), "")
+    names: set[str] = set()
+    for index, arg in enumerate(call.args):
+        parameter = parameters[index] if index < star else catch_all
+        if isinstance(arg, ast.Starred) or parameter in held:
+            names |= may_share(arg)
+    for keyword in call.keywords:
+        parameter = keyword.arg if keyword.arg in parameters else keywords
+        if keyword.arg is None or parameter in held:
+            names |= may_share(keyword.value)
+    return names
+
+
 def _union(sets: Iterable[set[str]]) -> set[str]:
     result: set[str] = set()
     for names in sets:
@@ -251,31 +389,43 @@ def _union(sets: Iterable[set[str]]) -> set[str]:
 
 
 class ShareGroups:
-    """The notebook's may-share groups as the steps run, in notebook order."""
+    """The notebook's may-share groups as the steps run, in notebook order.
+
+    Each group has a number (a token) that changes whenever it merges with another, so
+    that two names with the same token at a point of the notebook were in one group then.
+    """
 
     def __init__(self) -> None:
         self._group: dict[str, set[str]] = {}
+        self._token: dict[str, int] = {}
+        self._next = 0
 
-    def of(self, name: str) -> frozenset[str]:
-        """``name``'s group (``{name}`` when it shares with nothing)."""
-        group = self._group.get(name)
-        return frozenset(group) if group is not None else frozenset((name,))
+    def token(self, name: str) -> int | None:
+        """``name``'s group number, or None when it shares with nothing."""
+        return self._token.get(name)
 
     def closure(self, names: Iterable[str], shares: Iterable[frozenset[str]]) -> set[str]:
         """The names that may share with ``names``, counting ``shares`` too (not recorded)."""
-        extra: dict[str, set[str]] = {}
+        extra: dict[str, list[frozenset[str]]] = {}
         for group in shares:
             for name in group:
-                extra.setdefault(name, set()).update(group)
+                extra.setdefault(name, []).append(group)
         result: set[str] = set()
+        seen: set[int] = set()
         pending = list(names)
         while pending:
             name = pending.pop()
             if name in result:
                 continue
             result.add(name)
-            pending += self._group.get(name, ())
-            pending += extra.get(name, ())
+            group = self._group.get(name)
+            if group is not None and id(group) not in seen:
+                seen.add(id(group))
+                pending += group
+            for more in extra.get(name, ()):
+                if id(more) not in seen:
+                    seen.add(id(more))
+                    pending += more
         return result
 
     def update(self, rebound: Iterable[str], shares: Iterable[frozenset[str]]) -> None:
@@ -283,12 +433,20 @@ class ShareGroups:
         for name in rebound:
             group = self._group.pop(name, None)
             if group is not None:
+                del self._token[name]
                 group.discard(name)
                 if len(group) == 1:
-                    self._group.pop(next(iter(group)), None)
+                    last = group.pop()
+                    del self._group[last], self._token[last]
         for names in shares:
             merged: set[str] = set()
             for name in names:
-                merged |= self._group.get(name, {name})
+                group = self._group.get(name)
+                if group is None:
+                    merged.add(name)
+                elif group is not merged and not group <= merged:
+                    merged |= group
+            self._next += 1
             for name in merged:
                 self._group[name] = merged
+                self._token[name] = self._next
