@@ -368,7 +368,7 @@ def analyse_source(
         analysis = _Analyser(text, functions or {}).run(tree, magics)
         shares, rebound = module_shares(tree, returns)
         return replace(analysis, shares=shares, rebound=rebound,
-                       returns=function_returns(tree))
+                       returns=function_returns(tree) or None)
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 
