@@ -376,7 +376,7 @@ class _GraphBuilder:
                 state.start_groups[name] = token
                 if name in mutated or name in extra:
                     state.unify.add(token)
-        groups.update((a.binds - a.partial_binds) | a.rebound, shares)
+        groups.update(a.rebound, shares)  # ``x += 1`` keeps x's object: not a rebinding
         for name in writes | extra:
             token = groups.token(name)
             if token is not None:
