@@ -510,24 +510,67 @@ def _pickling_failed(name: str, obj: object, step: str | None, exc: BaseExceptio
 _WALK_LIMIT = 10_000  # objects visited to find the arrays of a group: stays cheap
 
 
+@dataclass(frozen=True)
+class _ArrayInfo:
+    array: Any
+    owner: int  # id of the object at the end of the ``.base`` chain: who owns the memory
+    low: int  # byte extent [low, high) of its elements
+    high: int
+    rank: tuple[int, int]  # larger extent first, then the first one found
+
+
 def _view_reducer(values: Iterable[object]) -> Callable[[Any], Any] | None:
     """A reducer for numpy arrays that keeps views of the group's arrays views, or None."""
     numpy = sys.modules.get("numpy")
     if numpy is None:
         return None
     ndarray = numpy.ndarray
-    known = _arrays_in(values, ndarray)
-    if len(known) < 2:
+    infos: dict[int, _ArrayInfo] = {}
+    owners: dict[int, list[_ArrayInfo]] = {}
+    for index, array in enumerate(_arrays_in(values, ndarray).values()):
+        if array.dtype.hasobject or array.size == 0:
+            continue
+        owner: Any = array
+        while isinstance(owner, ndarray) and owner.base is not None:
+            owner = owner.base
+        low, high = _extent(array)
+        info = _ArrayInfo(array, id(owner), low, high, (high - low, -index))
+        infos[id(array)] = info
+        owners.setdefault(info.owner, []).append(info)
+    if all(len(arrays) < 2 for arrays in owners.values()):
         return None
 
     def reduce(array: Any) -> Any:
-        ancestor = _saved_ancestor(array, known, ndarray)
-        if ancestor is None:
+        info = infos.get(id(array))
+        holder = None if info is None else _holder(info, owners[info.owner])
+        if info is None or holder is None:
             return array.__reduce_ex__(5)
-        offset = _address(array) - _address(ancestor)
-        return ndarray, (array.shape, array.dtype, ancestor, offset, array.strides)
+        offset = _address(array) - holder.low
+        return ndarray, (array.shape, array.dtype, holder.array, offset, array.strides)
 
     return reduce
+
+
+def _holder(info: _ArrayInfo, candidates: list[_ArrayInfo]) -> _ArrayInfo | None:
+    """The largest other saved array whose memory holds ``info``'s (and can be rebuilt on)."""
+    best = None
+    for other in candidates:
+        flags = other.array.flags
+        if (other.rank > info.rank and other.low <= info.low and info.high <= other.high
+                and (flags.c_contiguous or flags.f_contiguous)
+                and (best is None or other.rank > best.rank)):
+            best = other
+    return best
+
+
+def _extent(array: Any) -> tuple[int, int]:
+    low = high = _address(array)
+    for length, stride in zip(array.shape, array.strides, strict=True):
+        if stride < 0:
+            low += (length - 1) * stride
+        else:
+            high += (length - 1) * stride
+    return low, high + array.itemsize
 
 
 def _arrays_in(values: Iterable[object], ndarray: type) -> dict[int, Any]:
@@ -554,18 +597,6 @@ def _arrays_in(values: Iterable[object], ndarray: type) -> dict[int, Any]:
             if isinstance(attributes, dict):
                 pending += [(item, depth + 1) for item in attributes.values()]
     return found
-
-
-def _saved_ancestor(array: Any, known: Mapping[int, Any], ndarray: type) -> Any:
-    """The nearest array ``array`` is a view of that the group saves, if it can rebuild it."""
-    if array.dtype.hasobject:
-        return None
-    base = array.base
-    while isinstance(base, ndarray):
-        if id(base) in known and (base.flags.c_contiguous or base.flags.f_contiguous):
-            return base
-        base = base.base
-    return None
 
 
 def _address(array: Any) -> int:
