@@ -67,6 +67,8 @@ _READERS = frozenset({"load", "loadtxt", "genfromtxt", "fromfile", "imread", "op
 # Attributes that describe an object rather than hold its contents (``X.shape[0]``).
 _DESCRIPTIVE = frozenset({"shape", "size", "ndim", "dtype", "dtypes", "nbytes", "itemsize",
                           "name", "__name__", "__class__", "__doc__"})
+# Builtins returning one of their positional arguments or an element of it.
+_ELEMENT_OF = frozenset({"max", "min", "next", "iter", "getattr", "vars"})
 # Builtins whose result never holds their arguments' objects (``len``, ``str``, ...).
 _NEW_OBJECT_BUILTINS = _PURE_FUNCTIONS - _PASS_THROUGH - {"iter", "next", "getattr", "vars",
                                                           "max", "min", "open"}
@@ -343,6 +345,8 @@ def _call_shares(call: ast.Call) -> set[str]:
             return _held_arguments(call, *known)
         if func.id in _PASS_THROUGH:
             return _arguments_share(call)
+        if func.id in _ELEMENT_OF:  # ``max(models, key=score)`` is one of the models
+            return _union(may_share(arg) for arg in call.args)
         if func.id in _NEW_OBJECT_BUILTINS:
             return set()
         return _arguments_share(call)  # unknown: may return something holding them
