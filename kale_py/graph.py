@@ -232,10 +232,8 @@ class _StepState:
     # may-share group tokens (see ShareGroups) of the names it loads, as they were when
     # the step started, and of the names it writes, when it ended (names in a group only)
     start_groups: dict[str, int] = field(default_factory=dict)
+    clock: int = 0  # the groups' clock when it started (ShareGroups.token_at)
     end_groups: dict[str, int] = field(default_factory=dict)
-    # groups whose names it must load from one step: it changes their objects, or a later
-    # step that does loads them from it
-    unify: set[int] = field(default_factory=set)
 
 
 class _GraphBuilder:
@@ -361,6 +359,7 @@ class _GraphBuilder:
         the names it changes them through). Then the step's own sharing is recorded.
         """
         groups = self.groups
+        state.clock = groups.clock
         shares = [g - self.parameter_names for g in a.shares]
         shares = [g for g in shares if len(g) > 1 and not any(self._is_code(n) for n in g)]
         extra: set[str] = set()
@@ -374,8 +373,6 @@ class _GraphBuilder:
             token = groups.token(name)
             if token is not None:
                 state.start_groups[name] = token
-                if name in mutated or name in extra:
-                    state.unify.add(token)
         groups.update(a.rebound, shares)  # ``x += 1`` keeps x's object: not a rebinding
         for name in writes | extra:
             token = groups.token(name)
@@ -384,26 +381,23 @@ class _GraphBuilder:
         return extra
 
     def _unify_shared_loads(self) -> None:
-        """Names of one may-share group that a step changes come from one step, so they
-        arrive sharing their objects.
+        """Names that may share objects come from one step, so they arrive sharing them.
 
-        When the step would load them from several providers, it loads them all from the
-        latest one, which loads (if it does not already) and saves the others, and must
-        in turn get them from one step. Walking backwards lets that happen.
+        When a step would load names of one group from several providers, it loads them
+        all from the latest one, which loads (if it does not already) and saves the
+        others. Walking backwards lets that step's loads be unified in turn.
         """
         order = {s.name: i for i, s in enumerate(self.blocks.steps)}
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
-            if not state.unify:
-                continue
             by_group: dict[int, list[str]] = {}
-            for name in state.loads:
-                token = state.start_groups.get(name)
-                if token in state.unify:
+            for name, token in state.start_groups.items():
+                if name in state.loads:
                     by_group.setdefault(token, []).append(name)
             for names in by_group.values():
-                latest = max((state.loads[n] for n in names), key=order.__getitem__)
-                self._load_from(state, names, latest)
+                if len({state.loads[n] for n in names}) > 1:
+                    latest = max((state.loads[n] for n in names), key=order.__getitem__)
+                    self._load_from(state, names, latest)
 
     def _load_from(self, state: _StepState, names: list[str], latest: str) -> None:
         provider = self.state[latest]
@@ -415,11 +409,10 @@ class _GraphBuilder:
             provider.saves.add(name)
             if name not in provider.loads and name not in provider.writes:
                 provider.loads[name] = earlier
+                token = self.groups.token_at(name, provider.clock)
+                if token is not None:  # it must come with its group there too
+                    provider.start_groups[name] = token
                 self.state[earlier].saves.add(name)
-        for name in names:
-            token = provider.start_groups.get(name)
-            if name in provider.loads and token is not None:
-                provider.unify.add(token)
 
     def _check_magics(self, located: _Located, step: str | None) -> None:
         for magic in located.magics:

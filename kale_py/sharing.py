@@ -38,6 +38,8 @@ from .analysis import (
 
 __all__ = ["Returns", "ShareGroups", "function_returns", "module_shares"]
 
+INCOMING = "^"  # marks a name's value from before the source ran, in a group
+
 # A function's parameters (as analysis._parameter_list gives them) and those whose
 # objects its result may hold.
 Returns = tuple[tuple[str, ...], frozenset[str]]
@@ -79,6 +81,9 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None
     """Sets of module-level names that may share objects after ``tree`` ran, and the
     names rebound by a statement at the top of the module (``x = ...``, ``for x in``).
 
+    A group may hold ``INCOMING + name``: the value the name had when the source started
+    (``c = b; b = []`` leaves c sharing the earlier b).
+
     A rebinding at the top ends what the name shared before (also for a loop variable,
     although a loop that runs zero times would leave the old value: the one place where
     the groups are not an over-approximation, so that a reused loop variable does not
@@ -97,15 +102,30 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None
             except RecursionError:  # a very long method chain: every name in it may share
                 groups = [{n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}]
             if top:
-                fresh = set(_bound_names(statement))
+                # ``a = a[0]`` or ``a = [a]``: the new value still holds what a held
+                fresh = set(_bound_names(statement)) - _value_names(statement)
                 if fresh:
+                    # What shared with the value a name had when the source started still
+                    # does: that value is named INCOMING + name from here on.
+                    incoming = {INCOMING + n for n in fresh - rebound}
                     rebound |= fresh
-                    for group in found:
-                        group -= fresh
+                    touched = [g for g in found if g & fresh]
+                    found = [g for g in found if not g & fresh]
+                    found.append(_union(touched) - fresh | {INCOMING + n for n in
+                                                            _union(touched) & fresh} & incoming)
             found += groups
     finally:
         _KNOWN.reset(context)
     return tuple(frozenset(g) for g in found if len(g) > 1), frozenset(rebound)
+
+
+def _value_names(statement: ast.stmt) -> set[str]:
+    value = getattr(statement, "value", None) or getattr(statement, "iter", None)
+    if isinstance(value, ast.expr):
+        return may_share(value)
+    if isinstance(statement, (ast.With, ast.AsyncWith)):
+        return _union(may_share(i.context_expr) for i in statement.items)
+    return set()
 
 
 def _bound_names(statement: ast.stmt) -> Iterator[str]:
@@ -216,8 +236,18 @@ def _statement_shares(node: ast.stmt) -> Iterator[set[str]]:
         for item in node.items:
             if item.optional_vars is not None:
                 yield from _assignment_shares([item.optional_vars], item.context_expr)
-    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
-        yield _storing_call(node.value)
+    for call in _calls_in(node):  # ``models.append(m)``, anywhere in the statement
+        yield _storing_call(call)
+
+
+def _calls_in(statement: ast.stmt) -> Iterator[ast.Call]:
+    """The calls in a statement's own expressions (nested blocks are statements too)."""
+    for _, value in ast.iter_fields(statement):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, ast.expr):
+                yield from (n for n in ast.walk(item) if isinstance(n, ast.Call))
+            elif isinstance(item, ast.withitem):
+                yield from (n for n in ast.walk(item.context_expr) if isinstance(n, ast.Call))
 
 
 def _assignment_shares(targets: list[ast.expr], value: ast.expr) -> Iterator[set[str]]:
@@ -403,13 +433,34 @@ class ShareGroups:
         self._group: dict[str, set[str]] = {}
         self._token: dict[str, int] = {}
         self._next = 0
+        self.clock = 0  # the number of updates so far
+        self._history: dict[str, list[tuple[int, int | None]]] = {}  # (clock, token)
 
     def token(self, name: str) -> int | None:
         """``name``'s group number, or None when it shares with nothing."""
         return self._token.get(name)
 
+    def token_at(self, name: str, clock: int) -> int | None:
+        """``name``'s group number when ``clock`` updates had been made."""
+        found = None
+        for when, token in self._history.get(name, ()):
+            if when > clock:
+                break
+            found = token
+        return found
+
+    def _set(self, name: str, token: int | None) -> None:
+        self._history.setdefault(name, []).append((self.clock + 1, token))
+        if token is None:
+            self._token.pop(name, None)
+        else:
+            self._token[name] = token
+
     def closure(self, names: Iterable[str], shares: Iterable[frozenset[str]]) -> set[str]:
-        """The names that may share with ``names``, counting ``shares`` too (not recorded)."""
+        """The names that may share with ``names``, counting ``shares`` too (not recorded).
+
+        The result may hold ``INCOMING`` names (see :func:`module_shares`); ignore them.
+        """
         extra: dict[str, list[frozenset[str]]] = {}
         for group in shares:
             for name in group:
@@ -422,7 +473,7 @@ class ShareGroups:
             if name in result:
                 continue
             result.add(name)
-            group = self._group.get(name)
+            group = self._group.get(name[1:] if name.startswith(INCOMING) else name)
             if group is not None and id(group) not in seen:
                 seen.add(id(group))
                 pending += group
@@ -433,24 +484,36 @@ class ShareGroups:
         return result
 
     def update(self, rebound: Iterable[str], shares: Iterable[frozenset[str]]) -> None:
-        """A step ran: ``rebound`` names hold new objects, then ``shares`` were made."""
+        """A step ran: ``rebound`` names hold new objects, and ``shares`` were made (where
+        ``INCOMING + name`` is what shared with the name before it was rebound)."""
+        before = {name: set(self._group.get(name, ())) for group in shares for name in
+                  (n[1:] for n in group if n.startswith(INCOMING))}
         for name in rebound:
             group = self._group.pop(name, None)
             if group is not None:
-                del self._token[name]
+                self._set(name, None)
                 group.discard(name)
                 if len(group) == 1:
                     last = group.pop()
-                    del self._group[last], self._token[last]
+                    del self._group[last]
+                    self._set(last, None)
         for names in shares:
             merged: set[str] = set()
             for name in names:
+                if name.startswith(INCOMING):
+                    members = before.get(name[1:], set()) - {name[1:]}
+                    for member in members:
+                        merged |= self._group.get(member, {member})
+                    continue
                 group = self._group.get(name)
                 if group is None:
                     merged.add(name)
-                elif group is not merged and not group <= merged:
+                elif not group <= merged:
                     merged |= group
+            if len(merged) < 2:
+                continue
             self._next += 1
             for name in merged:
                 self._group[name] = merged
-                self._token[name] = self._next
+                self._set(name, self._next)
+        self.clock += 1
