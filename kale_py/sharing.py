@@ -43,7 +43,7 @@ INCOMING = "^"  # marks a name's value from before the source ran, in a group
 # A function's parameters (as analysis._parameter_list gives them) and those whose
 # objects its result may hold.
 Returns = tuple[tuple[str, ...], frozenset[str]]
-_KNOWN: ContextVar[Mapping[str, Returns]] = ContextVar("known_functions", default={})
+_KNOWN: ContextVar[Mapping[str, Returns] | None] = ContextVar("known_functions", default=None)
 
 # Methods (and numpy functions) whose result is, or may be, a view of the receiver or of
 # the argument, or one of its elements: ``arr.reshape(...)``, ``d.get(k)``, ``d.values()``.
@@ -97,22 +97,23 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None
     context = _KNOWN.set({**(known or {}), **function_returns(tree)})
     try:
         for statement, top in _module_statements(tree.body):
+            fresh: set[str] = set()
             try:
                 groups = [g for g in _statement_shares(statement) if len(g) > 1]
+                if top:
+                    # ``a = a[0]`` or ``a = [a]``: the new value still holds what a held
+                    fresh = set(_bound_names(statement)) - _value_names(statement)
             except RecursionError:  # a very long method chain: every name in it may share
                 groups = [{n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}]
-            if top:
-                # ``a = a[0]`` or ``a = [a]``: the new value still holds what a held
-                fresh = set(_bound_names(statement)) - _value_names(statement)
-                if fresh:
-                    # What shared with the value a name had when the source started still
-                    # does: that value is named INCOMING + name from here on.
-                    incoming = {INCOMING + n for n in fresh - rebound}
-                    rebound |= fresh
-                    touched = [g for g in found if g & fresh]
-                    found = [g for g in found if not g & fresh]
-                    found.append(_union(touched) - fresh | {INCOMING + n for n in
-                                                            _union(touched) & fresh} & incoming)
+            if fresh:
+                # What shared with the value a name had when the source started still
+                # does: that value is named INCOMING + name from here on.
+                incoming = {INCOMING + n for n in fresh - rebound}
+                rebound |= fresh
+                touched = [g for g in found if g & fresh]
+                found = [g for g in found if not g & fresh]
+                found.append(_union(touched) - fresh | {INCOMING + n for n in
+                                                        _union(touched) & fresh} & incoming)
             found += groups
     finally:
         _KNOWN.reset(context)
@@ -370,7 +371,7 @@ def _copies(index: ast.expr) -> bool:
 def _call_shares(call: ast.Call) -> set[str]:
     func = call.func
     if isinstance(func, ast.Name):
-        known = _KNOWN.get().get(func.id)
+        known = (_KNOWN.get() or {}).get(func.id)
         if known is not None:
             return _held_arguments(call, *known)
         if func.id in _PASS_THROUGH:

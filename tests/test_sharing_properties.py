@@ -24,8 +24,8 @@ from kale_py.graph import build_pipeline
 from kale_py.notebook import percent_script_to_notebook
 
 NAMES = ["a", "b", "c", "d", "e"]
-SETTINGS = settings(max_examples=120, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @st.composite
