@@ -263,7 +263,8 @@ class _GraphBuilder:
             else:
                 self._metrics_cell(item)
         self._load_partial_bindings()
-        self._unify_shared_loads()
+        while self._unify_shared_loads():  # new loads may start from earlier values in turn
+            self._load_partial_bindings()
         _check_split_steps(self.blocks.steps, self.state, self.problems)
         _check_hazards(self.blocks, self.state, self.edges, self.problems)
         # A name missing because a split step runs too early is that cycle, said once.
@@ -380,14 +381,16 @@ class _GraphBuilder:
                 state.end_groups[name] = token
         return extra
 
-    def _unify_shared_loads(self) -> None:
+    def _unify_shared_loads(self) -> bool:
         """Names that may share objects come from one step, so they arrive sharing them.
 
         When a step would load names of one group from several providers, it loads them
         all from the latest one, which loads (if it does not already) and saves the
-        others. Walking backwards lets that step's loads be unified in turn.
+        others. Walking backwards lets that step's loads be unified in turn. Returns
+        whether a step now saves something it did not.
         """
         order = {s.name: i for i, s in enumerate(self.blocks.steps)}
+        saves = sum(len(s.saves) for s in self.state.values())
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
             by_group: dict[int, list[str]] = {}
@@ -398,6 +401,7 @@ class _GraphBuilder:
                 if len({state.loads[n] for n in names}) > 1:
                     latest = max((state.loads[n] for n in names), key=order.__getitem__)
                     self._load_from(state, names, latest)
+        return sum(len(s.saves) for s in self.state.values()) > saves
 
     def _load_from(self, state: _StepState, names: list[str], latest: str) -> None:
         provider = self.state[latest]
