@@ -882,12 +882,12 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
             members.update((n, present) for n in present)
     try:
         for name, obj in names_values.items():
-            group = members.get(name)
-            if group is None:
+            together = members.get(name)
+            if together is None:
                 pending.append(_write_variable(name, obj, directory, step, shared,
                                                content_hash))
-            elif group[0] == name:
-                values = {n: names_values[n] for n in group}
+            elif together[0] == name:
+                values = {n: names_values[n] for n in together}
                 pending.append(_write_group(values, directory, step, shared, content_hash))
         records = []
         for file, record in pending:

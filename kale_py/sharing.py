@@ -474,10 +474,10 @@ class ShareGroups:
             if name in result:
                 continue
             result.add(name)
-            group = self._group.get(name[1:] if name.startswith(INCOMING) else name)
-            if group is not None and id(group) not in seen:
-                seen.add(id(group))
-                pending += group
+            members = self._group.get(name[1:] if name.startswith(INCOMING) else name)
+            if members is not None and id(members) not in seen:
+                seen.add(id(members))
+                pending += members
             for more in extra.get(name, ()):
                 if id(more) not in seen:
                     seen.add(id(more))
