@@ -26,8 +26,11 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from . import string_reads
+from .string_reads import StringNote
 
 __all__ = [
     "CodeAnalysis",
@@ -124,6 +127,10 @@ class CodeAnalysis:
     shares: tuple[frozenset[str], ...] = ()  # module-level names that may share objects
     rebound: frozenset[str] = frozenset()  # names whose earlier sharing ends here
     returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None
+    # formulas and pandas expressions whose names cannot be read (built at run time)
+    string_notes: tuple[StringNote, ...] = ()
+    # names bound to a formula model, with what its formula reads: (name, certain)
+    carries: Mapping[str, tuple[tuple[str, bool], ...]] = field(default_factory=dict)
 
     @property
     def free_names(self) -> frozenset[str]:
@@ -897,6 +904,10 @@ class _Analyser:
         self.loops: list[_Loop] = []
         self.lambdas: dict[ast.Lambda, _Globals] = {}
         self.lambda_parameters: dict[ast.Lambda, frozenset[str]] = {}
+        self.string_notes: list[StringNote] = []
+        self.carry: list[tuple[str, bool]] | None = None  # formula reads of the value assigned
+        self.carries: dict[str, tuple[tuple[str, bool], ...]] = {}
+        self.soft_read = False  # a name a formula may take from its data frame instead
         # Walrus is the only way an expression binds; most cells have none, which lets
         # expressions skip saving and restoring the flow state.
         self.walrus = ":=" in source
@@ -923,6 +934,8 @@ class _Analyser:
             magics=magics,
             maybe_free=frozenset(self.free.keys() - self._definitely_free()),
             partial_binds=frozenset(self.binds - exit_must),
+            string_notes=tuple(self.string_notes),
+            carries=self.carries,
         )
 
     def _definitely_free(self) -> set[str]:
@@ -1017,7 +1030,8 @@ class _Analyser:
         self.free.setdefault(name, node)
         if not deferred:
             self.read_directly.add(name)
-        if name not in self.flow.may and not self.star_seen and name not in self.definite:
+        if (name not in self.flow.may and not self.star_seen and name not in self.definite
+                and not self.soft_read):
             self.definite.add(name)
             self.definite_log.append(name)
 
@@ -1248,7 +1262,9 @@ class _Analyser:
         self._expr(node.value)
 
     def _assign(self, node: ast.Assign) -> None:
+        saved_carry, self.carry = self.carry, [] if self.scope is None else None
         self._expr(node.value)
+        self._carry_into(node.targets, node.value, saved_carry)
         shared = _shared_names(node.value)
         for target in node.targets:
             self._target(target, shared)
@@ -1261,6 +1277,24 @@ class _Analyser:
                     name, frozenset(globals_.reads),
                     frozenset(globals_.mutated | globals_.written), node.lineno,
                     _parameter_list(node.value.args), self.lambda_parameters.get(node.value))
+
+    def _carry_into(self, targets: list[ast.expr], value: ast.expr,
+                    saved: list[tuple[str, bool]] | None) -> None:
+        """``fit = smf.ols("y ~ f(x)", df).fit()``: restoring ``fit`` evaluates the formula
+        again, so a step receiving ``fit`` needs what the formula read. So does a copy of it
+        (``m = fit``) or a model fitted from it (``fit = model.fit()``)."""
+        carry, self.carry = self.carry, saved
+        if not carry and self.carries:
+            source = value.func.value if isinstance(value, ast.Call) and isinstance(
+                value.func, ast.Attribute) and value.func.attr.startswith("fit") else value
+            if isinstance(source, ast.Name) and source.id in self.carries:
+                carry = list(self.carries[source.id])
+        for target in targets:
+            if isinstance(target, ast.Name):
+                if carry:
+                    self.carries[target.id] = tuple(dict.fromkeys(carry))
+                else:
+                    self.carries.pop(target.id, None)
 
     def _aug_assign(self, node: ast.AugAssign) -> None:
         target = node.target
@@ -1880,6 +1914,9 @@ class _Analyser:
                 self._mutate(func.id, func)
         else:
             arguments_safe = False
+        callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if callee in string_reads.CALLEES:
+            self._string_reads(node)
         if arguments_safe:
             return
         # The callee may change any object handed to it (``shuffle(x)``, ``f(df)``),
@@ -1888,6 +1925,28 @@ class _Analyser:
             for name in _held_names(value):
                 if name.id not in _BUILTIN_TYPES or name.id in self.binds:
                     self._mutate(name.id, name)
+
+    def _string_reads(self, node: ast.Call) -> None:
+        """Names a formula or pandas expression passed to the call reads (string_reads).
+
+        A name that may be a column of the data (``certain`` false) is read when some step
+        binds it and is no error otherwise: a maybe-read, only where it runs now."""
+        found = string_reads.call_reads(node)
+        if found is None:
+            return
+        reads, notes = found
+        self.string_notes += notes
+        if self.carry is not None:
+            self.carry += [(read.name, read.certain) for read in reads]
+        for read in reads:
+            if not read.certain and not (self.scope is None or self.scope.immediate):
+                continue
+            use = ast.Name(read.name, ast.Load(), lineno=read.line, col_offset=read.col)
+            self.soft_read = not read.certain
+            try:
+                self._load(read.name, use)
+            finally:
+                self.soft_read = False
 
     def _known_function(self, name: str) -> FunctionInfo | None:
         """The FunctionInfo of a module-level function called by name, if known."""

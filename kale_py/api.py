@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,21 @@ from .notebook import notebook_from_dict, read_notebook
 
 __all__ = [
     "analyse",
+    "cancel_run",
+    "compile_katib",
     "check_notebook",
     "compile_notebook",
     "get_run",
+    "kfp_run_status",
     "list_experiments",
     "list_runs",
     "list_volumes",
+    "manage_schedule",
     "read_log",
     "read_report",
     "start_local_run",
     "submit",
+    "tune",
 ]
 
 
@@ -59,8 +65,12 @@ def compile_notebook(
     params: Mapping[str, Any] | None = None,
     image: str | None = None,
     install_packages: bool = False,
+    step_image: str | None = None,
 ) -> dict[str, Any]:
     """Compile to Kubeflow Pipelines v2 YAML and write it (default: beside the notebook).
+
+    With ``step_image`` (``REGISTRY/REPOSITORY``) the steps' distributions are pushed there as a
+    step image first (see :func:`build_image`); the YAML references it by digest.
 
     ``params`` are ``--param``-style texts, read by each parameter's type. Returns
     ``{"path", "bytes", "steps", "name"}``. Raises :class:`~kale_py.diagnostics.KalePyError`
@@ -72,7 +82,8 @@ def compile_notebook(
     path = Path(path)
     pipeline = _checked(path)
     values = parse_param_overrides(pipeline.parameters, _texts(params))
-    compiled = compile_pipeline(pipeline, values, image=image, install_packages=install_packages)
+    compiled = compile_pipeline(pipeline, values, image=image, install_packages=install_packages,
+                                step_image=step_image)
     target = Path(output) if output is not None else path.with_suffix(".yaml")
     write_pipeline(compiled, target)
     return {
@@ -82,6 +93,40 @@ def compile_notebook(
         "name": compiled.name,
         "diagnostics": [d.to_dict() for d in compiled.diagnostics],
     }
+
+
+def build_image(path: str | Path, target: str | None = None,
+                base: str | None = None) -> dict[str, Any]:
+    """Build and push the notebook's step image; its reference by digest and what it holds.
+
+    ``target`` defaults to the metadata's ``step_image``; ``base`` to the image the steps would
+    get (the notebook pod's in a Kubeflow notebook, else ``base_image``).
+    """
+    from .diagnostics import KalePyError, error
+    from .images.build import build_step_image
+    from .kubeflow.compile import _default_image
+    from .packages import imported_modules
+
+    path = Path(path)
+    pipeline = _checked(path)
+    target = target or pipeline.settings.step_image
+    if not target:
+        raise KalePyError(error("IM001", "no registry to push the step image to: give --push "
+                                "REGISTRY/REPOSITORY or set step_image in the notebook metadata"))
+    if base is None and not pipeline.settings.base_image and os.environ.get(
+            "KUBERNETES_SERVICE_HOST"):
+        from .cluster import notebook_defaults
+
+        base, _, _ = notebook_defaults(path.resolve().parent, discover_volumes=False)
+    blocks = pipeline.blocks
+    cells = [*blocks.imports, *blocks.functions, *(c for s in pipeline.steps for c in s.cells)]
+    built = build_step_image(imported_modules(cells), target, _default_image(pipeline, base))
+    return {"reference": built.reference, "tag": built.tag, "base": built.base,
+            "python": built.python, "platform": built.platform,
+            "distributions": list(built.distributions), "layer_digest": built.layer_digest,
+            "layer_size": built.layer_size, "layer_files": built.layer_files,
+            "pushed": list(built.pushed), "seconds": round(built.seconds, 3),
+            "diagnostics": [d.to_dict() for d in built.diagnostics]}
 
 
 def submit(
@@ -97,16 +142,24 @@ def submit(
     image: str | None = None,
     watch: bool = False,
     install_packages: bool = False,
+    schedule: str | None = None,
+    max_concurrency: int = 1,
+    catchup: bool = True,
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Compile (for a notebook) and submit to a KFP endpoint; with ``watch``, wait for the end.
+
+    With ``schedule`` (a cron expression) a recurring run is created instead of one run.
 
     ``path`` is a notebook or an already compiled ``.yaml``. Host, experiment and namespace
     fall back to the notebook's metadata. Returns the ids, the run's link and, when watched,
     its final ``state``.
     """
     from .kubeflow.client import submit_pipeline
+    from .kubeflow.schedules import Schedule, kfp_cron
 
+    recurring = (Schedule(kfp_cron(schedule), max_concurrency, catchup)
+                 if schedule is not None else None)
     path = Path(path)
     if path.suffix in (".yaml", ".yml"):
         text, default_name, typed = _read_compiled(path, _texts(params))
@@ -132,8 +185,9 @@ def submit(
         experiment=experiment or settings_experiment or "Default",
         params=typed,
         version_name=version,
-        watch=watch,
+        watch=watch and recurring is None,
         out=out,
+        schedule=recurring,
     )
     return {
         "pipeline_id": result.pipeline_id,
@@ -142,7 +196,117 @@ def submit(
         "run_id": result.run_id,
         "run_url": result.run_url,
         "state": result.final_state,
+        "recurring_run_id": result.recurring_run_id,
     }
+
+
+def manage_schedule(
+    path: str | Path,
+    action: str,
+    *,
+    host: str | None = None,
+    experiment: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+    name: str | None = None,
+    out: Callable[[str], None] = print,
+) -> list[str]:
+    """``disable``, ``enable`` or ``delete`` the recurring runs of the notebook's pipeline (or
+    of a compiled ``.yaml``); host, experiment and namespace fall back to the metadata."""
+    from .kubeflow.client import manage_schedule as manage
+
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        _, default_name, _ = _read_compiled(path, {})
+        settings_host = settings_experiment = settings_ns = None
+    else:
+        from .kubeflow.compile import pipeline_name
+
+        pipeline = _checked(path)
+        default_name = pipeline_name(pipeline)
+        s = pipeline.settings
+        settings_host, settings_experiment, settings_ns = (
+            s.kfp_host, s.experiment_name, s.namespace)
+    return manage(action, name=name or default_name, host=host or settings_host, token=token,
+                  namespace=namespace or settings_ns,
+                  experiment=experiment or settings_experiment or "Default", out=out)
+
+
+def tune(
+    path: str | Path,
+    search: list[str] | None = None,
+    *,
+    objective: str | None = None,
+    maximize: bool | None = None,
+    trials: int | None = None,
+    parallel: int | None = None,
+    algorithm: str | None = None,
+    seed: int | None = None,
+    jobs: int | None = None,
+    progress: Callable[[str], object] = print,
+) -> dict[str, Any]:
+    """Tune pipeline parameters locally (Optuna); the trials, the best one and the report path.
+
+    ``search`` holds ``NAME=SPEC`` texts (``LOW..HIGH[:log][:step=S]`` or ``A,B,C``); without
+    it the notebook's ``katib_metadata`` says what to tune.
+
+    >>> tune("iris.ipynb", ["N_ESTIMATORS=10..200:log"], objective="accuracy",
+    ...      maximize=True, trials=8)["best"]["params"]  # doctest: +SKIP
+    {'N_ESTIMATORS': 61}
+    """
+    from .tuning.local import tune_local
+    from .tuning.space import build_search
+
+    pipeline = _checked(Path(path))
+    spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
+                        parallel, seed)
+    return tune_local(pipeline, spec, jobs=jobs, progress=progress).to_dict()
+
+
+def compile_katib(
+    path: str | Path,
+    output: str | Path,
+    search: list[str] | None = None,
+    *,
+    objective: str | None = None,
+    maximize: bool | None = None,
+    trials: int | None = None,
+    parallel: int | None = None,
+    algorithm: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    image: str | None = None,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """Write a Katib Experiment (and the ConfigMap its trials mount) that tunes the pipeline
+    on Kubeflow; ``{"path", "name", "trials", "algorithm"}``.
+
+    The file is a Kubernetes ``List`` in JSON form, which is YAML too: ``kubectl apply -f``
+    takes it, and writing it needs no YAML library."""
+    import json
+
+    from .kubeflow.client import _inline_spec
+    from .kubeflow.compile import compile_pipeline, pipeline_name
+    from .local import write_text_atomic
+    from .parameters import parse_param_overrides
+    from .tuning.katib import katib_manifests, katib_name
+    from .tuning.space import build_search
+
+    pipeline = _checked(Path(path))
+    spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
+                        parallel)
+    values = parse_param_overrides(pipeline.parameters, _texts(params))
+    compiled = compile_pipeline(pipeline, values, image=image)
+    name = katib_name(pipeline_name(pipeline))
+    s = pipeline.settings
+    manifests = katib_manifests(
+        pipeline, spec, {"pipeline_spec": _inline_spec(compiled.yaml)}, name=name,
+        image=image or s.base_image or "python:3.11", namespace=namespace or s.namespace,
+        kfp_experiment=s.experiment_name or None)
+    target = Path(output)
+    listing = {"apiVersion": "v1", "kind": "List", "items": manifests}
+    write_text_atomic(target, json.dumps(listing, indent=2) + "\n")
+    return {"path": str(target), "name": name, "trials": spec.trials,
+            "algorithm": spec.algorithm}
 
 
 def list_experiments(
@@ -172,6 +336,22 @@ def list_runs(path: str | Path) -> list[dict[str, Any]]:
     return runs.list_runs(path)
 
 
+def cancel_run(path: str | Path, run_id: str) -> dict[str, Any]:
+    """Stop a running local run (its steps end, its status becomes ``cancelled``)."""
+    from . import runs
+
+    return runs.cancel_run(path, run_id)
+
+
+def kfp_run_status(
+    run_id: str, host: str | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """A submitted run's state on the KFP endpoint, with its link and failing step."""
+    from .kubeflow.client import run_status
+
+    return run_status(run_id, host=host, token=token)
+
+
 def get_run(path: str | Path, run_id: str) -> dict[str, Any]:
     """One run's manifest: status, per-step status and timings, metrics."""
     from . import runs
@@ -196,6 +376,13 @@ def list_volumes() -> dict[str, Any]:
     from .cluster import list_volumes as discover
 
     return discover()
+
+
+def list_poddefaults() -> dict[str, Any]:
+    """The namespace's Kubeflow PodDefaults (name, description, labels) for the panel."""
+    from .kubeflow.poddefaults import list_poddefaults as fetch
+
+    return fetch()
 
 
 def _texts(params: Mapping[str, Any] | None) -> dict[str, str]:

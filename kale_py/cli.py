@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 Command = Callable[[argparse.Namespace], int]
 
 
+class UsageError(Exception):
+    """Options that do not go together: exit code 2, as for argparse's own usage errors."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nb2pipe`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = _parser()
@@ -30,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = args.command
     try:
         return command(args)
+    except UsageError as exc:
+        print(f"nb2pipe: error: {exc}", file=sys.stderr)
+        return 2
     except KalePyError as exc:
         fmt = getattr(args, "format", "text")
         _print_diagnostics(
@@ -67,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _run_parser(sub)
     _compile_parser(sub)
+    _image_parser(sub)
     _submit_parser(sub)
+    _tune_parser(sub)
     return parser
 
 
@@ -256,6 +265,12 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _param_arg(compile_, "change a parameter's default in the compiled pipeline")
     compile_.add_argument(
+        "--tune", action="store_true",
+        help="also write a Katib Experiment (NOTEBOOK.katib.yaml) whose trials run the "
+        "pipeline; the search comes from the flags below or the notebook's katib_metadata",
+    )
+    _search_flags(compile_)
+    compile_.add_argument(
         "--image",
         help="the default image of the steps (default: the "
         "notebook's base_image, else $KALE_PY_IMAGE, else python:3.11)",
@@ -267,7 +282,47 @@ def _compile_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "pinned to this environment's versions (needs a package index from the "
         "pods; by default the image must hold them)",
     )
+    compile_.add_argument(
+        "--step-image",
+        metavar="REGISTRY/REPO",
+        help="build a step image (the base image plus the distributions the steps import, "
+        "as installed here), push it there and run the steps in it",
+    )
     compile_.set_defaults(command=_compile)
+
+
+def _image_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    image = sub.add_parser(
+        "image",
+        help="build and push the step image; print its reference",
+        description="Build the step image without a container engine: the base image plus "
+        "one layer holding the installed distributions the steps import that the base lacks. "
+        "Push it and print its reference by digest. Credentials come from ~/.docker/config.json.",
+    )
+    _notebook_arg(image)
+    image.add_argument("--push", metavar="REGISTRY/REPO",
+                       help="where to push (default: the notebook's step_image)")
+    image.add_argument("--base", metavar="IMAGE",
+                       help="the base image (default: the notebook pod's, else base_image)")
+    image.add_argument("--format", choices=("text", "json"), default="text")
+    image.set_defaults(command=_image)
+
+
+def _image(args: argparse.Namespace) -> int:
+    from .api import build_image
+
+    result = build_image(args.notebook, args.push, args.base)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    for d in result["diagnostics"]:
+        print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
+    pushed = len(result["pushed"])
+    print(f"{len(result['distributions'])} distributions, layer {result['layer_size']} bytes, "
+          f"{pushed} blob{'s' * (pushed != 1)} pushed, {result['seconds']:.2f} s",
+          file=sys.stderr)
+    print(result["reference"])
+    return 0
 
 
 def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -303,7 +358,79 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="as for compile: steps pip-install their pinned imports at start",
     )
+    recurring = submit.add_argument_group("recurring runs")
+    recurring.add_argument(
+        "--schedule", metavar="CRON",
+        help="create a recurring run on this cron schedule instead of one run "
+        "(five fields, e.g. '0 9 * * 1-5', or KFP's six with seconds first)",
+    )
+    recurring.add_argument(
+        "--max-concurrency", type=_positive_int, default=1, metavar="N",
+        help="at most N scheduled runs at once (default 1)",
+    )
+    recurring.add_argument(
+        "--no-catchup", action="store_true",
+        help="do not run the intervals missed while the schedule was paused",
+    )
+    manage = recurring.add_mutually_exclusive_group()
+    manage.add_argument("--disable", action="store_const", const="disable", dest="manage",
+                        help="pause the pipeline's recurring runs")
+    manage.add_argument("--enable", action="store_const", const="enable", dest="manage",
+                        help="resume the pipeline's recurring runs")
+    manage.add_argument("--delete", action="store_const", const="delete", dest="manage",
+                        help="delete the pipeline's recurring runs")
     submit.set_defaults(command=_submit)
+
+
+
+def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="search pipeline parameters for the best value of a pipeline metric",
+        description="Run the pipeline locally once per trial, with parameter values suggested "
+        "by Optuna, and rank the trials by a pipeline metric. Steps that read no tuned "
+        "parameter run once and come from the cache in later trials. Without --search, the "
+        "notebook's katib_metadata is used.",
+    )
+    _notebook_arg(tune)
+    _search_flags(tune)
+    tune.add_argument("--seed", type=int, help="seed of the suggestions, for repeatable searches")
+    tune.add_argument("--jobs", type=_positive_int, help="parallel steps within one trial")
+    tune.add_argument("--format", choices=("text", "json"), default="text")
+    tune.set_defaults(command=_tune)
+
+
+def _search_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--search", action="append", default=[], metavar="NAME=SPEC",
+        help="a parameter to tune (repeatable): LOW..HIGH[:log][:step=S] or choices A,B,C",
+    )
+    parser.add_argument("--objective", metavar="METRIC", help="the pipeline metric to optimise")
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument("--maximize", dest="maximize", action="store_const", const=True)
+    direction.add_argument("--minimize", dest="maximize", action="store_const", const=False)
+    parser.add_argument("--trials", type=_positive_int, help="number of trials (default 10)")
+    parser.add_argument("--parallel", type=_positive_int, help="trials at once (default 1)")
+    parser.add_argument("--algorithm", choices=("random", "grid", "tpe"),
+                        help="how values are suggested (default tpe)")
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .api import tune
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr if args.format == "json" else sys.stdout, flush=True)
+
+    result = tune(args.notebook, args.search, objective=args.objective, maximize=args.maximize,
+                  trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
+                  seed=args.seed, jobs=args.jobs, progress=progress)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    from .tuning.render import tune_to_text
+
+    print(tune_to_text(result))
+    return 0
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -316,16 +443,35 @@ def _compile(args: argparse.Namespace) -> int:
         _overrides(args.param),
         image=args.image,
         install_packages=args.install_packages,
+        step_image=args.step_image,
     )
     for d in result["diagnostics"]:
         print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
     print(f"{result['path']}: {result['steps']} steps, {result['bytes']} bytes")
+    if args.tune:
+        from .api import compile_katib
+
+        katib = compile_katib(
+            args.notebook, output.with_suffix(".katib.yaml"), args.search,
+            objective=args.objective, maximize=args.maximize, trials=args.trials,
+            parallel=args.parallel, algorithm=args.algorithm, params=_overrides(args.param),
+            image=args.image)
+        print(f"{katib['path']}: Katib Experiment {katib['name']!r}, {katib['trials']} trials "
+              f"({katib['algorithm']}); apply it with kubectl apply -f {katib['path']}")
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from .api import submit
+    from .api import manage_schedule, submit
 
+    if args.manage and args.schedule:
+        raise UsageError(f"--{args.manage} and --schedule do not go together")
+    if args.watch and (args.schedule or args.manage):
+        raise UsageError("--watch follows one run: it does not go with recurring runs")
+    if args.manage:
+        manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
+                        namespace=args.namespace, token=args.token, name=args.name)
+        return 0
     result = submit(
         args.notebook,
         host=args.host,
@@ -338,6 +484,9 @@ def _submit(args: argparse.Namespace) -> int:
         image=args.image,
         watch=args.watch,
         install_packages=args.install_packages,
+        schedule=args.schedule,
+        max_concurrency=args.max_concurrency,
+        catchup=not args.no_catchup,
     )
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1

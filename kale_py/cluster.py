@@ -139,6 +139,8 @@ class NotebookPod:
     node_name: str | None
     volumes: tuple[MountedClaim, ...]
     skipped: tuple[SkippedVolume, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    image_pull_secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,10 @@ def discover_notebook(config: ClusterConfig) -> NotebookPod:
         namespace=str(metadata.get("namespace") or config.namespace),
         container=str(container.get("name", "")), image=container.get("image"),
         service_account=spec.get("serviceAccountName"), node_name=spec.get("nodeName"),
-        volumes=tuple(claims), skipped=tuple(skipped))
+        volumes=tuple(claims), skipped=tuple(skipped),
+        labels={str(k): str(v) for k, v in _obj(metadata, "labels").items()},
+        image_pull_secrets=tuple(str(s.get("name")) for s in spec.get("imagePullSecrets") or []
+                                 if isinstance(s, dict) and s.get("name")))
 
 
 def _notebook_container(spec: Json, notebook_name: object) -> Json:

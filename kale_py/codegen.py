@@ -18,6 +18,7 @@ from .analysis import strip_magics
 from .graph import Pipeline
 from .magics import PYTHON_CELL_MAGICS
 from .notebook import Cell
+from .output_names import execution_counts
 from .pipeline import Step
 
 SPEC_FORMAT = 1
@@ -85,6 +86,7 @@ def _program_text(
         f"#   metrics:    {', '.join(f'{m.name} <- {m.variable}' for m in io.metrics) or '-'}",
     ]
     specs = []
+    counts = execution_counts(pipeline.notebook)
     for role, cell in cells:
         body, magic = cell_to_python(cell.source)
         lines += ["", f"# %% cell {cell.index} [{role}]"]
@@ -93,6 +95,7 @@ def _program_text(
         lines += body_lines
         entry: dict[str, Any] = {
             "cell": cell.index,
+            "count": counts.get(cell.index),
             "role": role,
             "start": start,
             "end": start + len(body_lines) - 1,

@@ -34,6 +34,7 @@ from .magics import (
     magic_name,
 )
 from .notebook import Cell, Notebook
+from .output_names import HISTORY, displaying_counts, execution_counts, reads_output_name
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
 from .settings import NotebookSettings
@@ -249,6 +250,10 @@ class _GraphBuilder:
         self.groups = ShareGroups()
         self.returns: dict[str, Returns] = {}
         self.parameter_names = frozenset(p.name for p in blocks.parameters)
+        # steps whose displayed values no step has read yet (see _displayed)
+        self.undisplayed: list[Step] = []
+        self.carried: dict[str, tuple[tuple[str, bool], ...]] = {}
+        self.output_counts: dict[int, int] | None = None
 
     def run(self) -> None:
         self._prelude()
@@ -280,6 +285,7 @@ class _GraphBuilder:
             return
         a = located.analysis
         self._check_magics(located, None)
+        _string_notes(located, None, self.problems)
         self.prelude_names = a.binds
         self.functions.update(a.functions)
         self.returns.update(a.returns or {})
@@ -304,10 +310,16 @@ class _GraphBuilder:
         a = located.analysis
         state = self.state[step.name]
         self._check_magics(located, step.name)
+        _string_notes(located, step.name, self.problems)
         state.hazards = _cell_hazards(step.cells)
         needed, called = self._needed(a)
+        if self.undisplayed and any(reads_output_name(name) for name in needed):
+            self._displayed()
+        self._carried_reads(needed)
         for name, line in needed.items():
-            self._resolve(step, state, name, located.where(line), name in a.maybe_free)
+            # `_5` may be shown by this step's own earlier cell: like `_`, never an error
+            maybe = name in a.maybe_free or reads_output_name(name)
+            self._resolve(step, state, name, located.where(line), maybe)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -335,6 +347,35 @@ class _GraphBuilder:
             self.deleted_by[name] = step.name
         self.functions.update(a.functions)
         self.returns.update(a.returns or {})
+        self.undisplayed.append(step)
+        for name in writes:
+            self.carried.pop(name, None)
+        self.carried.update(a.carries)
+
+    def _carried_reads(self, needed: dict[str, int]) -> None:
+        """A formula model received from another step re-evaluates its formula when it is
+        restored: the step needs what the formula reads (a value name when some step binds
+        it; it may be a column)."""
+        for name in [n for n in needed if n in self.carried]:
+            for read, certain in self.carried[name]:
+                if certain or read in self.last_writer:
+                    needed.setdefault(read, needed[name])
+
+    def _displayed(self) -> None:
+        """A cell showing its last expression's value (maybe) binds IPython's output names.
+
+        Done for the earlier steps, in order, once a step reads one of those names: most
+        notebooks never do. They are partial bindings (a None value shows nothing), and not
+        among the steps' writes: they are loaded and saved only when a later step reads them."""
+        if self.output_counts is None:
+            self.output_counts = execution_counts(self.blocks.notebook)
+        for step in self.undisplayed:
+            shown = displaying_counts(step.cells, self.output_counts)
+            partial = self.state[step.name].partial
+            for name in [*HISTORY, *(f"_{n}" for n in shown)] if shown else []:
+                partial.setdefault(name, self.last_writer.get(name))
+                self.last_writer[name] = step.name
+        self.undisplayed.clear()
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -344,7 +385,9 @@ class _GraphBuilder:
         """
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
-            for name in sorted(state.saves & state.partial.keys()):
+            # a display shifts the history: saving `__` needs the `_` from before
+            history = {n for s in state.saves & HISTORY.keys() for n in HISTORY[s]}
+            for name in sorted((state.saves | history) & state.partial.keys()):
                 provider = state.partial[name]
                 if provider == PARAMETER:
                     state.parameters.append(name)
@@ -616,6 +659,20 @@ def _partition(names: set[str], joined: list[list[str]]) -> tuple[tuple[str, ...
     for name in sorted(names):
         found.setdefault(find(name), []).append(name)
     return tuple(tuple(g) for g in found.values() if len(g) > 1)
+def _string_notes(located: _Located, step: str | None, problems: list[Diagnostic]) -> None:
+    """A formula or pandas expression whose names cannot be read (built at run time, or
+    its library is not installed here)."""
+    for note in located.analysis.string_notes:
+        cell, line = located.where(note.line)
+        problems.append(
+            warning(
+                "NB105",
+                f"{note.call}: {note.reason}",
+                cell=cell,
+                line=line,
+                step=step,
+            )
+        )
 
 
 def _later_definer(steps: tuple[Step, ...], step: Step, name: str) -> tuple[str, int] | None:

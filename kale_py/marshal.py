@@ -28,6 +28,7 @@ arrays and DataFrames, see notes/state-passing-and-analysis.md). Each step write
 from __future__ import annotations
 
 import copyreg
+import functools
 import gc
 import hashlib
 import importlib
@@ -40,6 +41,7 @@ import pickle
 import struct
 import sys
 import threading
+import traceback
 import types
 from collections import ChainMap
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -837,8 +839,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | None = None,
-                  shared: Collection[str] | None = None, content_hash: bool = True
-                  ) -> VariableRecord:
+                  shared: Collection[str] | None = None, content_hash: bool = True,
+                  namespace: dict[str, Any] | None = None) -> VariableRecord:
     """Save one variable as ``<state_dir>/<name>.kpk``, atomically and durably.
 
     Raises StateError (naming the variable, its type, the step and a fix) when the
@@ -848,17 +850,21 @@ def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | No
     imports and functions cells); they travel by name, other notebook code by value.
     ``content_hash=False`` skips the hash (the record's ``hash`` is empty) where nothing
     reads it, saving about a CPU-second per GiB.
+    ``namespace``: the step's globals. Given, an object of a library type whose pickle is
+    small is restored once right away (see restore_in), so that an object that saves but
+    cannot be rebuilt is reported here, by the step that made it, with the real reason.
 
         >>> save_variable("df", df, "state/load", step="load").format  # doctest: +SKIP
         'pickle5'
     """
     return save_variables({name: obj}, state_dir, step=step, shared=shared,
-                          content_hash=content_hash)[0]
+                          content_hash=content_hash, namespace=namespace)[0]
 
 
 def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
                    step: str | None = None, shared: Collection[str] | None = None,
-                   content_hash: bool = True, groups: Iterable[Sequence[str]] = ()
+                   content_hash: bool = True, namespace: dict[str, Any] | None = None,
+                   groups: Iterable[Sequence[str]] = ()
                    ) -> list[VariableRecord]:
     """Save several variables; all files appear only when every one of them was saved.
 
@@ -885,10 +891,11 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
             together = members.get(name)
             if together is None:
                 pending.append(_write_variable(name, obj, directory, step, shared,
-                                               content_hash))
+                                               content_hash, namespace))
             elif together[0] == name:
                 values = {n: names_values[n] for n in together}
-                pending.append(_write_group(values, directory, step, shared, content_hash))
+                pending.append(_write_group(values, directory, step, shared, content_hash,
+                                            namespace))
         records = []
         for file, record in pending:
             with _io_errors(record, step, file.final):
@@ -908,13 +915,16 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
 
 
 def _write_variable(name: str, obj: object, directory: Path, step: str | None,
-                    shared: Collection[str] | None = None, content_hash: bool = True
+                    shared: Collection[str] | None = None, content_hash: bool = True,
+                    namespace: dict[str, Any] | None = None
                     ) -> tuple[_PendingFile, VariableRecord]:
     if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
         raise _save_error(str(name), obj, step, "the name is not a Python identifier",
                           "only variables (valid Python names) are passed between steps")
     type_name = _type_name(obj)
     encoded = _encode(name, obj, step, shared)
+    if namespace is not None:
+        _check_round_trip(name, obj, step, encoded, namespace)
     segments, size = _layout(encoded, name, type_name)
     file_name = name + SUFFIX
     record = VariableRecord(name, type_name, encoded.pickler, size, "", file_name)
@@ -929,7 +939,8 @@ def _write_variable(name: str, obj: object, directory: Path, step: str | None,
 
 
 def _write_group(values: Mapping[str, object], directory: Path, step: str | None,
-                 shared: Collection[str] | None, content_hash: bool
+                 shared: Collection[str] | None, content_hash: bool,
+                 namespace: dict[str, Any] | None = None
                  ) -> tuple[_PendingFile, VariableRecord]:
     names = tuple(values)
     key = group_key(names)
@@ -943,6 +954,11 @@ def _write_group(values: Mapping[str, object], directory: Path, step: str | None
         for name, obj in values.items():  # name the variable that cannot be saved
             _encode(name, obj, step, shared)
         raise
+    if namespace is not None:  # restore the group once if a member needs the check
+        for name, obj in values.items():
+            if _round_trip_needed(obj):
+                _check_round_trip(name, obj, step, encoded, namespace)
+                break
     segments, size = _layout(encoded, key, "dict")
     file_name = names[0] + ".group" + SUFFIX
     record = VariableRecord(key, "dict", encoded.pickler, size, "", file_name, names)
@@ -954,6 +970,34 @@ def _write_group(values: Mapping[str, object], directory: Path, step: str | None
         file.abort()
         raise
     return file, record
+
+
+# Types whose pickles always restore: no round trip for them.
+_NO_ROUND_TRIP = frozenset({"builtins", "numpy", "pandas", "collections", "datetime",
+                            "decimal", "fractions", "pathlib", "uuid", "re"})
+_ROUND_TRIP_MAX = 16 * 1024 * 1024  # main pickle stream bytes; arrays stay out of band
+
+
+def _check_round_trip(name: str, obj: object, step: str | None, encoded: _Encoded,
+                      namespace: dict[str, Any]) -> None:
+    """Restore a library object once, so that a failure names the producing step."""
+    if (not _round_trip_needed(obj) or encoded.main_size > _ROUND_TRIP_MAX
+            or encoded.pickler == "dill"):
+        return
+    main = b"".join(encoded.main)
+    try:
+        with _gc_paused():
+            restore_in(namespace, _unpickler(encoded.pickler, main, encoded.buffers))
+    except Exception as exc:
+        where = _restore_code_failure(exc) or "pickle"
+        raise _save_error(
+            name, obj, step, f"it can be saved but not restored in another step: restoring it "
+            f"raised {type(exc).__name__}: {exc} (in {where})", _restore_hint(exc)) from exc
+
+
+def _round_trip_needed(obj: object) -> bool:
+    top = str(getattr(type(obj), "__module__", "") or "").partition(".")[0]
+    return top not in _NO_ROUND_TRIP
 
 
 @contextmanager
@@ -1002,6 +1046,7 @@ def load_variable(
     *,
     allowed_root: PathLike,
     step: str | None = None,
+    namespace: dict[str, Any] | None = None,
 ) -> object:
     """Load a variable saved by save_variable.
 
@@ -1009,12 +1054,14 @@ def load_variable(
     (relative paths are taken from `state_dir`). Only a file whose resolved path lies
     inside `allowed_root` is ever unpickled. `step` (the loading step) only goes into
     error messages. Raises StateError for a missing, foreign, corrupt or unloadable file.
+    ``namespace``: the loading step's globals; restore code that looks names up in its
+    caller's frames (a statsmodels formula model re-evaluating its formula) finds them there.
 
         >>> manifest = read_manifest("state/load")  # doctest: +SKIP
         >>> df = load_variable(manifest["variables"]["df"], "state/load", allowed_root="state")
     """
     target = _locate(record_or_path, Path(state_dir), step)
-    value = _load_file(target, allowed_root)
+    value = _load_file(target, allowed_root, namespace)
     if target.record is not None and target.record.group:
         return _member(target, value)
     return value
@@ -1026,11 +1073,13 @@ def load_variables(
     *,
     allowed_root: PathLike,
     step: str | None = None,
+    namespace: dict[str, Any] | None = None,
 ) -> dict[str, object]:
     """Load several variables of one state directory, each file once.
 
     Variables saved as one group come from one load, so they share objects as they did
-    when saved, also when only some of the group's names are asked for.
+    when saved, also when only some of the group's names are asked for. The arguments
+    are load_variable's.
     """
     loaded: dict[str, object] = {}
     files: dict[str, object] = {}
@@ -1038,10 +1087,10 @@ def load_variables(
         target = _locate(entry, Path(state_dir), step)
         record = target.record
         if record is None or not record.group:
-            loaded[target.name] = _load_file(target, allowed_root)
+            loaded[target.name] = _load_file(target, allowed_root, namespace)
             continue
         if record.file not in files:
-            files[record.file] = _load_file(target, allowed_root)
+            files[record.file] = _load_file(target, allowed_root, namespace)
         loaded[record.name] = _member(target, files[record.file])
     return loaded
 
@@ -1055,7 +1104,8 @@ def _member(target: _Target, value: object) -> object:
     return value[record.name]
 
 
-def _load_file(target: _Target, allowed_root: PathLike) -> object:
+def _load_file(target: _Target, allowed_root: PathLike, namespace: dict[str, Any] | None
+               ) -> object:
     path = _inside_root(target, allowed_root)
     data = _map_file(target, path)
     header = _read_header(target, path, data)
@@ -1069,7 +1119,7 @@ def _load_file(target: _Target, allowed_root: PathLike) -> object:
     buffers = [view[offset : offset + length] for offset, length in header.buffers]
     try:
         with _gc_paused():
-            return _unpickle(header.pickler, main, buffers)
+            return restore_in(namespace, _unpickler(header.pickler, main, buffers))
     except Exception as exc:
         named = replace(target, name=header.name, type_name=header.type)
         raise _unpickling_failed(named, path, exc) from exc
@@ -1195,17 +1245,67 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _unpickle(pickler: str, main: memoryview, buffers: list[memoryview]) -> object:
+def _unpickler(pickler: str, main: memoryview | bytes, buffers: Sequence[memoryview]
+               ) -> Callable[[], object]:
+    """The unpickling call, without a Python frame of this module (see restore_in)."""
     if pickler == "dill":
         # dill's own unpickler restores what its pickler special-cases (e.g. __main__ globals).
         dill = importlib.import_module("dill")
-        return dill.Unpickler(io.BytesIO(main), buffers=buffers).load()
+        return dill.Unpickler(io.BytesIO(main), buffers=buffers).load  # type: ignore[no-any-return]
     # cloudpickle output is a standard pickle stream; its helpers import by themselves.
-    return pickle.loads(main, buffers=buffers)
+    return functools.partial(pickle.loads, main, buffers=buffers)
+
+
+# Restore code that evaluates names looks for them in its caller's frames: statsmodels'
+# formula models re-evaluate their formula when unpickled, trying the frames 0 to 4 above
+# them (patsy's EvalEnvironment.capture). Unpickling runs under a few frames whose
+# globals are the step's namespace, as it would in the notebook's kernel.
+_RESTORE_FRAMES = 6
+_RESTORE_CODE = compile(
+    "def _kale_py_restore(_kale_py_self, _kale_py_depth, _kale_py_call):\n"
+    "    if _kale_py_depth:\n"
+    "        return _kale_py_self(_kale_py_self, _kale_py_depth - 1, _kale_py_call)\n"
+    "    return _kale_py_call()\n",
+    "<kale_py restore>", "exec")
+
+
+def restore_in(namespace: dict[str, Any] | None, call: Callable[[], object]) -> object:
+    """Run ``call`` (an unpickling) with the frames above it seeing ``namespace``."""
+    if namespace is None:
+        return call()
+    namespace.setdefault("__builtins__", __builtins__)  # as exec() does
+    scope: dict[str, Any] = {}
+    exec(_RESTORE_CODE, scope)  # noqa: S102 - a fixed trampoline, no user input
+    restore = types.FunctionType(scope["_kale_py_restore"].__code__, namespace)
+    return restore(restore, _RESTORE_FRAMES - 1, call)
+
+
+def _restore_code_failure(exc: BaseException) -> str | None:
+    """Where an object's own restore code raised: ``module.function``, or None.
+
+    pickle's C unpickler leaves no frame: the frames after this module's are the
+    object's (``__setstate__``, ``__reduce__``'s callable, what they call). A damaged file
+    fails inside pickle itself, with no such frame."""
+    frames = [f for f, _ in traceback.walk_tb(exc.__traceback__)]
+    outside = [f for f in frames if f.f_code.co_filename not in _OWN_FILES
+               and f.f_globals.get("__name__") not in ("pickle", "dill._dill", "dill")]
+    if not outside:
+        return None
+    first = outside[0]
+    module = first.f_globals.get("__name__", "?")
+    return f"{module}.{first.f_code.co_name}"
+
+
+_OWN_FILES = frozenset({__file__, "<kale_py restore>"})
 
 
 def _unpickling_failed(target: _Target, path: Path, exc: Exception) -> StateError:
     message = f"{type(exc).__name__}: {exc}"
+    where = _restore_code_failure(exc)
+    if where is not None and not isinstance(exc, ImportError):
+        return target.error(
+            f"restoring it raised {message} in the object's own restore code ({where}), "
+            "not because the file is damaged", _restore_hint(exc), path)
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         module = exc.name.partition(".")[0]
         if module in ("cloudpickle", "dill"):
@@ -1229,6 +1329,15 @@ def _unpickling_failed(target: _Target, path: Path, exc: Exception) -> StateErro
             "cell belongs in a cell tagged functions, so every step defines it", path)
     return target.error(f"the file is corrupt or unreadable ({message})",
                         "re-run the step that produces it", path)
+
+
+def _restore_hint(exc: BaseException) -> str:
+    if isinstance(exc, NameError) or "NameError" in str(exc):
+        return ("the object evaluates names of the notebook when it is restored (a formula "
+                "model re-evaluates its formula): define what it names in an imports or "
+                "functions cell, or use it in this step's code so the step receives it")
+    return ("the object cannot be rebuilt in another process: create it in the step that "
+            "uses it, or pass what it is made of instead")
 
 
 # --- manifests ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ warning, and only values of the wrong type are errors.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from .diagnostics import Diagnostic, error, warning
@@ -42,6 +43,10 @@ _KALE_KEYS = {
     "snapshot_volumes",
     "autosnapshot",
     "install_packages",
+    "step_image",
+    "keep_volumes",
+    "image_pull_secrets",
+    "poddefaults",
 }
 _VOLUME_TYPES = ("pvc", "new_pvc", "pv", "clone")
 
@@ -86,6 +91,8 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
         experiment = name if isinstance(name, str) and name else None
     caching = _flag(raw, "enable_caching", True, problems)
     install = _flag(raw, "install_packages", False, problems)
+    defaults = _steps_defaults(raw.get("steps_defaults"), problems)
+    defaults = _with_names(defaults, raw, problems)
     settings = NotebookSettings(
         pipeline_name=text("pipeline_name"),
         experiment_name=experiment,
@@ -93,10 +100,12 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
         base_image=base_image,
         volumes=_volumes(raw.get("volumes"), problems),
         enable_caching=caching,
-        steps_defaults=_steps_defaults(raw.get("steps_defaults"), problems),
+        steps_defaults=defaults,
         kfp_host=text("kfp_host"),
         namespace=text("namespace"),
         install_packages=install,
+        step_image=text("step_image"),
+        keep_volumes=_flag(raw, "keep_volumes", False, problems),
         extra=tuple((k, v) for k, v in raw.items() if k not in _KALE_KEYS),
     )
     return settings, problems
@@ -121,6 +130,30 @@ def _steps_defaults(value: Any, problems: list[Diagnostic]) -> StepSettings:
     settings, found = parse_settings_tags(value, f"metadata.{METADATA_KEY}.steps_defaults")
     problems.extend(found)
     return settings
+
+
+def _with_names(
+    defaults: StepSettings, raw: dict[str, Any], problems: list[Diagnostic]
+) -> StepSettings:
+    """``image_pull_secrets`` and ``poddefaults`` (lists of names) as step defaults."""
+    found: dict[str, tuple[str, ...]] = {}
+    keys = (("image_pull_secrets", "pull_secrets"), ("poddefaults", "poddefaults"))
+    for key, field_name in keys:
+        value = raw.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            where = f"metadata.{METADATA_KEY}.{key}"
+            problems.append(error("NB004", f"{where} must be a list of names"))
+            continue
+        found[field_name] = tuple(value)
+    if not found:
+        return defaults
+    return replace(
+        defaults,
+        pull_secrets=tuple(dict.fromkeys(defaults.pull_secrets + found.get("pull_secrets", ()))),
+        poddefaults=tuple(dict.fromkeys(defaults.poddefaults + found.get("poddefaults", ()))),
+    )
 
 
 def _volumes(value: Any, problems: list[Diagnostic]) -> tuple[Volume, ...]:
@@ -173,4 +206,5 @@ def _volume(item: Any, where: str, problems: list[Diagnostic]) -> Volume | None:
         snapshot=bool(item.get("snapshot")),
         annotations=pairs,
         expose_as_env_var=bool(item.get("expose_as_env_var")),
+        keep=bool(item.get("keep")),
     )

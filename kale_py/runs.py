@@ -13,13 +13,16 @@ it at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +140,47 @@ def _spawn(notebook: Path, options: RunOptions, run_dir: Path) -> int:
 
 
 def list_runs(path: str | Path) -> list[dict[str, Any]]:
-    """The notebook's local runs, newest first: ``run_id``, ``status``, ``started``, ``ended``."""
+    """The notebook's local runs, newest first: ``run_id``, ``status``, ``started``,
+    ``ended``, ``duration`` (seconds, None while running), ``params`` and ``metrics``."""
     runs_dir = _runs_dir(path)
     found = []
     # Notebooks of one directory share .nb2pipe/: only this notebook's runs.
     for manifest in read_runs(runs_dir, Path(path).resolve()):
         manifest = _with_lost_runner(manifest, runs_dir / manifest["run_id"])
-        found.append({k: manifest.get(k) for k in ("run_id", "status", "started", "ended")})
+        summary = {k: manifest.get(k) for k in ("run_id", "status", "started", "ended")}
+        summary["duration"] = _duration(manifest.get("started"), manifest.get("ended"))
+        summary["params"] = manifest.get("params") or {}
+        summary["metrics"] = manifest.get("metrics") or {}
+        found.append(summary)
     return found
+
+
+def cancel_run(path: str | Path, run_id: str) -> dict[str, Any]:
+    """Stop a running run as Ctrl-C would: its runner ends the step processes and records
+    the run as cancelled. Returns the run's manifest as it is now."""
+    manifest = get_run(path, run_id)
+    if manifest.get("status") != "running":
+        raise RunError(
+            error("NB504", f"run {run_id} is not running (it {manifest.get('status')})")
+        )
+    pid = _runner_pid(manifest, _runs_dir(path) / run_id)
+    if pid is None:
+        raise RunError(error("NB504", f"run {run_id} has no runner process to stop"))
+    # A runner that ended meanwhile has said how in its run.json.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    return manifest
+
+
+def _duration(started: Any, ended: Any) -> float | None:
+    if not isinstance(started, str) or not isinstance(ended, str):
+        return None
+    try:
+        begin = datetime.fromisoformat(started.replace("Z", "+00:00"))
+        end = datetime.fromisoformat(ended.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((end - begin).total_seconds(), 3)
 
 
 def get_run(path: str | Path, run_id: str) -> dict[str, Any]:
@@ -206,10 +242,7 @@ def _with_lost_runner(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]
     """A run whose runner process is gone without finishing is reported failed."""
     if manifest.get("status") != "running":
         return manifest
-    pid = manifest.get("runner_pid")
-    if not isinstance(pid, int):
-        text = (run_dir / "runner.pid").read_text() if (run_dir / "runner.pid").is_file() else ""
-        pid = int(text) if text.strip().isdigit() else None
+    pid = _runner_pid(manifest, run_dir)
     if pid is None or _alive(pid):
         return manifest
     lost = dict(manifest, status="failed")
@@ -218,6 +251,14 @@ def _with_lost_runner(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]
         f"{run_dir / 'runner.log'}"
     )
     return lost
+
+
+def _runner_pid(manifest: Mapping[str, Any], run_dir: Path) -> int | None:
+    pid = manifest.get("runner_pid")
+    if isinstance(pid, int):
+        return pid
+    text = (run_dir / "runner.pid").read_text() if (run_dir / "runner.pid").is_file() else ""
+    return int(text) if text.strip().isdigit() else None
 
 
 def _alive(pid: int) -> bool:

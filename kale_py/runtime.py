@@ -440,6 +440,11 @@ class StepRuntime:
                 "display": self.display,
                 "get_ipython": lambda: _IPythonShim(self.magics),
                 "_kp": self.magics,
+                # IPython's output history, as a fresh kernel has it
+                "_": "",
+                "__": "",
+                "___": "",
+                "Out": {},
             }
         )
         rendered = _pairs(self.args.param_type, "--param-type")
@@ -449,34 +454,52 @@ class StepRuntime:
                 self.namespace[name] = parse_parameter(name, text, declared[name], name in rendered)
 
     def load_inputs(self) -> None:
+        # Names saved as one group (they may share objects) load from one file, together.
+        # An object whose restore code reads the namespace (a formula model) may need a
+        # variable that comes later in the list: what fails is tried again after the rest.
+        manifests: dict[str, dict[str, Any]] = {}
+        units: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for var, producer in self.spec.get("inputs", {}).items():
+            directory = self._input_directory(var, producer)
+            if directory not in manifests:
+                manifests[directory] = marshal.read_manifest(directory)
+            record = manifests[directory]["variables"].get(var)
+            if record is None:
+                raise NameError(
+                    f"name {var!r} is not defined: step {producer!r} did not define it "
+                    "when it ran (was it bound only on some paths?)"
+                )
+            units.setdefault((directory, record["file"]), []).append(record)
+        failed = []
+        for (directory, _), records in units.items():
+            try:
+                self._load_records(directory, records)
+            except marshal.StateError:
+                failed.append((directory, records))
+        for directory, records in failed:
+            self._load_records(directory, records)
+
+    def _input_directory(self, var: str, producer: str) -> str:
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
-        roots = self.args.allowed_root or list(dirs.values())
-        wanted: dict[str, list[str]] = {}
-        for var, producer in self.spec.get("inputs", {}).items():
-            directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
-            if directory is None:
-                raise SystemExit(
-                    f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
-                )
-            wanted.setdefault(directory, []).append(var)
-        for directory, names in wanted.items():
-            manifest = marshal.read_manifest(directory)
-            records = []
-            for var in names:
-                record = manifest["variables"].get(var)
-                if record is None:
-                    raise NameError(
-                        f"name {var!r} is not defined: step {manifest.get('step')!r} did not "
-                        "define it when it ran (was it bound only on some paths?)"
-                    )
-                records.append(record)
-            # Names saved as one group load from one file: they arrive sharing objects.
-            values = marshal.load_variables(
-                records, directory, allowed_root=_common_root(roots, directory)
+        directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+        if directory is None:
+            raise SystemExit(
+                f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
             )
-            for var, value in values.items():
-                self.namespace[var] = self._rebind(value)
+        return directory
+
+    def _load_records(self, directory: str, records: list[dict[str, Any]]) -> None:
+        dirs = _pairs(self.args.state_in, "--state-in")
+        roots = self.args.allowed_root or list(dirs.values())
+        values = marshal.load_variables(
+            records,
+            directory,
+            allowed_root=_common_root(roots, directory),
+            namespace=self.namespace,
+        )
+        for var, value in values.items():
+            self.namespace[var] = self._rebind(value)
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""
@@ -548,7 +571,7 @@ class StepRuntime:
                     expr = ast.Expression(last.value)
                     value = eval(compile(expr, filename, "eval"), self.namespace)  # noqa: S307
                     if show_last and value is not None:
-                        self.namespace["_"] = value
+                        record_output(self.namespace, value, cell.get("count"))
                         self.display(value)
         except Exception as exc:  # noqa: BLE001 - every failure of user code is reported, with its cell
             raise CellFailed(
@@ -627,6 +650,7 @@ class StepRuntime:
             # Only the local runner's cache reads hashes; in a Kubeflow pod
             # (--executor-output) nothing does, so the CPU is spared.
             content_hash=not self.args.executor_output,
+            namespace=self.namespace,
             # Names that may share objects travel in one file, still sharing them.
             groups=self.spec.get("groups", []),
         )
@@ -659,6 +683,20 @@ class StepRuntime:
 
 
 _MISSING = object()
+
+
+def record_output(namespace: dict[str, Any], value: Any, count: int | None) -> None:
+    """What IPython's display hook does with a shown value: ``_`` (shifting ``__`` and
+    ``___``), ``Out[count]`` and ``_<count>``; count is the cell's execution count."""
+    namespace["___"] = namespace.get("__", "")
+    namespace["__"] = namespace.get("_", "")
+    namespace["_"] = value
+    if count is not None:
+        out = namespace.get("Out")
+        if not isinstance(out, dict):
+            out = namespace["Out"] = {}
+        out[count] = value
+        namespace[f"_{count}"] = value
 
 
 def _common_root(roots: list[str], directory: str) -> str:
@@ -809,10 +847,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result["status"] == "succeeded" else 1
 
 
+# On Kubeflow the metrics also go to the step's log in one line, where a Katib trial reads
+# them (kale_py/tuning/trial.py): the run API does not return metric values.
+METRICS_MARKER = "KALE_PY_METRICS "
+
+
 def _write_executor_output(args: argparse.Namespace, metrics: dict[str, Any]) -> None:
     """Kubeflow's ExecutorOutput: registers the step's output artifacts with the backend."""
     if not args.executor_output:
         return
+    if metrics:
+        print(METRICS_MARKER + json.dumps(metrics), flush=True)
     artifacts = {}
     for name, path in (
         ("state", args.state_out),

@@ -175,6 +175,33 @@ class RunHandler(KalePyHandler):
             self.finish_json(result)
 
 
+class RunCancelHandler(KalePyHandler):
+    @tornado.web.authenticated
+    async def post(self, run_id: str) -> None:
+        from kale_py import api
+
+        body = self.json_body()
+        path = self.notebook_path(body.get("path"))
+        result = await self.call_api(api.cancel_run, path, run_id)
+        if result is not None:
+            self.set_status(202)
+            self.finish_json(result)
+
+
+class KfpRunHandler(KalePyHandler):
+    """A submitted run's state on the KFP endpoint (the panel polls it after a submit)."""
+
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        from kale_py import api
+
+        host = self.get_query_argument("host", None) or None
+        token = self.request.headers.get("X-KFP-Token") or None
+        result = await self.call_api(api.kfp_run_status, run_id, host, token)
+        if result is not None:
+            self.finish_json(result)
+
+
 class RunLogHandler(KalePyHandler):
     @tornado.web.authenticated
     async def get(self, run_id: str, step: str) -> None:
@@ -245,16 +272,31 @@ class VolumesHandler(KalePyHandler):
             self.finish_json(result)
 
 
+class PodDefaultsHandler(KalePyHandler):
+    """``GET kale-py/poddefaults``: the namespace's PodDefaults for the panel to offer."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        from kale_py import api
+
+        result = await self.call_api(api.list_poddefaults)
+        if result is not None:
+            self.finish_json(result)
+
+
 ROUTES: list[tuple[str, type[KalePyHandler]]] = [
     ("analyse", AnalyseHandler),
     ("compile", CompileHandler),
     ("runs", RunsHandler),
     (f"runs/{RUN_ID}", RunHandler),
+    (f"runs/{RUN_ID}/cancel", RunCancelHandler),
     (f"runs/{RUN_ID}/logs/{STEP}", RunLogHandler),
     (f"runs/{RUN_ID}/report/{STEP}", RunReportHandler),
     ("submit", SubmitHandler),
+    (f"kfp-runs/{RUN_ID}", KfpRunHandler),
     ("experiments", ExperimentsHandler),
     ("volumes", VolumesHandler),
+    ("poddefaults", PodDefaultsHandler),
 ]
 
 

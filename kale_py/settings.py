@@ -46,6 +46,10 @@ class StepSettings:
     timeout: int | None = None
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[Toleration, ...] = ()
+    #: Kubernetes secrets the step pod pulls its image with (``pull-secret:NAME``)
+    pull_secrets: tuple[str, ...] = ()
+    #: Kubeflow PodDefaults applied to the step pod (``poddefault:NAME``)
+    poddefaults: tuple[str, ...] = ()
 
     def merged_over(self, defaults: StepSettings) -> StepSettings:
         """These settings, with anything unset taken from ``defaults``.
@@ -79,6 +83,8 @@ class StepSettings:
             timeout=self.timeout if self.timeout is not None else defaults.timeout,
             node_selector=keyed(self.node_selector, defaults.node_selector),
             tolerations=tuple(tolerations.values()),
+            pull_secrets=tuple(dict.fromkeys(defaults.pull_secrets + self.pull_secrets)),
+            poddefaults=tuple(dict.fromkeys(defaults.poddefaults + self.poddefaults)),
         )
 
 
@@ -99,6 +105,8 @@ class Volume:
     snapshot: bool = False
     annotations: tuple[tuple[str, str], ...] = ()
     expose_as_env_var: bool = False
+    #: a claim or snapshot made for the run is kept after it (deleted by default)
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,4 +123,8 @@ class NotebookSettings:
     kfp_host: str | None = None
     namespace: str | None = None
     install_packages: bool = False
+    #: REGISTRY/REPOSITORY: build a step image with the steps' distributions and push it there
+    step_image: str | None = None
+    #: keep the claims and snapshots made for a run after it ends
+    keep_volumes: bool = False
     extra: tuple[tuple[str, Any], ...] = ()

@@ -308,6 +308,20 @@ def _timeout(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
     return StepSettings(timeout=int(value))
 
 
+def _pull_secret(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
+    if not _DNS_NAME.match(value) or len(value) > 253:
+        return _bad(tag, cell, "pull-secret:SECRET_NAME, a Kubernetes secret of type "
+                    "kubernetes.io/dockerconfigjson")
+    return StepSettings(pull_secrets=(value,))
+
+
+def _poddefault(value: str, tag: str, cell: int) -> StepSettings | Diagnostic:
+    if not _DNS_NAME.match(value) or len(value) > 253:
+        return _bad(tag, cell, "poddefault:NAME, a Kubeflow PodDefault of the namespace "
+                    "(like poddefault:access-ml-pipeline)")
+    return StepSettings(poddefaults=(value,))
+
+
 _SETTING_PARSERS: dict[str, SettingParser] = {
     "limit": _limit,
     "request": _request,
@@ -321,6 +335,8 @@ _SETTING_PARSERS: dict[str, SettingParser] = {
     "timeout": _timeout,
     "node": _node,
     "toleration": _toleration,
+    "pull-secret": _pull_secret,
+    "poddefault": _poddefault,
 }
 
 

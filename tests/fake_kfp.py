@@ -63,6 +63,7 @@ class FakeKfp:
     versions: dict[str, list[Json]] = field(default_factory=dict)
     experiments: dict[str, Json] = field(default_factory=dict)
     runs: dict[str, Json] = field(default_factory=dict)
+    recurring_runs: dict[str, Json] = field(default_factory=dict)
     url: str = ""
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _polls: dict[str, int] = field(default_factory=dict)
@@ -76,6 +77,9 @@ class FakeKfp:
                 fake._handle(self)
 
             def do_POST(self) -> None:
+                fake._handle(self)
+
+            def do_DELETE(self) -> None:
                 fake._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -129,6 +133,11 @@ class FakeKfp:
             ("GET", "experiments"): lambda: self._list(self._in_namespace(r), "experiments", r),
             ("POST", "experiments"): lambda: self._create_experiment(r),
             ("POST", "runs"): lambda: self._create_run(r),
+            ("POST", "recurringruns"): lambda: self._create_recurring_run(r),
+            ("GET", "recurringruns"): lambda: self._list(
+                [j for j in self.recurring_runs.values()
+                 if j["experiment_id"] == r.query.get("experiment_id", [j["experiment_id"]])[0]],
+                "recurring_runs", r),
         }.get(route)
         if handler is not None:
             return 200, handler()
@@ -138,6 +147,8 @@ class FakeKfp:
             return 200, self._list(found, "pipeline_versions", r)
         if route[:2] == ("GET", "runs") and len(route) == 3 and route[2] in self.runs:
             return 200, self._advance(route[2])
+        if route[1:2] == ("recurringruns",) and len(route) == 3:
+            return self._recurring_run_action(route[0], route[2])
         return 404, {"error": "Not Found", "code": 5, "message": f"no route {r.path}"}
 
     def _list(self, items: Any, key: str, r: Recorded) -> Json:
@@ -195,11 +206,32 @@ class FakeKfp:
         self._polls[run_id] = 0
         return self.runs[run_id]
 
+    def _create_recurring_run(self, r: Recorded) -> Json:
+        recurring_id = self._new_id("rr")
+        self.recurring_runs[recurring_id] = {
+            **r.json(), "recurring_run_id": recurring_id, "status": "ENABLED",
+            "created_at": "2026-11-30T00:00:00Z"}
+        return self.recurring_runs[recurring_id]
+
+    def _recurring_run_action(self, method: str, target: str) -> tuple[int, Json]:
+        recurring_id, _, action = target.partition(":")
+        found = self.recurring_runs.get(recurring_id)
+        if found is None:
+            return 404, {"error": "Not Found", "code": 5, "message": f"no {recurring_id}"}
+        if method == "DELETE" and not action:
+            del self.recurring_runs[recurring_id]
+            return 200, {}
+        if method == "POST" and action in ("enable", "disable"):
+            found.update(mode=action.upper() + "", status=f"{action.upper()}D")
+            return 200, {}
+        return 404, {"error": "Not Found", "code": 5, "message": f"no route {target}"}
+
     def _advance(self, run_id: str) -> Json:
         step = min(self._polls[run_id], len(self.run_states) - 1)
         self._polls[run_id] += 1
         state = self.run_states[step]
         tasks = [{"run_id": run_id, "task_id": f"t{i}", "display_name": f"step-{i}",
+                  "pod_name": f"{run_id}-step-{i}",
                   "state": "SUCCEEDED" if i < step else state} for i in range(step + 1)]
         self.runs[run_id].update(state=state, run_details={"task_details": tasks})
         return self.runs[run_id]

@@ -6,8 +6,12 @@ discovery makes:
 
 * ``GET /api/v1/namespaces/{ns}/pods/{name}``
 * ``GET /api/v1/namespaces/{ns}/persistentvolumeclaims/{name}``
+* ``GET /api/v1/namespaces/{ns}/secrets/{name}`` (seeded by tests: image pull secrets)
 * ``POST /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots`` (``generateName``)
 * ``GET /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{name}``
+* ``GET /api/v1/namespaces/{ns}/pods?labelSelector=KEY=VALUE`` (a list, one equality selector)
+* ``DELETE`` of a claim or a snapshot (answers the deleted object, as the API server does)
+* ``GET /apis/kubeflow.org/v1alpha1/namespaces/{ns}/poddefaults`` (Kubeflow's PodDefault list)
 
 It is seeded with a Kubeflow notebook as the notebook controller creates it: the StatefulSet pod
 ``my-notebook-0`` (label ``notebook-name``, container ``my-notebook``, an istio-proxy sidecar), a
@@ -30,6 +34,7 @@ import json
 import random
 import ssl
 import threading
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,6 +190,8 @@ class FakeKubernetes:
     pods: dict[tuple[str, str], Json] = field(default_factory=_seed_pods)
     claims: dict[tuple[str, str], Json] = field(default_factory=_seed_claims)
     snapshots: dict[tuple[str, str], Json] = field(default_factory=dict)
+    poddefaults: dict[tuple[str, str], Json] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], Json] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
     _polls: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -198,6 +205,9 @@ class FakeKubernetes:
                 fake._handle(self)
 
             def do_POST(self) -> None:
+                fake._handle(self)
+
+            def do_DELETE(self) -> None:
                 fake._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -242,9 +252,14 @@ class FakeKubernetes:
     def _answer(self, r: Recorded) -> tuple[int, Json | str]:
         if r.headers.get("Authorization") != f"Bearer {self.token}":
             return 401, _status(401, "Unauthorized", "Unauthorized")
-        parts = r.path.strip("/").split("/")
+        path, _, query = r.path.partition("?")
+        parts = path.strip("/").split("/")
+        listed = self._list_or_delete(r.method, parts, urllib.parse.parse_qs(query))
+        if listed is not None:
+            return listed
         if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and r.method == "GET":
-            store = {"pods": self.pods, "persistentvolumeclaims": self.claims}.get(parts[4])
+            store = {"pods": self.pods, "persistentvolumeclaims": self.claims,
+                     "secrets": self.secrets}.get(parts[4])
             if store is not None:
                 return self._get(store, parts[3], parts[4], parts[5], "")
         if r.path.startswith(SNAPSHOT_PREFIX) and parts[5:6] == ["volumesnapshots"]:
@@ -255,8 +270,40 @@ class FakeKubernetes:
                 return self._create_snapshot(parts[4], r)
             if r.method == "GET" and len(parts) == 7:
                 found = self._get(self.snapshots, parts[4], "volumesnapshots", parts[6], group)
-                return found if found[0] != 200 else (200, self._advance(parts[4], parts[6]))
+                if found[0] != 200 or (parts[4], parts[6]) not in self._polls:
+                    return found  # a snapshot seeded by a test stays as it was given
+                return 200, self._advance(parts[4], parts[6])
         return 404, "404 page not found\n"
+
+    def _list_or_delete(self, method: str, parts: list[str],
+                        query: dict[str, list[str]]) -> tuple[int, Json] | None:
+        if method == "GET" and parts[:3] == ["api", "v1", "namespaces"] and parts[4:] == ["pods"]:
+            key, _, value = (query.get("labelSelector") or ["="])[0].partition("=")
+            items = [pod for (ns, _), pod in self.pods.items() if ns == parts[3]
+                     and (not key or pod["metadata"].get("labels", {}).get(key) == value)]
+            return 200, {"kind": "PodList", "apiVersion": "v1", "items": items}
+        if method == "GET" and parts[:4] == ["apis", "kubeflow.org", "v1alpha1", "namespaces"] \
+                and parts[5:] == ["poddefaults"]:
+            if ("list", "poddefaults") in self.forbidden:
+                return 403, _forbidden("list", "poddefaults", "kubeflow.org", parts[4], None)
+            items = [d for (ns, _), d in self.poddefaults.items() if ns == parts[4]]
+            return 200, {"kind": "PodDefaultList", "apiVersion": "kubeflow.org/v1alpha1",
+                         "items": items}
+        if method != "DELETE":
+            return None
+        if parts[:3] == ["api", "v1", "namespaces"] and parts[4:5] == ["persistentvolumeclaims"]:
+            store, resource, group = self.claims, "persistentvolumeclaims", ""
+        elif parts[:2] == ["apis", "snapshot.storage.k8s.io"] and parts[5:6] == ["volumesnapshots"]:
+            store, resource, group = self.snapshots, "volumesnapshots", "snapshot.storage.k8s.io"
+        else:
+            return None
+        namespace, name = (parts[3], parts[5]) if not group else (parts[4], parts[6])
+        if ("delete", resource) in self.forbidden:
+            return 403, _forbidden("delete", resource, group, namespace, name)
+        found = self._get(store, namespace, resource, name, group)
+        if found[0] == 200:
+            del store[(namespace, name)]
+        return found
 
     def _get(self, store: dict[tuple[str, str], Json], namespace: str, resource: str, name: str,
              group: str) -> tuple[int, Json]:

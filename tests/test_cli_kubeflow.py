@@ -164,3 +164,82 @@ def test_compile_json_output_of_graph_is_unchanged_by_compile(iris: Path) -> Non
     assert main(["compile", str(iris)]) == 0
     assert iris.read_bytes() == before
     assert json.loads(before)["cells"]  # still the same notebook
+
+
+# --- recurring runs (the fake KFP API of fake_kfp.py: no KFP backend can run here) ----------
+
+
+def _as_kfp_model(body: dict[str, object]) -> dict[str, object]:
+    """The body read by KFP's own API client as a V2beta1RecurringRun and written back:
+    equal to the body only when every field is one the API knows, with the right type."""
+    import kfp_server_api
+
+    client = kfp_server_api.ApiClient()
+    response = type("Response", (), {"data": json.dumps(body)})()
+    model = client.deserialize(response, "V2beta1RecurringRun")
+    return client.sanitize_for_serialization(model)  # type: ignore[no-any-return]
+
+
+def test_schedule_creates_a_recurring_run(
+    iris: Path, kfp: FakeKfp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["submit", str(iris), "--host", kfp.url, "--schedule", "30 6 * * 1-5",
+                 "--max-concurrency", "2", "--no-catchup", "--param", "SEED=7"])
+    assert code == 0, capsys.readouterr().err
+    assert kfp.calls("POST", "/runs") == []
+    [created] = kfp.calls("POST", "/recurringruns")
+    body = created.json()
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 30 6 * * 1-5"}}
+    assert (body["max_concurrency"], body["no_catchup"], body["mode"]) == ("2", True, "ENABLE")
+    assert body["runtime_config"]["parameters"]["SEED"] == 7
+    [pipeline_id] = kfp.pipelines
+    assert body["pipeline_version_reference"]["pipeline_id"] == pipeline_id
+    assert body["display_name"] == "iris-classifier"
+    assert _as_kfp_model(body) == body
+    assert "/#/recurringrun/details/rr-" in capsys.readouterr().out
+
+
+def test_schedule_disable_enable_and_delete(iris: Path, kfp: FakeKfp) -> None:
+    assert main(["submit", str(iris), "--host", kfp.url, "--schedule", "0 0 * * *"]) == 0
+    [recurring_id] = kfp.recurring_runs
+    assert main(["submit", str(iris), "--host", kfp.url, "--disable"]) == 0
+    assert kfp.recurring_runs[recurring_id]["status"] == "DISABLED"
+    assert main(["submit", str(iris), "--host", kfp.url, "--enable"]) == 0
+    assert kfp.recurring_runs[recurring_id]["status"] == "ENABLED"
+    assert main(["submit", str(iris), "--host", kfp.url, "--delete"]) == 0
+    assert kfp.recurring_runs == {}
+    assert len(kfp.calls("POST", "/pipelines/upload")) == 1  # managing uploads nothing
+
+
+def test_schedule_of_a_pipeline_without_one_is_one_line(
+    iris: Path, kfp: FakeKfp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", str(iris), "--host", kfp.url, "--disable"]) == 1
+    err = capsys.readouterr().err
+    assert "KF107" in err and "no recurring run named 'iris-classifier'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cron", ["every day", "* * *", "0 0 * * * * *", "0 0 * * mon;rm"])
+def test_bad_schedule_is_refused_before_anything_is_uploaded(
+    iris: Path, kfp: FakeKfp, cron: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", str(iris), "--host", kfp.url, "--schedule", cron]) == 1
+    err = capsys.readouterr().err
+    assert "KF106" in err and "is not a cron expression" in err
+    assert kfp.requests == []
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--schedule", "0 0 * * *", "--watch"], ["--delete", "--schedule", "0 0 * * *"],
+     ["--disable", "--delete"], ["--schedule", "0 0 * * *", "--max-concurrency", "0"]],
+)
+def test_recurring_run_options_that_do_not_go_together_are_usage_errors(
+    iris: Path, kfp: FakeKfp, extra: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        code = main(["submit", str(iris), "--host", kfp.url, *extra])
+        raise SystemExit(code)
+    assert exited.value.code == 2
+    assert kfp.requests == []

@@ -407,7 +407,10 @@ def test_discovered_volumes_compile_into_mounts_and_a_snapshot_restore(
     [(_, snapshot)] = k8s.snapshots
     executors = spec["deploymentSpec"]["executors"]
     assert {executors[f"exec-{s}"]["container"]["image"] for s in ("load", "total")} == {IMAGE}
-    tasks = spec["root"]["dag"]["tasks"]
+    # the run's tasks sit in an exit handler whose exit task deletes the claim and the snapshot
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    cleanup = executors["exec-kale-cleanup"]["container"]["args"]
+    assert cleanup[cleanup.index("--snapshot") + 1] == snapshot
     create = tasks["createpvc"]["inputs"]["parameters"]
     assert create["data_source"]["runtimeValue"]["constant"] == {
         "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snapshot}

@@ -13,6 +13,7 @@ loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -159,7 +160,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 async def test_tag_see_graph_and_diagnostics_and_run_locally(
-    lab: tuple[str, Path], tmp_path: Path
+    lab: tuple[str, Path], tmp_path: Path, kfp: Any
 ) -> None:
     from playwright.async_api import async_playwright, expect
 
@@ -194,6 +195,20 @@ async def test_tag_see_graph_and_diagnostics_and_run_locally(
             await panel.locator("#kale-py-role").select_option("step")
             await panel.locator("#kale-py-step-name").fill("train")
             await expect(panel.locator("#kale-py-cell-tags")).to_have_text("step:train")
+
+            # Every code cell shows its step or role at its edge, updated without saving.
+            label = cells.nth(4).locator(".kale-py-cell-step")
+            await expect(label).to_have_text("train", timeout=15_000)
+            await expect(label).to_have_attribute("title", re.compile(r"loads .*total.* from load"))
+            await expect(cells.nth(1).locator(".kale-py-cell-step")).to_have_text("imports")
+            await expect(cells.nth(3).locator(".kale-py-cell-step")).to_have_text("load")
+            assert (await cells.nth(2).locator(".kale-py-cell-step").get_attribute("style")
+                    == await cells.nth(3).locator(".kale-py-cell-step").get_attribute("style"))
+            assert json.loads((root / "mean.ipynb").read_text())["cells"][4]["metadata"] == {}
+            # A click on a label selects its cell in the panel's tag editor.
+            await cells.nth(2).locator(".kale-py-cell-step").click()
+            await expect(panel.locator("#kale-py-cell > summary")).to_have_text("Cell 3")
+            await expect(panel.locator("#kale-py-step-name")).to_have_value("load")
 
             # The graph: load -> train -> report, the edge into train carrying its variables.
             graph = panel.locator("#kale-py-graph")
@@ -243,11 +258,47 @@ async def test_tag_see_graph_and_diagnostics_and_run_locally(
             await page.screenshot(path=str(shot))
             print(f"screenshots: {tmp_path}")
 
+            # The step's HTML report opens in a tab, in a sandbox without the page's origin.
+            await panel.locator(
+                '.kale-py-run-step[data-step="train"] .kale-py-open-report').click()
+            frame = page.locator("iframe.kale-py-report")
+            await expect(frame).to_have_attribute("sandbox", "allow-scripts allow-popups")
+            report = page.frame_locator("iframe.kale-py-report").locator("body")
+            await expect(report).to_contain_text("mean 2.5", timeout=15_000)
+            await page.screenshot(path=str(tmp_path / "panel-report.png"))
+
+            # A second run; the history lists both, and the first can be reopened.
+            first_run = (await status.inner_text()).split()[1].rstrip(":")
+            await panel.locator("#kale-py-run").click()
+            await expect(panel.locator("#kale-py-run-status")).not_to_contain_text(first_run)
+            succeeded = panel.locator('#kale-py-run-status[data-status="succeeded"]')
+            await expect(succeeded).to_be_visible(timeout=180_000)
+            history = panel.locator("#kale-py-history .kale-py-history-run")
+            await expect(history).to_have_count(2, timeout=15_000)
+            await expect(history.first).to_have_attribute("data-status", "succeeded")
+            await panel.locator(f'.kale-py-history-run[data-run="{first_run}"]').click()
+            await expect(panel.locator("#kale-py-run-status")).to_contain_text(first_run)
+            await expect(graph.locator('.kale-py-node[data-step="report"]')).to_have_class(
+                re.compile(r"\bkale-py-status-succeeded\b"))
+
             # Compile for Kubeflow: the YAML is written beside the notebook.
             await panel.locator("#kale-py-compile-section > summary").click()
             await panel.locator("#kale-py-compile").click()
             await expect(panel.locator("#kale-py-compile-result")).to_contain_text(
                 "mean.yaml", timeout=60_000)
+
+            # Submit to a KFP API (the fake backend: no KFP can run here); the panel then
+            # follows the run's state and names the step that failed.
+            kfp.run_states = ("RUNNING", "FAILED")
+            await panel.locator("#kale-py-submit-section > summary").click()
+            await panel.locator("#kale-py-host").fill(kfp.url)
+            await panel.locator("#kale-py-submit").click()
+            await expect(panel.locator("#kale-py-submit-result")).to_contain_text(
+                "started", timeout=60_000)
+            kfp_status = panel.locator("#kale-py-kfp-status")
+            await expect(kfp_status).to_have_attribute("data-state", "FAILED", timeout=30_000)
+            await expect(panel.locator("#kale-py-kfp-failed-step")).to_contain_text("step-1")
+            await page.screenshot(path=str(tmp_path / "panel-submitted.png"))
         finally:
             await context.close()
 
@@ -257,4 +308,126 @@ async def test_tag_see_graph_and_diagnostics_and_run_locally(
     assert saved["cells"][4]["metadata"]["tags"] == ["step:train"]
     assert "".join(saved["cells"][5]["source"]) == "print(json.dumps({'mean': mean}))"
     assert (root / "mean.yaml").stat().st_size > 0
+    assert page_errors == []
+
+
+async def _wait_all_inside(view: Any, items: Any, seconds: float = 10) -> None:
+    """Wait until every item's box lies inside the view's box (a resize may re-fit)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        v = await view.bounding_box()
+        outside = []
+        for item in await items.all():
+            b = await item.bounding_box()
+            if not (v["x"] - 1 <= b["x"] and b["x"] + b["width"] <= v["x"] + v["width"] + 1
+                    and v["y"] - 1 <= b["y"] and b["y"] + b["height"] <= v["y"] + v["height"] + 1):
+                outside.append(b)
+        if not outside:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(outside)} item(s) outside {v}: {outside[:3]}")
+        await asyncio.sleep(0.2)
+
+
+def _wide_notebook() -> dict[str, Any]:
+    """30 steps: load, 10 parallel branches of 2 steps, a join and a tail of 8 steps; the
+    last step sleeps, so a run can be cancelled while it runs."""
+    cells = [code_cell("import time", ["imports"]), code_cell("base = 1", ["step:load"])]
+    for b in range(10):
+        cells.append(code_cell(f"a{b} = base + {b}", [f"step:branch{b}_fit"]))
+        cells.append(code_cell(f"m{b} = a{b} * 2", [f"step:branch{b}_score"]))
+    cells.append(code_cell("total = " + " + ".join(f"m{b}" for b in range(10)), ["step:join"]))
+    for t in range(7):
+        cells.append(code_cell(f"t{t} = total + {t}", [f"step:tail{t}"]))
+    cells.append(code_cell("open('slow.pid', 'w').write('started')\ntime.sleep(120)\n"
+                           "done = t6", ["step:slow"]))
+    return {"cells": cells,
+            "metadata": {"kernelspec": NOTEBOOK["metadata"]["kernelspec"],
+                         "kubeflow_notebook": {"pipeline_name": "wide"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+async def test_graph_tab_highlights_cells_and_a_run_can_be_cancelled(
+    lab: tuple[str, Path], tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    url, root = lab
+    (root / "wide.ipynb").write_text(json.dumps(_wide_notebook(), indent=1))
+    page_errors: list[str] = []
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1440, "height": 900})
+        try:
+            page = await context.new_page()
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
+            await page.goto(f"{url}/lab/tree/wide.ipynb?token={TOKEN}")
+            cells = page.locator(".jp-NotebookPanel .jp-Cell")
+            await expect(cells).to_have_count(31, timeout=60_000)
+            tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="kale-py-panel"]')
+            if "lm-mod-current" not in (await tab.get_attribute("class") or ""):
+                await tab.click()
+            panel = page.locator("#kale-py-panel")
+            await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
+                "30 step(s)", timeout=30_000)
+
+            # The small graph fits the panel's width: no node is cut off.
+            small = panel.locator("#kale-py-graph")
+            box = await panel.bounding_box()
+            graph_box = await small.bounding_box()
+            assert box is not None and graph_box is not None
+            assert graph_box["width"] <= box["width"]
+
+            # The graph tab: all 30 steps laid out. Too wide to fit readably, it opens at a
+            # readable scale from the top; Fit then shows all of it.
+            await panel.locator("#kale-py-open-graph").click()
+            main = page.locator("#kale-py-graph-main")
+            await expect(main.locator(".kale-py-node")).to_have_count(30, timeout=15_000)
+            zoom = page.locator(".kale-py-graph-zoom")
+            await expect(zoom).to_have_text("75%")
+            await page.screenshot(path=str(tmp_path / "graph-tab-readable.png"))
+            await page.locator(".kale-py-graph-fit").click()
+            await expect(zoom).not_to_have_text("75%")
+            await _wait_all_inside(page.locator(".kale-py-graph-viewport"),
+                                   main.locator(".kale-py-node"))
+            edge = main.locator('.kale-py-edge[data-source="branch3_fit"]'
+                                '[data-target="branch3_score"]')
+            await expect(edge.locator(".kale-py-edge-label")).to_have_text("a3")
+            await page.screenshot(path=str(tmp_path / "graph-tab-30-steps.png"))
+
+            # Zoom in, then fit again.
+            fitted = await zoom.inner_text()
+            await page.locator('.kale-py-graph-toolbar button[title="Zoom in"]').click()
+            await expect(zoom).not_to_have_text(fitted)
+            await page.locator(".kale-py-graph-fit").click()
+            await expect(zoom).to_have_text(fitted)
+
+            # A click on a step highlights its cell in the notebook.
+            await main.locator('.kale-py-node[data-step="branch4_score"]').click()
+            highlighted = page.locator(".jp-NotebookPanel .jp-Cell.kale-py-cell-highlight")
+            await expect(highlighted).to_have_count(1)
+            await expect(highlighted.locator(".kale-py-cell-step")).to_have_text("branch4_score")
+
+            # Run, then cancel while the last step sleeps; the graph shows the states live.
+            await panel.locator("#kale-py-run").click()
+            await expect(main.locator('.kale-py-node[data-step="slow"]')).to_have_attribute(
+                "data-status", "running", timeout=180_000)
+            await expect(main.locator('.kale-py-node[data-step="join"]')).to_have_attribute(
+                "data-status", "succeeded")
+            await page.screenshot(path=str(tmp_path / "graph-tab-running.png"))
+            await panel.locator("#kale-py-cancel").click()
+            await expect(panel.locator("#kale-py-run-status")).to_have_attribute(
+                "data-status", "cancelled", timeout=30_000)
+            await expect(main.locator('.kale-py-node[data-step="slow"]')).to_have_attribute(
+                "data-status", "cancelled")
+            await expect(panel.locator("#kale-py-cancel")).to_have_count(0)
+        finally:
+            await context.close()
+
+    assert (root / "slow.pid").exists()
+    runs_dir = root / ".nb2pipe" / "runs"
+    [run_dir] = [d for d in runs_dir.iterdir() if d.is_dir()]
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["status"] == "cancelled" and manifest["steps"]["slow"]["status"] == "cancelled"
     assert page_errors == []

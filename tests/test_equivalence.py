@@ -79,7 +79,9 @@ def _kernel_values(path: Path, names: list[str], out: Path) -> dict[str, Any]:
     dump = (
         "import pickle as _p\n_values = {}\n"
         f"for _n in {names!r}:\n"
-        "    if _n in globals():\n"
+        # notebook functions and classes are code, not data (see same()), and pickle by
+        # a reference to this kernel's __main__ that the test process cannot resolve
+        "    if _n in globals() and getattr(globals()[_n], '__module__', '') != '__main__':\n"
         "        try:\n"
         "            _p.dumps(globals()[_n]); _values[_n] = globals()[_n]\n"
         "        except Exception:\n"

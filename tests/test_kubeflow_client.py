@@ -16,6 +16,7 @@ from kale_py.kubeflow.client import (
     IN_CLUSTER_HOST,
     list_experiments,
     resolve_endpoint,
+    run_status,
     submit_pipeline,
 )
 
@@ -118,6 +119,26 @@ def test_watch_reports_a_failed_run(kfp: FakeKfp) -> None:
     result, lines = submit(kfp, watch=True)
     assert result.final_state == "FAILED"
     assert lines[-2:] == ["  step-2: FAILED", "Run FAILED"]
+
+
+def test_run_status_follows_a_run_and_names_the_failing_step(kfp: FakeKfp) -> None:
+    """What the panel polls after a submit: the state, the link and the failed task."""
+    kfp.run_states = ("RUNNING", "FAILED")
+    result, _ = submit(kfp)
+    first = run_status(result.run_id, host=kfp.url)
+    assert first == {"run_id": result.run_id, "state": "RUNNING",
+                     "url": f"{kfp.url}/#/runs/details/{result.run_id}",
+                     "failed_step": None, "error": None}
+    second = run_status(result.run_id, host=kfp.url)
+    assert (second["state"], second["failed_step"]) == ("FAILED", "step-1")
+
+
+def test_run_status_of_an_unknown_run_is_one_line(kfp: FakeKfp) -> None:
+    with pytest.raises(SubmitError) as caught:
+        run_status("no-such-run", host=kfp.url)
+    [problem] = caught.value.diagnostics
+    assert problem.code == "KF103"
+    assert "/runs/no-such-run" in problem.message and "404" in problem.message
 
 
 # --- authentication -------------------------------------------------------------------------------

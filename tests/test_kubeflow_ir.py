@@ -22,9 +22,11 @@ from kale_py.diagnostics import CompileError
 from kale_py.kubeflow.ir import (
     BOOTSTRAP,
     PAYLOAD_CHUNK,
+    RUN_CLEANUP,
     PipelineDef,
     PipelineParam,
     TaskDef,
+    _cleanup_source,
     build_ir,
     ir_to_yaml,
 )
@@ -136,24 +138,36 @@ def sdk_pipeline_yaml(p: PipelineDef, path: Path) -> str:
         spec.__name__ = _py(t.name)
         return dsl.container_component(spec)
 
+    clone_volumes = [v for v in p.volumes if v.type == "clone"]
+
+    def cleanup_spec(run_id: str) -> Any:
+        args = [base64.b64encode(_cleanup_source()).decode(), "--run-id", run_id]
+        for v in clone_volumes:
+            args += ["--claim-suffix", f"-{v.name}", "--snapshot", v.name]
+        return dsl.ContainerSpec(image=p.tasks[0].image, command=["python3", "-c", RUN_CLEANUP],
+                                 args=args)
+
+    cleanup_spec.__annotations__ = {"run_id": str}  # real types, not the module's strings
+    cleanup_spec.__name__ = "kale_cleanup"
+    kale_cleanup = dsl.container_component(cleanup_spec)
+
     def body(*values: Any) -> None:
         kwargs = dict(zip([q.name for q in p.params], values, strict=True))
-        clones = {v.name: kubernetes.CreatePVC(
-            pvc_name_suffix=f"-{v.name}", access_modes=["ReadWriteMany"], size=v.size,
-            storage_class_name=v.storage_class,
-            data_source={"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
-                         "name": v.name}).set_caching_options(False)
-            for v in p.volumes if v.type == "clone"}
-        tasks: dict[str, Any] = {}
-        for t in p.tasks:
-            op = component(t)(**{_state(s): tasks[s].outputs["state"] for s in t.inputs},
-                              **{q: kwargs[q] for q in t.parameters})
-            configure(op, t, clones)
-            op.after(*[tasks[a] for a in t.after])
-            tasks[t.name] = op
-        for pvc in clones.values():
-            kubernetes.DeletePVC(pvc_name=pvc.outputs["name"]).set_caching_options(False).after(
-                *tasks.values())
+        cleanup = kale_cleanup(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_caching_options(False)
+        with dsl.ExitHandler(cleanup):
+            clones = {v.name: kubernetes.CreatePVC(
+                pvc_name_suffix=f"-{v.name}", access_modes=["ReadWriteMany"], size=v.size,
+                storage_class_name=v.storage_class,
+                data_source={"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                             "name": v.name}).set_caching_options(False)
+                for v in clone_volumes}
+            tasks: dict[str, Any] = {}
+            for t in p.tasks:
+                op = component(t)(**{_state(s): tasks[s].outputs["state"] for s in t.inputs},
+                                  **{q: kwargs[q] for q in t.parameters})
+                configure(op, t, clones)
+                op.after(*[tasks[a] for a in t.after])
+                tasks[t.name] = op
 
     def configure(op: Any, t: TaskDef, clones: dict[str, Any]) -> None:
         s = t.settings
@@ -338,7 +352,10 @@ def test_settings_kubeflow_cannot_express_are_errors(settings: dict[str, Any],
     (pipeline(task("a", inputs=("b",)), task("b")), "depends on 'b', which is not an earlier"),
     (pipeline(task("a", state=False), task("b", inputs=("a",))), "which saves none"),
     (pipeline(task("a", parameters=("x",))), r"unknown pipeline parameters \['x'\]"),
-    (pipeline(task("a"), volumes=(Volume("v", "/v", type="pv"),)), "type 'pv' is not supported"),
+    (pipeline(task("a"), volumes=(Volume("v", "/v", type="nfs"),)), "type 'nfs' is not supported"),
+    (pipeline(task("a"), volumes=(Volume("v", "/v", type="pv"),)),
+     "a claim on a PersistentVolume needs a size"),
+    (pipeline(task("a"), volumes=(Volume("v", "/v", type="new_pvc"),)), "a new claim needs a size"),
     (pipeline(task("a"), volumes=(Volume("v", "/v", type="clone"),)), "a clone needs a size"),
 ])
 def test_inconsistent_pipelines_are_errors(p: PipelineDef, message: str) -> None:
@@ -349,8 +366,9 @@ def test_inconsistent_pipelines_are_errors(p: PipelineDef, message: str) -> None
 def test_clone_tasks_avoid_step_names() -> None:
     p = pipeline(task("createpvc"), volumes=(Volume("snap", "/data", type="clone", size="1Gi"),))
     spec, platform = build_ir(p)
-    tasks = spec["root"]["dag"]["tasks"]
-    assert sorted(tasks) == ["createpvc", "createpvc-2", "deletepvc"]
+    assert sorted(spec["root"]["dag"]["tasks"]) == ["exit-handler-1", "kale-cleanup"]
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert sorted(tasks) == ["createpvc", "createpvc-2"]
     assert tasks["createpvc"]["dependentTasks"] == ["createpvc-2"]
     assert tasks["createpvc-2"]["componentRef"] == {"name": "comp-createpvc-2"}
     assert platform is not None

@@ -30,7 +30,9 @@ def test_pristine_ir_passes() -> None:
 
 
 def tasks(spec: Json) -> Json:
-    return spec["root"]["dag"]["tasks"]  # type: ignore[no-any-return]
+    """The steps' DAG: inside the exit handler that cleans up the run's volumes, if any."""
+    handler = spec["components"].get("comp-exit-handler-1")
+    return (handler or spec["root"])["dag"]["tasks"]  # type: ignore[no-any-return]
 
 
 def k8s(platform: Json) -> Json:
@@ -87,7 +89,7 @@ TAMPERINGS: dict[str, tuple[Callable[[Json, Json], None], str]] = {
         "task 'publish' reads 'state-train' from 'train' without depending on it"),
     "missing pipeline parameter": (
         lambda s, p: s["root"]["inputDefinitions"]["parameters"].pop("rate"),
-        "input 'rate' reads missing pipeline parameter 'rate'"),
+        "reads missing pipeline parameter 'rate'"),
     "required input not passed": (
         lambda s, p: tasks(s)["train"]["inputs"]["parameters"].pop("flag"),
         "task 'train' does not pass required parameter 'flag'"),

@@ -589,6 +589,52 @@ def test_background_run_is_listed_and_readable(tmp_path: Path) -> None:
     assert "<html" in runs.read_report(notebook, run_id, "total").lower()
 
 
+def test_background_run_lists_its_duration_parameters_and_metrics(tmp_path: Path) -> None:
+    notebook = write_notebook(tmp_path / "chain.ipynb", CHAIN)
+    started = runs.start_local_run(notebook, {"N": 3}, [], None)
+    _wait_until_done(notebook, started["run_id"])
+    [listed] = runs.list_runs(notebook)
+    assert listed["status"] == "succeeded"
+    assert listed["params"]["N"] == 3 and listed["metrics"] == {"total": 5.0}
+    assert isinstance(listed["duration"], float) and 0 < listed["duration"] < 60
+
+
+def test_background_run_can_be_cancelled(tmp_path: Path) -> None:
+    notebook = write_notebook(
+        tmp_path / "long.ipynb",
+        [
+            (["imports"], "import os\nimport subprocess\nfrom time import sleep"),
+            (["step:first"], "x = 1"),
+            (
+                ["step:slow"],
+                "child = subprocess.Popen(['sleep', '120'])\n"
+                "open('pids.txt', 'w').write(f'{os.getpid()} {child.pid}')\n"
+                "sleep(120)\ny = x",
+            ),
+            (["step:after"], "z = y"),
+        ],
+    )
+    started = runs.start_local_run(notebook, {}, [], None)
+    pids = _wait_for(tmp_path / "pids.txt")
+
+    runs.cancel_run(notebook, started["run_id"])
+
+    manifest = _wait_until_done(notebook, started["run_id"])
+    assert manifest["status"] == "cancelled"
+    assert statuses(manifest) == {"first": "succeeded", "slow": "cancelled", "after": "skipped"}
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert _processes_mentioning(str(tmp_path)) == []
+    with pytest.raises(RunError, match="is not running"):
+        runs.cancel_run(notebook, started["run_id"])
+
+
+def _wait_until_done(notebook: Path, run_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while runs.get_run(notebook, run_id)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return runs.get_run(notebook, run_id)
+
+
 def test_background_run_refuses_bad_requests(tmp_path: Path) -> None:
     notebook = write_notebook(tmp_path / "chain.ipynb", CHAIN)
 

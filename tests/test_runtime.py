@@ -308,3 +308,27 @@ def test_instances_of_functions_cell_classes_stay_the_same_class(tmp_path: Path)
     done, _ = steps.step("b")
     assert done.returncode == 0, done.stderr
     assert "True True 3" in done.stdout  # by name: the class every step defines
+
+
+def test_an_object_that_cannot_be_restored_fails_in_the_producing_step(tmp_path: Path) -> None:
+    path = _notebook(
+        tmp_path,
+        [
+            (
+                ["step:a"],
+                "class Fragile:\n"
+                "    def __setstate__(self, state):\n"
+                "        raise ValueError('rebuilt only where it was made')\n"
+                "obj = Fragile()\n"
+                "obj.value = 1",
+            ),
+            (["step:b"], "print(obj)"),
+        ],
+    )
+    done, result = Steps(path).step("a")
+    assert done.returncode == 1
+    message = result["error"]["message"]
+    assert "cannot save variable 'obj' (__main__.Fragile) in step 'a'" in message
+    assert "it can be saved but not restored in another step" in message
+    assert "ValueError: rebuilt only where it was made" in message
+    assert "corrupt" not in message and "Traceback" not in done.stderr

@@ -59,7 +59,11 @@ class FakeAPI:
             "analyse": ANALYSIS,
             "compile_notebook": {"path": "/x/p.yaml", "bytes": 10, "steps": 1},
             "start_local_run": {"run_id": "r1", "run_dir": "/x/.nb2pipe/runs/r1"},
-            "list_runs": [{"run_id": "r1", "status": "running", "started": "t0", "ended": None}],
+            "list_runs": [{"run_id": "r1", "status": "running", "started": "t0", "ended": None,
+                           "duration": None, "params": {"N": 3}, "metrics": {}}],
+            "cancel_run": RUN,
+            "kfp_run_status": {"run_id": "k1", "state": "FAILED", "url": "http://kfp/#/runs/k1",
+                               "failed_step": "train", "error": None},
             "get_run": RUN,
             "read_log": "load | hello\n",
             "read_report": "<html><body><p>report</p></body></html>",
@@ -67,6 +71,10 @@ class FakeAPI:
                        "version_id": "v", "experiment_id": "e"},
             "list_experiments": [{"id": "e", "name": "Default"}],
             "list_volumes": {"in_cluster": False, "image": None, "volumes": []},
+            "list_poddefaults": {"in_cluster": True, "namespace": "ns", "message": None,
+                                 "poddefaults": [{"name": "access-ml-pipeline",
+                                                  "description": "Allow access to KFP",
+                                                  "labels": {"access-ml-pipeline": "true"}}]},
         }
         module = types.ModuleType("kale_py.api")
         for name, result in results.items():
@@ -101,9 +109,12 @@ ROUTES = [
     ("GET", "runs/r1", None),
     ("GET", "runs/r1/logs/load", None),
     ("GET", "runs/r1/report/load", None),
+    ("POST", "runs/r1/cancel", {"path": "nb.ipynb"}),
+    ("GET", "kfp-runs/k1", None),
     ("POST", "submit", {"path": "nb.ipynb"}),
     ("GET", "experiments", None),
     ("GET", "volumes", None),
+    ("GET", "poddefaults", None),
 ]
 ROUTE_IDS = [f"{method} {route}" for method, route, _ in ROUTES]
 
@@ -130,7 +141,7 @@ async def test_every_route_answers_with_a_token(
     if body is not None:
         kwargs["body"] = json.dumps(body)
     response = await jp_fetch("kale-py", route, **kwargs)
-    assert response.code in (200, 201)
+    assert response.code in (200, 201, 202)
     assert len(fake_api.calls) == 1
 
 
@@ -197,6 +208,21 @@ async def test_runs_status_logs_and_report(
     ]
 
 
+async def test_cancel_and_kfp_run_status(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    response = await post(jp_fetch, "runs/r1/cancel", {"path": "nb.ipynb"})
+    assert response.code == 202
+    assert body_of(response) == RUN
+    status = await jp_fetch("kale-py", "kfp-runs", "k1", params={"host": "http://kfp"},
+                            headers={"X-KFP-Token": "tok"})
+    assert body_of(status)["failed_step"] == "train"
+    assert [(n, a) for n, a, _ in fake_api.calls] == [
+        ("cancel_run", (jp_root_dir / "nb.ipynb", "r1")),
+        ("kfp_run_status", ("k1", "http://kfp", "tok")),
+    ]
+
+
 async def test_submit_experiments_and_volumes(
     jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
 ) -> None:
@@ -209,6 +235,8 @@ async def test_submit_experiments_and_volumes(
     await jp_fetch("kale-py", "experiments")
     volumes = await jp_fetch("kale-py", "volumes")
     assert body_of(volumes) == {"in_cluster": False, "image": None, "volumes": []}
+    poddefaults = await jp_fetch("kale-py", "poddefaults")
+    assert body_of(poddefaults)["poddefaults"][0]["labels"] == {"access-ml-pipeline": "true"}
     submit_call = fake_api.calls.pop(0)
     assert submit_call[:2] == ("submit", (jp_root_dir / "nb.ipynb",))
     assert {k: v for k, v in submit_call[2].items() if k != "out"} == {
@@ -217,6 +245,7 @@ async def test_submit_experiments_and_volumes(
         ("list_experiments", ("http://kfp",), {}),
         ("list_experiments", (None,), {}),
         ("list_volumes", (), {}),
+        ("list_poddefaults", (), {}),
     ]
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 from kale_py.diagnostics import Diagnostic, SubmitError
 from kale_py.http_errors import error_message
+from kale_py.kubeflow.schedules import Schedule, recurring_run_body
 
 Json = dict[str, Any]
 Output = Callable[[str], object]
@@ -64,6 +65,7 @@ class SubmitResult:
     run_id: str
     run_url: str
     final_state: str | None = None
+    recurring_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
                     params: Mapping[str, object] | None = None,
                     version_name: str | None = None, watch: bool = False,
                     out: Output = print, poll_seconds: float = 5.0,
-                    upload: bool = True) -> SubmitResult:
+                    upload: bool = True, schedule: Schedule | None = None) -> SubmitResult:
     """Upload ``yaml_text`` as pipeline ``name`` (or a new version of it), make sure the
     experiment exists, start a run and print its link; with ``watch``, follow it to the end.
     With ``upload=False`` the run carries the pipeline itself and nothing is uploaded.
@@ -138,6 +140,14 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
     else:
         source = {"pipeline_spec": _inline_spec(yaml_text)}
     experiment_id = client.ensure_experiment(experiment or DEFAULT_EXPERIMENT, out)
+    if schedule is not None:
+        body = recurring_run_body(name, experiment_id, source, dict(params or {}), schedule,
+                                  client.endpoint.namespace)
+        recurring = client.call("POST", "/recurringruns", body=body)
+        recurring_id = str(recurring.get("recurring_run_id", ""))
+        url = f"{client.endpoint.ui.rstrip('/')}/#/recurringrun/details/{recurring_id}"
+        out(f"Recurring run '{name}' created ({schedule.cron}): {url}")
+        return SubmitResult(pipeline_id, version_id, experiment_id, "", url, None, recurring_id)
     run = client.create_run(f"{name} {stamp}", experiment_id, source, dict(params or {}))
     run_id = str(run.get("run_id", ""))
     url = client.run_url(run_id)
@@ -159,6 +169,20 @@ def _inline_spec(yaml_text: str) -> Json:
     return {"pipeline_spec": documents[0], "platform_spec": documents[1]}
 
 
+def manage_schedule(action: str, *, name: str, host: str | None = None,
+                    token: str | None = None, namespace: str | None = None,
+                    experiment: str | None = None, out: Output = print) -> list[str]:
+    """``disable``, ``enable`` or ``delete`` the recurring runs named ``name``; their ids."""
+    from kale_py.kubeflow.schedules import manage_recurring_runs
+
+    client = Client(resolve_endpoint(host, token, namespace))
+    experiment_id = None
+    if experiment:
+        found = client.find("/experiments", "experiments", experiment, client.namespace_query())
+        experiment_id = str(found.get("experiment_id", "")) if found else None
+    return manage_recurring_runs(client, name, experiment_id, action, out)
+
+
 def list_experiments(*, host: str | None = None, token: str | None = None,
                      namespace: str | None = None) -> list[Experiment]:
     """The experiments visible at the endpoint (in ``namespace`` on a multi-user KFP)."""
@@ -166,6 +190,27 @@ def list_experiments(*, host: str | None = None, token: str | None = None,
     return [Experiment(str(e.get("experiment_id", "")), str(e.get("display_name", "")),
                        e.get("namespace"), e.get("created_at"))
             for e in client.paged("/experiments", "experiments", client.namespace_query())]
+
+
+def run_status(run_id: str, *, host: str | None = None,
+               token: str | None = None) -> dict[str, Any]:
+    """A run's state on the endpoint: ``{"run_id", "state", "url", "failed_step", "error"}``.
+
+    ``failed_step`` names the first task that failed (its display name), for the panel."""
+    client = Client(resolve_endpoint(host, token))
+    run = client.call("GET", f"/runs/{urllib.parse.quote(run_id, safe='')}")
+    failed = [t for t in (run.get("run_details") or {}).get("task_details") or []
+              if str(t.get("state", "")) == "FAILED"
+              and not str(t.get("display_name", "")).startswith(("root", "executor"))]
+    failed.sort(key=lambda t: str(t.get("end_time") or ""))
+    error = run.get("error") or {}
+    return {
+        "run_id": run_id,
+        "state": str(run.get("state", "") or "PENDING"),
+        "url": client.run_url(run_id),
+        "failed_step": str(failed[0].get("display_name")) if failed else None,
+        "error": str(error.get("message")) if isinstance(error, dict) and error else None,
+    }
 
 
 # --- where and how --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codegen import StepProgram, generate_programs
 from ..diagnostics import CompileError, Diagnostic, error, warning
@@ -31,6 +31,10 @@ from ..parameters import type_of
 from ..pipeline import Step
 from .ir import PipelineDef, PipelineParam, TaskDef, build_ir, ir_to_yaml
 from .validate import validate_ir
+
+if TYPE_CHECKING:
+    from ..images.build import StepImage
+    from .poddefaults import PodDefaultLabels
 
 DEFAULT_IMAGE = "python:3.11"
 RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py")
@@ -53,19 +57,31 @@ def compile_pipeline(
     *,
     discover: bool = True,
     install_packages: bool = False,
+    step_image: str | None = None,
 ) -> CompiledPipeline:
     """Build, validate and render the pipeline; ``params`` override parameter defaults.
 
-    With ``discover``, inside a Kubeflow notebook pod the steps get the pod's image and
-    volumes when the notebook's metadata names none (see :mod:`kale_py.cluster`).
+    With ``discover``, inside a Kubeflow notebook pod the steps get the pod's image, volumes
+    and PodDefault labels when the notebook's metadata names none (see :mod:`kale_py.cluster`).
+    With ``step_image`` (or ``step_image`` in the metadata) the steps run in a step image built
+    on that base and pushed to that repository (see :mod:`kale_py.images`).
     """
     if not pipeline.ok:
         raise CompileError([d for d in pipeline.diagnostics if d.is_error])
     found: list[Diagnostic] = []
     if discover:
         pipeline, image, found = _with_cluster_defaults(pipeline, image)
+    poddefaults = _poddefault_labels(pipeline, discover, found)
+    built, pull_secrets = _build_step_image(pipeline, image, step_image, found)
+    if built is not None:
+        image = built.reference
+    if pull_secrets:
+        defaults = replace(pipeline.settings.steps_defaults, pull_secrets=pull_secrets)
+        pipeline = replace(pipeline, settings=replace(pipeline.settings, steps_defaults=defaults))
     install = install_packages or pipeline.settings.install_packages
-    definition = pipeline_to_definition(pipeline, params or {}, image, install, found)
+    definition = pipeline_to_definition(pipeline, params or {}, image, install, found,
+                                        python=built.python if built else None,
+                                        poddefaults=poddefaults)
     spec, platform = build_ir(definition)
     validate_ir(spec, platform)
     text = ir_to_yaml(spec, platform)
@@ -92,6 +108,75 @@ def _with_cluster_defaults(
     return pipeline, image or settings.base_image or pod_image, found
 
 
+def _poddefault_labels(pipeline: Pipeline, discover: bool,
+                       found: list[Diagnostic]) -> PodDefaultLabels | None:
+    """PodDefault names to labels; in a pod, with the notebook pod's own PodDefault labels."""
+    in_pod = discover and "KUBERNETES_SERVICE_HOST" in os.environ
+    named = pipeline.settings.steps_defaults.poddefaults or any(
+        s.settings.poddefaults for s in pipeline.steps)
+    if not in_pod and not named:
+        return None  # nothing to resolve, nothing to import
+    from .poddefaults import PodDefaultLabels, resolver
+
+    if not in_pod:
+        return PodDefaultLabels({})
+    labels, problems = resolver()
+    found.extend(problems)
+    return labels
+
+
+def _build_step_image(pipeline: Pipeline, image: str | None, target: str | None,
+                      found: list[Diagnostic]) -> tuple[StepImage | None, tuple[str, ...]]:
+    """Build and push the step image when one is asked for; its base is the steps' image.
+
+    Also the pull secrets the steps need for it (the notebook pod's, when its registry asked
+    for credentials and the notebook names none)."""
+    target = target or pipeline.settings.step_image
+    if not target:
+        return None, ()
+    from ..images.build import build_step_image
+    from ..packages import imported_modules
+
+    blocks = pipeline.blocks
+    cells = [*blocks.imports, *blocks.functions, *(c for s in pipeline.steps for c in s.cells)]
+    base = _default_image(pipeline, image)
+    secret_names, secrets = _notebook_pull_secrets(found)
+    built = build_step_image(imported_modules(cells), target, base, pull_secret=secrets)
+    found.extend(built.diagnostics)
+    defaults = pipeline.settings.steps_defaults
+    if built.private and secret_names and not defaults.pull_secrets:
+        return built, secret_names  # the steps pull as the notebook pod does
+    if built.private and not defaults.pull_secrets and not any(
+            s.settings.pull_secrets for s in pipeline.steps):
+        found.append(warning("IM203", f"the registry of {built.reference} asked for "
+                             "credentials: unless the cluster's nodes or the pipeline's service "
+                             "account can pull from it, name a pull secret in "
+                             "image_pull_secrets (notebook metadata) or tag pull-secret:NAME"))
+    return built, ()
+
+
+def _notebook_pull_secrets(found: list[Diagnostic]
+                           ) -> tuple[tuple[str, ...], dict[str, Any] | None]:
+    """In a Kubeflow notebook pod: its pull secrets' names and their registry logins."""
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        return (), None
+    from ..cluster import ClusterConfig, discover_notebook, in_cluster
+    from .pull_secrets import pod_pull_secrets
+
+    if not in_cluster():
+        return (), None
+    config = ClusterConfig.from_environment()
+    pod = discover_notebook(config)
+    secrets, problems = pod_pull_secrets(config, pod)
+    found.extend(problems)
+    return pod.image_pull_secrets, secrets
+
+
+def _default_image(pipeline: Pipeline, image: str | None) -> str:
+    return (image or pipeline.settings.base_image or os.environ.get("KALE_PY_IMAGE")
+            or DEFAULT_IMAGE)
+
+
 def write_pipeline(compiled: CompiledPipeline, path: Path) -> None:
     """Write atomically: a failed write never leaves half a YAML file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,15 +200,23 @@ def pipeline_to_definition(
     image: str | None,
     install_packages: bool = False,
     problems: list[Diagnostic] | None = None,
+    *,
+    python: str | None = None,
+    poddefaults: PodDefaultLabels | None = None,
 ) -> PipelineDef:
+    """``python``: the step image's Python (steps in it check theirs at start);
+    ``poddefaults``: how PodDefault names become pod labels."""
     programs = generate_programs(pipeline)
     settings = pipeline.settings
-    base_image = image or settings.base_image or os.environ.get("KALE_PY_IMAGE") or DEFAULT_IMAGE
+    base_image = _default_image(pipeline, image)
     kfp = {s.name: s.kfp_name for s in pipeline.steps}
     tasks = []
     for step in pipeline.steps:
         io_ = pipeline.io[step.name]
         merged = step.settings.merged_over(settings.steps_defaults)
+        if poddefaults is not None:
+            merged = replace(merged, labels=(*poddefaults.labels(merged.poddefaults),
+                                             *merged.labels))
         producers = sorted({kfp[p] for p in io_.loads.values()})
         order_only = sorted(
             {kfp[e.source] for e in pipeline.edges if e.target == step.name and e.kind == "order"}
@@ -142,6 +235,7 @@ def pipeline_to_definition(
                 settings=merged,
                 image=merged.image or base_image,
                 packages=_packages(pipeline, step, problems) if install_packages else (),
+                python=python if merged.image is None else None,
             )
         )
     return PipelineDef(
@@ -149,7 +243,8 @@ def pipeline_to_definition(
         description=settings.pipeline_description,
         params=tuple(_params(pipeline, params)),
         tasks=tuple(tasks),
-        volumes=settings.volumes,
+        volumes=tuple(replace(v, keep=True) for v in settings.volumes)
+        if settings.keep_volumes else settings.volumes,
         working_dir=_working_dir(pipeline),
         enable_caching=settings.enable_caching,
         runtime=runtime_zip(),

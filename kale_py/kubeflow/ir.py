@@ -35,6 +35,15 @@ On a cluster the launcher *replaces* the artifact's URI with ``U`` when it is gi
 be the artifact's real URI: the output path with the launcher's mount prefix turned back into a
 scheme (``/minio/b/k`` -> ``minio://b/k``, ``/s3/`` -> ``s3://``, ``/gcs/`` -> ``gs://``), and the
 path itself when it has none of these prefixes (``kfp.local``, whose URIs are local paths).
+
+Claims made for the run (``clone``, ``new_pvc``, ``pv`` volumes: kfp-kubernetes CreatePVC tasks)
+are deleted when the run ends, succeeded or failed: the tasks then sit in an exit handler (the
+sub-DAG ``comp-exit-handler-1``, laid out as KFP's compiler writes ``dsl.ExitHandler``) and the
+exit task ``kale-cleanup`` runs :mod:`kale_py.kubeflow.cleanup`, shipped in its arguments, with
+the run's id. A volume with ``keep`` is left out; with nothing to delete there is no exit handler.
+
+A step in a step image (:attr:`TaskDef.python` set) starts with :func:`check_python`: on another
+Python it stops at once with one line instead of failing later on a compiled extension.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import importlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kale_py.diagnostics import CompileError, Diagnostic
@@ -89,6 +99,19 @@ UNPACK_RUNTIME = "; ".join([
     "json.dump({'artifacts': {'runtime': {'artifacts': [{'name': 'runtime', 'uri': uri}]}}}, f)",
     "f.close()",
 ])
+#: Prepended to :data:`BOOTSTRAP` for a step image: a step on another Python stops at once.
+PYTHON_CHECK = (
+    "import sys; v = '%d.%d' % sys.version_info[:2]; "
+    "sys.exit(f'kale_py: the step image was built for Python {0} but this is Python {{v}}: "
+    "rebuild it from an environment with the image\\'s Python') if v != '{0}' else None"
+)
+
+
+def check_python(version: str) -> str:
+    """The bootstrap of a step image's step: the Python check, then :data:`BOOTSTRAP`."""
+    return PYTHON_CHECK.format(version) + "; " + BOOTSTRAP
+
+
 #: With package installation opted in: ``sh -c INSTALL_THEN_RUN BOOTSTRAP <args>``, so ``$0`` is
 #: the bootstrap and ``"$@"`` its arguments. The pins are in ``$KALE_PY_PACKAGES``.
 INSTALL_THEN_RUN = (
@@ -96,6 +119,14 @@ INSTALL_THEN_RUN = (
     '$KALE_PY_PACKAGES && exec python3 -c "$0" "$@"'
 )
 PAYLOAD_CHUNK = 96 * 1024
+#: The exit task: runs :mod:`kale_py.kubeflow.cleanup`, shipped as base64 in its first argument.
+RUN_CLEANUP = "; ".join([
+    "import base64, sys",
+    "s = base64.b64decode(sys.argv.pop(1))",
+    "exec(compile(s, 'kale_py_cleanup.py', 'exec'), {'__name__': '__main__'})",
+])
+EXIT_HANDLER = "exit-handler-1"
+_CHANNEL = "pipelinechannel--"
 
 PARAMETER_TYPES = {
     "int": "NUMBER_INTEGER", "float": "NUMBER_DOUBLE", "str": "STRING", "bool": "BOOLEAN",
@@ -115,6 +146,7 @@ _MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10
                  "E": 10**18, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
                  "Pi": 1 << 50, "Ei": 1 << 60}
 _SNAPSHOT_SOURCE = {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot"}
+_CLAIM_KINDS = {"clone": "clone", "new_pvc": "new claim", "pv": "claim on a PersistentVolume"}
 
 
 @dataclass(frozen=True)
@@ -143,6 +175,8 @@ class TaskDef:
     image: str
     #: pinned requirements installed with pip when the step starts (an explicit opt-in)
     packages: tuple[str, ...] = ()
+    #: the step image's Python ("3.11"): the step stops at once on any other interpreter
+    python: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,11 +196,11 @@ class PipelineDef:
 
 @dataclass(frozen=True)
 class _Clone:
-    """A volume restored from a snapshot by a CreatePVC task and deleted after the last step."""
+    """A claim made for the run by a CreatePVC task: restored from a snapshot (``clone``), fresh
+    (``new_pvc``) or bound to an existing PersistentVolume (``pv``)."""
 
     volume: Volume
     create_task: str
-    delete_task: str
 
 
 @dataclass(frozen=True)
@@ -175,6 +209,8 @@ class _Plan:
 
     clones: tuple[_Clone, ...]
     runtime_task: str | None
+    #: the exit task deleting the run's claims and snapshots, when there are any to delete
+    cleanup_task: str | None = None
 
 
 def build_ir(p: PipelineDef) -> tuple[Json, Json | None]:
@@ -197,9 +233,11 @@ def build_ir(p: PipelineDef) -> tuple[Json, Json | None]:
         if k8s:
             k8s_executors[f"exec-{t.name}"] = k8s
     if plan.clones:
-        _add_clone_tasks(plan.clones, [t.name for t in p.tasks], components, executors, tasks)
+        _add_clone_tasks(plan.clones, components, executors, tasks)
     if plan.runtime_task:
         _add_runtime_task(plan.runtime_task, p, components, executors, tasks)
+    if plan.cleanup_task:
+        tasks = _exit_handler(plan.cleanup_task, p, plan.clones, tasks, components, executors)
     root: Json = {"dag": {"tasks": tasks}}
     if p.params:
         root["inputDefinitions"] = {"parameters": {q.name: _root_input(q) for q in p.params}}
@@ -343,7 +381,7 @@ def _runtime_args(t: TaskDef, p: PipelineDef) -> list[str]:
 def _container_spec(t: TaskDef, p: PipelineDef, plan: _Plan) -> Json:
     shared = ["--runtime", "{{$.inputs.artifacts['runtime'].path}}"] if plan.runtime_task else []
     env = _environment(t, p)
-    command = ["python3", "-c", BOOTSTRAP]
+    command = ["python3", "-c", BOOTSTRAP if t.python is None else check_python(t.python)]
     if t.packages:
         # Opt-in only: this needs pip and a package index reachable from the pod.
         env.append(("KALE_PY_PACKAGES", " ".join(t.packages)))
@@ -484,6 +522,9 @@ def _kubernetes_config(t: TaskDef, p: PipelineDef, clones: Iterable[_Clone]) -> 
         config["secretAsEnv"] = secrets
     if s.tolerations:
         config["tolerations"] = [_toleration(x.key, x.value, x.effect) for x in s.tolerations]
+    if s.pull_secrets:
+        config["imagePullSecret"] = [{"secretName": n, "secretNameParameter": {
+            "runtimeValue": {"constant": n}}} for n in s.pull_secrets]
     return config
 
 
@@ -523,7 +564,14 @@ def _toleration(key: str, value: str, effect: str) -> Json:
 def _plan(p: PipelineDef) -> _Plan:
     taken = {t.name for t in p.tasks}
     runtime_task = _unique("kale-runtime", taken) if p.runtime is not None else None
-    return _Plan(tuple(_plan_clones(p, taken)), runtime_task)
+    clones = tuple(_plan_clones(p, taken))
+    cleanup = None
+    if any(not c.volume.keep for c in clones):
+        if EXIT_HANDLER in taken:
+            raise _fail(f"a step may not be named {EXIT_HANDLER!r}: the run's cleanup uses "
+                        "that name", EXIT_HANDLER)
+        cleanup = _unique("kale-cleanup", taken)
+    return _Plan(clones, runtime_task, cleanup)
 
 
 def _add_runtime_task(name: str, p: PipelineDef, components: Json, executors: Json,
@@ -549,13 +597,12 @@ def _plan_clones(p: PipelineDef, taken: set[str]) -> list[_Clone]:
     for v in p.volumes:
         if v.type == "pvc":
             continue
-        if v.type != "clone":
+        if v.type not in _CLAIM_KINDS:
             raise _fail(f"volume {v.name!r}: type {v.type!r} is not supported on Kubeflow "
-                        "Pipelines; use an existing claim (pvc) or a snapshot (clone)")
+                        "Pipelines; use pvc, new_pvc, pv or clone")
         if not v.size:
-            raise _fail(f"volume {v.name!r}: a clone needs a size (e.g. 10Gi)")
-        create, delete = _unique("createpvc", taken), _unique("deletepvc", taken)
-        clones.append(_Clone(v, create, delete))
+            raise _fail(f"volume {v.name!r}: a {_CLAIM_KINDS[v.type]} needs a size (e.g. 10Gi)")
+        clones.append(_Clone(v, _unique("createpvc", taken)))
     return clones
 
 
@@ -569,28 +616,26 @@ def _unique(base: str, taken: set[str]) -> str:
     return name
 
 
-def _add_clone_tasks(clones: Iterable[_Clone], steps: list[str], components: Json,
-                     executors: Json, tasks: Json) -> None:
-    taken = set(components)
-    create_comp, delete_comp = _unique("comp-createpvc", taken), _unique("comp-deletepvc", taken)
+def _add_clone_tasks(clones: Iterable[_Clone], components: Json, executors: Json,
+                     tasks: Json) -> None:
+    create_comp = _unique("comp-createpvc", set(components))
     create_exec = _unique("exec-createpvc", set(executors))
-    delete_exec = _unique("exec-deletepvc", set(executors) | {create_exec})
     components[create_comp] = _create_pvc_component(create_exec)
-    components[delete_comp] = {"executorLabel": delete_exec, "inputDefinitions": {
-        "parameters": {"pvc_name": {"parameterType": "STRING"}}}}
     executors[create_exec] = {"container": {"image": "argostub/createpvc"}}
-    executors[delete_exec] = {"container": {"image": "argostub/deletepvc"}}
     for c in clones:
         v = c.volume
         constants: Json = {
             "access_modes": [_ACCESS_MODES.get(v.access_mode or "rwo", v.access_mode)],
-            "data_source": {**_SNAPSHOT_SOURCE, "name": v.name},
-            "pvc_name_suffix": f"-{re.sub('[^a-z0-9]+', '-', v.name.lower()).strip('-')}",
             "size": v.size,
         }
+        if v.type == "clone":
+            constants["data_source"] = {**_SNAPSHOT_SOURCE, "name": v.name}
+        if v.type == "pv":
+            constants["volume_name"] = v.name  # bound to that PersistentVolume
+        constants["pvc_name_suffix"] = _claim_suffix(v)
         if v.annotations:
             constants["annotations"] = dict(v.annotations)
-        if v.storage_class:
+        if v.storage_class and v.type != "pv":
             constants["storage_class_name"] = v.storage_class
         tasks[c.create_task] = {
             "cachingOptions": {},  # a cached CreatePVC would hand out a claim deleted since
@@ -599,14 +644,60 @@ def _add_clone_tasks(clones: Iterable[_Clone], steps: list[str], components: Jso
                                       for k, x in constants.items()}},
             "taskInfo": {"name": c.create_task},
         }
-        tasks[c.delete_task] = {
-            "cachingOptions": {},
-            "componentRef": {"name": delete_comp},
-            "dependentTasks": sorted([c.create_task, *steps]),
-            "inputs": {"parameters": {"pvc_name": {"taskOutputParameter": {
-                "outputParameterKey": "name", "producerTask": c.create_task}}}},
-            "taskInfo": {"name": c.delete_task},
-        }
+
+
+def _exit_handler(name: str, p: PipelineDef, clones: Iterable[_Clone], inner: Json,
+                  components: Json, executors: Json) -> Json:
+    """The run's tasks moved into an exit handler whose exit task deletes what the run made.
+
+    The layout is the KFP compiler's for ``dsl.ExitHandler``: a sub-DAG component
+    ``comp-exit-handler-1`` holding the tasks (pipeline parameters reach them as
+    ``pipelinechannel--NAME``) and, beside it, the exit task triggered when it completes.
+    """
+    kinds = {q.name: q.type for q in p.params}
+    used = sorted({q for t in p.tasks for q in t.parameters})
+    for task in inner.values():
+        for spec in task.get("inputs", {}).get("parameters", {}).values():
+            if "componentInputParameter" in spec:
+                spec["componentInputParameter"] = _CHANNEL + spec["componentInputParameter"]
+    handler: Json = {"dag": {"tasks": inner}}
+    if used:
+        handler["inputDefinitions"] = {"parameters": {
+            _CHANNEL + q: {"parameterType": PARAMETER_TYPES[kinds[q]]} for q in used}}
+    components[f"comp-{EXIT_HANDLER}"] = handler
+    components[f"comp-{name}"] = {"executorLabel": f"exec-{name}", "inputDefinitions": {
+        "parameters": {"run_id": {"parameterType": "STRING"}}}}
+    args = payload_args(_cleanup_source()) + ["--run-id", "{{$.inputs.parameters['run_id']}}"]
+    for c in clones:
+        if not c.volume.keep:
+            args += ["--claim-suffix", _claim_suffix(c.volume)]
+            if c.volume.type == "clone":
+                args += ["--snapshot", c.volume.name]
+    executors[f"exec-{name}"] = {"container": {
+        "args": args, "command": ["python3", "-c", RUN_CLEANUP], "image": p.tasks[0].image}}
+    outer: Json = {EXIT_HANDLER: {"componentRef": {"name": f"comp-{EXIT_HANDLER}"},
+                                  "taskInfo": {"name": EXIT_HANDLER}}}
+    if used:
+        outer[EXIT_HANDLER]["inputs"] = {"parameters": {
+            _CHANNEL + q: {"componentInputParameter": q} for q in used}}
+    outer[name] = {
+        "cachingOptions": {},  # a cached cleanup would delete nothing
+        "componentRef": {"name": f"comp-{name}"},
+        "dependentTasks": [EXIT_HANDLER],
+        "inputs": {"parameters": {"run_id": {"runtimeValue": {
+            "constant": "{{$.pipeline_job_uuid}}"}}}},
+        "taskInfo": {"name": name},
+        "triggerPolicy": {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"},
+    }
+    return outer
+
+
+def _cleanup_source() -> bytes:
+    return (Path(__file__).resolve().parent / "cleanup.py").read_bytes()
+
+
+def _claim_suffix(v: Volume) -> str:
+    return f"-{re.sub('[^a-z0-9]+', '-', v.name.lower()).strip('-')}"
 
 
 def _create_pvc_component(executor: str) -> Json:

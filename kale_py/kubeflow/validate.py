@@ -145,22 +145,35 @@ def _reference_problems(spec: Json, platform: Json | None) -> Iterator[str]:
         return
     components = spec.get("components", {})
     executors = spec.get("deploymentSpec", {}).get("executors", {})
-    root_params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
-    for name, task in tasks.items():
-        ref = task.get("componentRef", {}).get("name")
-        if ref not in components:
-            yield f"task {name!r} refers to missing component {ref!r}"
-            continue
-        label = components[ref].get("executorLabel")
-        if label not in executors:
-            yield f"component {ref!r} refers to missing executor {label!r}"
-        yield from _dependency_problems(name, task, tasks, components)
-        yield from _input_problems(name, task, components[ref], root_params)
-    yield from _cycle_problems(tasks)
+    every_task: Json = {}
+    for dag_tasks, params in _dags(tasks, spec["root"], components):
+        every_task.update(dag_tasks)
+        for name, task in dag_tasks.items():
+            ref = task.get("componentRef", {}).get("name")
+            if ref not in components:
+                yield f"task {name!r} refers to missing component {ref!r}"
+                continue
+            label = components[ref].get("executorLabel")
+            if "dag" not in components[ref] and label not in executors:
+                yield f"component {ref!r} refers to missing executor {label!r}"
+            yield from _dependency_problems(name, task, dag_tasks, components)
+            yield from _input_problems(name, task, components[ref], params)
+        yield from _cycle_problems(dag_tasks)
     for label, executor in executors.items():
         yield from _placeholder_problems(label, executor, components)
     if platform is not None:
-        yield from _platform_problems(platform, tasks, components, executors)
+        yield from _platform_problems(platform, every_task, components, executors)
+
+
+def _dags(root_tasks: Json, root: Json, components: Json) -> Iterator[tuple[Json, Json]]:
+    """Each DAG's tasks with the parameters it receives: the root's, then sub-DAG components'
+    (an exit handler's, for instance)."""
+    yield root_tasks, root.get("inputDefinitions", {}).get("parameters", {})
+    for component in components.values():
+        dag = component.get("dag") if isinstance(component, dict) else None
+        if isinstance(dag, dict) and isinstance(dag.get("tasks"), dict):
+            params = component.get("inputDefinitions", {}).get("parameters", {})
+            yield dag["tasks"], params
 
 
 def _platform_problems(platform: Json, tasks: Json, components: Json,

@@ -79,6 +79,20 @@ export interface IRunSummary {
   status: RunStatus;
   started: string | null;
   ended: string | null;
+  /** Seconds; null while running. */
+  duration: number | null;
+  params: Record<string, unknown>;
+  metrics: Record<string, unknown>;
+}
+
+/** A submitted run's state on the KFP endpoint. */
+export interface IKfpRunStatus {
+  run_id: string;
+  /** KFP's run state: PENDING, RUNNING, SUCCEEDED, FAILED, ... */
+  state: string;
+  url?: string;
+  failed_step: string | null;
+  error: string | null;
 }
 
 export interface ICompiled {
@@ -154,6 +168,26 @@ export class KalePyAPI {
     return requestAPI(
       `runs/${encodeURIComponent(runId)}` + query({ path }),
       {},
+      this.settings
+    );
+  }
+
+  cancelRun(path: string, runId: string): Promise<IRun> {
+    return post(
+      `runs/${encodeURIComponent(runId)}/cancel`,
+      { path },
+      this.settings
+    );
+  }
+
+  getKfpRun(
+    runId: string,
+    options: { host?: string; token?: string }
+  ): Promise<IKfpRunStatus> {
+    return requestAPI(
+      `kfp-runs/${encodeURIComponent(runId)}` +
+        (options.host ? query({ host: options.host }) : ''),
+      options.token ? { headers: { 'X-KFP-Token': options.token } } : {},
       this.settings
     );
   }

@@ -1,13 +1,15 @@
 /**
- * Layout of the step graph drawn in the panel.
+ * Layout of the step graph: a layered drawing computed by dagre.
  *
- * Steps sit in rows by their level from /analyse (level 0 on top: steps that
- * need nothing), so every edge points downwards. Within a row, steps are
- * ordered by the mean position of the steps they depend on, which removes
- * most crossings of small pipelines without a graph library.
+ * Steps are ranked top to bottom along their dependencies (every edge points
+ * downwards), crossings are reduced by dagre's ordering heuristics, and each
+ * edge's variable label gets a place of its own in the layout so that labels
+ * never sit on top of nodes or of each other. This module only adapts the
+ * analysis to dagre and dagre's result to SVG geometry.
  *
  * Pure functions: unit-tested with jest; the SVG is drawn by graphview.tsx.
  */
+import * as dagre from '@dagrejs/dagre';
 
 export interface IGraphInput {
   steps: readonly { name: string }[];
@@ -23,6 +25,7 @@ export interface IGraphInput {
 export interface INodeBox {
   name: string;
   label: string;
+  /** The step's level in the analysis (0: needs nothing). */
   level: number;
   /** Top-left corner. */
   x: number;
@@ -40,6 +43,7 @@ export interface IEdgePath {
   /** The variables passed, shortened to fit; `title` has them all. */
   label: string;
   title: string;
+  /** Centre of the label's place in the layout. */
   labelX: number;
   labelY: number;
 }
@@ -53,14 +57,15 @@ export interface IGraphLayout {
 
 export const LAYOUT = {
   margin: 8,
-  nodeHeight: 24,
-  rowGap: 44,
-  columnGap: 14,
+  nodeHeight: 26,
+  /** Vertical distance between ranks. */
+  rankGap: 36,
+  /** Horizontal distance between nodes of a rank. */
+  nodeGap: 16,
   charWidth: 7,
   /** Edge labels use a smaller font. */
   labelCharWidth: 6,
-  /** Edge labels start this far right of their edge's midpoint. */
-  labelOffset: 4,
+  labelHeight: 14,
   minNodeWidth: 48,
   maxLabelChars: 20,
   maxEdgeLabelChars: 28
@@ -75,117 +80,178 @@ function nodeWidth(label: string): number {
   return Math.max(LAYOUT.minNodeWidth, label.length * LAYOUT.charWidth + 16);
 }
 
-/** Rows of step names: the given levels, plus any step they miss as a last row. */
-function rowsOf(graph: IGraphInput): string[][] {
-  const known = new Set(graph.steps.map(s => s.name));
-  const placed = new Set<string>();
-  const rows: string[][] = [];
-  for (const level of graph.levels) {
-    const row = level.filter(n => known.has(n) && !placed.has(n));
-    row.forEach(n => placed.add(n));
-    if (row.length) {
-      rows.push(row);
-    }
+/** Each step's level: its row in the analysis' levels, else one past the last. */
+function levelsOf(graph: IGraphInput): Map<string, number> {
+  const levels = new Map<string, number>();
+  graph.levels.forEach((row, i) =>
+    row.forEach(name => {
+      if (!levels.has(name)) {
+        levels.set(name, i);
+      }
+    })
+  );
+  return levels;
+}
+
+interface IPoint {
+  x: number;
+  y: number;
+}
+
+/** A smooth path through dagre's points: straight ends, quadratic bends between. */
+export function pathThrough(points: readonly IPoint[]): string {
+  if (points.length === 0) {
+    return '';
   }
-  const missing = graph.steps.map(s => s.name).filter(n => !placed.has(n));
-  if (missing.length) {
-    rows.push(missing);
+  const f = (p: IPoint) => `${round(p.x)},${round(p.y)}`;
+  if (points.length < 3) {
+    return `M${points.map(f).join(' L')}`;
   }
-  return rows;
+  let d = `M${f(points[0])}`;
+  for (let i = 1; i < points.length - 1; i++) {
+    const mid = {
+      x: (points[i].x + points[i + 1].x) / 2,
+      y: (points[i].y + points[i + 1].y) / 2
+    };
+    d += ` Q${f(points[i])} ${i === points.length - 2 ? f(points[i + 1]) : f(mid)}`;
+  }
+  return d;
+}
+
+function round(v: number): number {
+  return Math.round(v * 10) / 10;
 }
 
 export function layoutGraph(graph: IGraphInput): IGraphLayout {
-  const rows = rowsOf(graph);
-  const labels = new Map<string, string>();
-  for (const row of rows) {
-    for (const name of row) {
-      labels.set(name, shorten(name, LAYOUT.maxLabelChars));
-    }
+  const names = graph.steps.map(s => s.name);
+  const known = new Set(names);
+  if (names.length === 0) {
+    return { width: 2 * LAYOUT.margin, height: 0, nodes: [], edges: [] };
   }
-  const rowWidth = (row: string[]) =>
-    row.reduce((w, n) => w + nodeWidth(labels.get(n)!), 0) +
-    LAYOUT.columnGap * (row.length - 1);
-  const inner = Math.max(0, ...rows.map(rowWidth));
-
-  const parents = new Map<string, string[]>();
-  for (const e of graph.edges) {
-    parents.set(e.target, [...(parents.get(e.target) ?? []), e.source]);
-  }
-
-  const boxes = new Map<string, INodeBox>();
-  rows.forEach((row, level) => {
-    const center = (name: string) => {
-      const xs = (parents.get(name) ?? [])
-        .map(p => boxes.get(p))
-        .filter((b): b is INodeBox => b !== undefined)
-        .map(b => b.x + b.width / 2);
-      return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : Infinity;
-    };
-    // Stable sort: steps without placed parents keep their notebook order.
-    const ordered = row
-      .map((name, i) => ({ name, i, c: center(name) }))
-      .sort((a, b) => (a.c === b.c ? a.i - b.i : a.c < b.c ? -1 : 1))
-      .map(o => o.name);
-    let x = LAYOUT.margin + (inner - rowWidth(row)) / 2;
-    const y = LAYOUT.margin + level * (LAYOUT.nodeHeight + LAYOUT.rowGap);
-    for (const name of ordered) {
-      const label = labels.get(name)!;
-      const width = nodeWidth(label);
-      boxes.set(name, {
-        name,
-        label,
-        level,
-        x,
-        y,
-        width,
-        height: LAYOUT.nodeHeight
-      });
-      x += width + LAYOUT.columnGap;
-    }
+  const g = new dagre.graphlib.Graph({ multigraph: false });
+  g.setGraph({
+    rankdir: 'TB',
+    ranksep: LAYOUT.rankGap,
+    nodesep: LAYOUT.nodeGap,
+    edgesep: 8,
+    marginx: LAYOUT.margin,
+    marginy: LAYOUT.margin
   });
+  g.setDefaultEdgeLabel(() => ({}));
+  const labels = new Map(names.map(n => [n, shorten(n, LAYOUT.maxLabelChars)]));
+  for (const name of names) {
+    g.setNode(name, { width: nodeWidth(labels.get(name)!), height: LAYOUT.nodeHeight });
+  }
+  const drawn = graph.edges.filter(
+    e => known.has(e.source) && known.has(e.target) && e.source !== e.target
+  );
+  for (const e of drawn) {
+    const label = shorten(e.variables.join(', '), LAYOUT.maxEdgeLabelChars);
+    g.setEdge(e.source, e.target, {
+      width: label ? label.length * LAYOUT.labelCharWidth + 6 : 0,
+      height: label ? LAYOUT.labelHeight : 0,
+      labelpos: 'c'
+    });
+  }
+  dagre.layout(g);
 
-  const edges: IEdgePath[] = [];
-  for (const e of graph.edges) {
-    const s = boxes.get(e.source);
-    const t = boxes.get(e.target);
-    if (!s || !t) {
-      continue;
-    }
-    const sx = s.x + s.width / 2;
-    const sy = s.y + s.height;
-    const tx = t.x + t.width / 2;
-    const ty = t.y;
-    const bend = (ty - sy) / 2;
+  const levels = levelsOf(graph);
+  const last = graph.levels.length;
+  const nodes: INodeBox[] = names.map(name => {
+    const n = g.node(name);
+    return {
+      name,
+      label: labels.get(name)!,
+      level: levels.get(name) ?? last,
+      x: round(n.x - n.width / 2),
+      y: round(n.y - n.height / 2),
+      width: n.width,
+      height: n.height
+    };
+  });
+  const edges: IEdgePath[] = drawn.map(e => {
+    const laid = g.edge(e.source, e.target) as dagre.GraphEdge;
     const title = e.variables.join(', ');
-    edges.push({
+    return {
       source: e.source,
       target: e.target,
       kind: e.kind,
-      d: `M${sx},${sy} C${sx},${sy + bend} ${tx},${ty - bend} ${tx},${ty}`,
+      d: pathThrough(laid.points ?? []),
       label: shorten(title, LAYOUT.maxEdgeLabelChars),
       title: title || 'runs after',
-      // the midpoint of this symmetric cubic curve
-      labelX: (sx + tx) / 2,
-      labelY: (sy + ty) / 2
-    });
-  }
-
-  // Edge labels run to the right of their edge: widen the drawing to fit them.
-  const labelsEnd = edges.map(
-    e =>
-      e.labelX +
-      LAYOUT.labelOffset +
-      e.label.length * LAYOUT.labelCharWidth +
-      LAYOUT.margin
-  );
+      labelX: round(laid.x ?? 0),
+      labelY: round(laid.y ?? 0)
+    };
+  });
+  const size = g.graph();
   return {
-    width: Math.max(inner + 2 * LAYOUT.margin, ...labelsEnd),
-    height: rows.length
-      ? 2 * LAYOUT.margin +
-        rows.length * LAYOUT.nodeHeight +
-        (rows.length - 1) * LAYOUT.rowGap
-      : 0,
-    nodes: [...boxes.values()],
+    width: Math.ceil(size.width ?? 0),
+    height: Math.ceil(size.height ?? 0),
+    nodes,
     edges
   };
+}
+
+/* Pan and zoom of the drawing in a view (the main-area tab). */
+
+export interface IViewTransform {
+  k: number;
+  x: number;
+  y: number;
+}
+
+export const MIN_ZOOM = 0.1;
+export const MAX_ZOOM = 4;
+
+/** The transform that shows the whole drawing centred in a `width`×`height` view. */
+export function fitTransform(
+  layout: Pick<IGraphLayout, 'width' | 'height'>,
+  width: number,
+  height: number
+): IViewTransform {
+  if (layout.width <= 0 || layout.height <= 0 || width <= 0 || height <= 0) {
+    return { k: 1, x: 0, y: 0 };
+  }
+  const k = clamp(Math.min(width / layout.width, height / layout.height, 1.5));
+  return {
+    k,
+    x: (width - layout.width * k) / 2,
+    y: (height - layout.height * k) / 2
+  };
+}
+
+/** Below this scale the first view is not fitted: labels would be too small to read. */
+export const READABLE_ZOOM = 0.75;
+
+/**
+ * The first view of a drawing: fitted when it is readable so; otherwise at a
+ * readable scale, centred horizontally, from the top (where the pipeline starts).
+ */
+export function initialTransform(
+  layout: Pick<IGraphLayout, 'width' | 'height'>,
+  width: number,
+  height: number
+): IViewTransform {
+  const fitted = fitTransform(layout, width, height);
+  if (fitted.k >= READABLE_ZOOM) {
+    return fitted;
+  }
+  const k = READABLE_ZOOM;
+  return { k, x: (width - layout.width * k) / 2, y: 0 };
+}
+
+/** Zoom by `factor` keeping the point (`px`, `py`) of the view where it is. */
+export function zoomAt(
+  t: IViewTransform,
+  factor: number,
+  px: number,
+  py: number
+): IViewTransform {
+  const k = clamp(t.k * factor);
+  const f = k / t.k;
+  return { k, x: px - (px - t.x) * f, y: py - (py - t.y) * f };
+}
+
+function clamp(k: number): number {
+  return Math.min(MAX_ZOOM, Math.max(MIN_ZOOM, k));
 }

@@ -14,12 +14,15 @@ import {
   IAnalysis,
   ICompiled,
   IDiagnostic,
+  IKfpRunStatus,
   IRun,
+  IRunSummary,
   ISubmitted,
   KalePyAPI,
   Params
 } from './api';
 import { diagnosticsByCell, markCell, unmarkCell } from './diagnostics';
+import { HIGHLIGHT_CLASS, cellLabels, labelCell, unlabelCell } from './cellsteps';
 import {
   INotebookSettings,
   METADATA_KEY,
@@ -56,6 +59,10 @@ interface INotebookState {
   run: IActionState<IRun>;
   compile: IActionState<ICompiled>;
   submit: IActionState<ISubmitted>;
+  /** Past local runs of the notebook, newest first. */
+  runs: IRunSummary[];
+  /** The submitted KFP run's status, polled after a submit. */
+  kfpRun: IKfpRunStatus | null;
 }
 
 function freshState(): INotebookState {
@@ -64,9 +71,15 @@ function freshState(): INotebookState {
     analysisError: null,
     run: idle(),
     compile: idle(),
-    submit: idle()
+    submit: idle(),
+    runs: [],
+    kfpRun: null
   };
 }
+
+/** How often a submitted KFP run's status is polled. */
+export const KFP_POLL_MS = 5000;
+const KFP_DONE = new Set(['SUCCEEDED', 'FAILED', 'CANCELED', 'CANCELLED', 'SKIPPED']);
 
 /** The notebook content the analysis needs: outputs are dropped (they can be large). */
 export function notebookForAnalysis(model: INotebookModel): unknown {
@@ -84,7 +97,12 @@ export function notebookForAnalysis(model: INotebookModel): unknown {
 export class PipelineModel {
   constructor(
     readonly tracker: INotebookTracker,
-    readonly api: KalePyAPI
+    readonly api: KalePyAPI,
+    /** How often runs are polled (tests poll faster). */
+    private readonly _poll: { runMs: number; kfpMs: number } = {
+      runMs: RUN_POLL_MS,
+      kfpMs: KFP_POLL_MS
+    }
   ) {
     this._debouncer = new Debouncer(() => this.analyseNow(), ANALYSE_DELAY_MS);
     tracker.currentChanged.connect(this._onCurrentChanged, this);
@@ -95,6 +113,16 @@ export class PipelineModel {
   /** Emitted whenever anything the panel shows may have changed. */
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /** Emitted with the cell index when a cell's step label is clicked. */
+  get labelClicked(): ISignal<this, number> {
+    return this._labelClicked;
+  }
+
+  /** The step whose cells are highlighted in the notebook, if any. */
+  get selectedStep(): string | null {
+    return this._selectedStep;
   }
 
   get notebook(): NotebookPanel | null {
@@ -242,6 +270,89 @@ export class PipelineModel {
     const cells = panel.content.widgets;
     const byCell = diagnosticsByCell(analysis?.diagnostics ?? [], cells.length);
     cells.forEach((cell, index) => markCell(cell.node, byCell.get(index) ?? []));
+    const labels = analysis
+      ? cellLabels(
+          analysis.steps,
+          this.allCellTags(),
+          cells.map(c => c.model.type)
+        )
+      : new Map();
+    const highlighted = new Set(
+      analysis?.steps.find(s => s.name === this._selectedStep)?.cells.map(c => c - 1) ?? []
+    );
+    cells.forEach((cell, index) => {
+      labelCell(cell.node, labels.get(index), () => this._labelClicked.emit(index));
+      cell.node.classList.toggle(HIGHLIGHT_CLASS, highlighted.has(index));
+    });
+  }
+
+  /**
+   * Highlight the cells of step `name` in the notebook and scroll to the first
+   * (null clears the highlight).
+   */
+  highlightStep(name: string | null): void {
+    this._selectedStep = name;
+    this.markCells();
+    const step = this.state.analysis?.steps.find(s => s.name === name);
+    if (step && step.cells.length) {
+      this.selectCell(step.cells[0] - 1);
+    }
+    this._emit();
+  }
+
+  /** Read the list of past local runs of the notebook. */
+  async refreshRuns(): Promise<void> {
+    const path = this.path;
+    if (!path) {
+      return;
+    }
+    const state = this._state(path);
+    try {
+      state.runs = await this.api.listRuns(path);
+    } catch {
+      state.runs = [];
+    }
+    this._emit();
+  }
+
+  /** Show a past run (its step status, logs, reports); follow it while it runs. */
+  async openRun(runId: string): Promise<void> {
+    const path = this.path;
+    const state = this._state(path);
+    if (!path || state.run.busy) {
+      return;
+    }
+    state.run = { ...idle(), busy: false };
+    try {
+      const run = await this.api.getRun(path, runId);
+      state.run.result = run;
+      this._emit();
+      if (run.status === 'running') {
+        state.run.busy = true;
+        this._emit();
+        await this._followRun(path, runId, state);
+        state.run.busy = false;
+      }
+    } catch (error) {
+      setFailure(state.run, error);
+    }
+    this._emit();
+    void this.refreshRuns();
+  }
+
+  /** Stop the run the panel shows: its step processes end, its status becomes cancelled. */
+  async cancelRun(): Promise<void> {
+    const path = this.path;
+    const run = this._state(path).run.result;
+    if (!path || !run || run.status !== 'running') {
+      return;
+    }
+    try {
+      await this.api.cancelRun(path, run.run_id);
+    } catch (error) {
+      setFailure(this._state(path).run, error);
+      this._emit();
+    }
   }
 
   /** Save the notebook, start a local run and follow it until it ends. */
@@ -264,12 +375,14 @@ export class PipelineModel {
         metrics: {}
       };
       this._emit();
+      void this.refreshRuns();
       await this._followRun(path, run_id, state);
     } catch (error) {
       setFailure(state.run, error);
     }
     state.run.busy = false;
     this._emit();
+    void this.refreshRuns();
   }
 
   async compile(params: Params): Promise<void> {
@@ -285,6 +398,8 @@ export class PipelineModel {
     token: string;
     params: Params;
   }): Promise<void> {
+    const path = this.path;
+    this._state(path).kfpRun = null;
     await this._action('submit', async path => {
       await this._notebook?.context.save();
       return this.api.submit(path, {
@@ -294,6 +409,48 @@ export class PipelineModel {
         params: options.params
       });
     });
+    const submitted = this._state(path).submit.result;
+    if (submitted) {
+      await this._followKfpRun(path, submitted.run_id, options);
+    }
+  }
+
+  /** Poll the submitted run on the KFP endpoint until it ends. */
+  private async _followKfpRun(
+    path: string,
+    runId: string,
+    options: { host: string; token: string }
+  ): Promise<void> {
+    const state = this._state(path);
+    let failures = 0;
+    for (;;) {
+      if (this._disposed || state.submit.result?.run_id !== runId) {
+        return;
+      }
+      try {
+        state.kfpRun = await this.api.getKfpRun(runId, {
+          host: options.host || undefined,
+          token: options.token || undefined
+        });
+        failures = 0;
+      } catch (error) {
+        if (++failures >= MAX_POLL_FAILURES) {
+          state.kfpRun = {
+            run_id: runId,
+            state: 'UNKNOWN',
+            failed_step: null,
+            error: (error as Error).message
+          };
+          this._emit();
+          return;
+        }
+      }
+      this._emit();
+      if (state.kfpRun && KFP_DONE.has(state.kfpRun.state)) {
+        return;
+      }
+      await new Promise(resolve => setTimeout(resolve, this._poll.kfpMs));
+    }
   }
 
   dispose(): void {
@@ -313,7 +470,7 @@ export class PipelineModel {
   ): Promise<void> {
     let failures = 0;
     for (;;) {
-      await new Promise(resolve => setTimeout(resolve, RUN_POLL_MS));
+      await new Promise(resolve => setTimeout(resolve, this._poll.runMs));
       if (this._disposed) {
         return;
       }
@@ -409,6 +566,7 @@ export class PipelineModel {
       this._hookCells();
       this.markCells();
       void this.analyseNow();
+      void this.refreshRuns();
     });
   }
 
@@ -435,7 +593,11 @@ export class PipelineModel {
   }
 
   private _clearMarks(panel: NotebookPanel | null | undefined): void {
-    panel?.content.widgets.forEach(cell => unmarkCell(cell.node));
+    panel?.content.widgets.forEach(cell => {
+      unmarkCell(cell.node);
+      unlabelCell(cell.node);
+      cell.node.classList.remove(HIGHLIGHT_CLASS);
+    });
   }
 
   private _emit(): void {
@@ -445,6 +607,8 @@ export class PipelineModel {
   }
 
   private _changed = new Signal<this, void>(this);
+  private _labelClicked = new Signal<this, number>(this);
+  private _selectedStep: string | null = null;
   private _notebook: NotebookPanel | null = null;
   private _hooked = new Set<ICellModel>();
   private _states = new Map<string, INotebookState>();

@@ -6,7 +6,7 @@
  */
 import * as React from 'react';
 import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
-import { IAnalysis, IDiagnostic, IRun } from './api';
+import { IDiagnostic, IRun, IRunSummary } from './api';
 import { formatDiagnostic } from './diagnostics';
 import { GraphView } from './graphview';
 import { PipelineModel } from './model';
@@ -25,6 +25,7 @@ import {
   stepNameProblem
 } from './tags';
 import { StepOutputKind } from './logview';
+import { formatSeconds, runValues } from './runhistory';
 
 export type OpenStepOutput = (
   runId: string,
@@ -45,7 +46,8 @@ const ROLE_LABELS: Record<Role, string> = {
 export class PipelinePanel extends ReactWidget {
   constructor(
     private readonly model: PipelineModel,
-    private readonly openOutput: OpenStepOutput
+    private readonly openOutput: OpenStepOutput,
+    private readonly openGraph: () => void = () => undefined
   ) {
     super();
     this.addClass('kale-py-panel');
@@ -54,7 +56,13 @@ export class PipelinePanel extends ReactWidget {
   render(): JSX.Element {
     return (
       <UseSignal signal={this.model.changed}>
-        {() => <PanelBody model={this.model} openOutput={this.openOutput} />}
+        {() => (
+          <PanelBody
+            model={this.model}
+            openOutput={this.openOutput}
+            openGraph={this.openGraph}
+          />
+        )}
       </UseSignal>
     );
   }
@@ -63,9 +71,10 @@ export class PipelinePanel extends ReactWidget {
 interface IBodyProps {
   model: PipelineModel;
   openOutput: OpenStepOutput;
+  openGraph: () => void;
 }
 
-function PanelBody({ model, openOutput }: IBodyProps): JSX.Element {
+function PanelBody({ model, openOutput, openGraph }: IBodyProps): JSX.Element {
   if (!model.notebook) {
     return (
       <div className="kale-py-body">
@@ -84,7 +93,12 @@ function PanelBody({ model, openOutput }: IBodyProps): JSX.Element {
         {model.path}
       </div>
       {settings ? (
-        <PipelineView key={model.path} model={model} openOutput={openOutput} />
+        <PipelineView
+          key={model.path}
+          model={model}
+          openOutput={openOutput}
+          openGraph={openGraph}
+        />
       ) : (
         <div className="kale-py-enable">
           <p className="kale-py-hint">
@@ -105,7 +119,7 @@ function PanelBody({ model, openOutput }: IBodyProps): JSX.Element {
 }
 
 /** The panel of an enabled notebook; keyed by path, so its inputs are per notebook. */
-function PipelineView({ model, openOutput }: IBodyProps): JSX.Element {
+function PipelineView({ model, openOutput, openGraph }: IBodyProps): JSX.Element {
   const [paramInputs, setParamInputs] = React.useState<Record<string, string>>(
     {}
   );
@@ -124,11 +138,22 @@ function PipelineView({ model, openOutput }: IBodyProps): JSX.Element {
       <CellSection model={model} />
       <Section title="Steps" id="kale-py-graph-section">
         <AnalysisStatus model={model} />
+        <div className="kale-py-buttons">
+          <button
+            id="kale-py-open-graph"
+            className="jp-mod-styled kale-py-small"
+            title="Open the step graph in a tab of its own: pan, zoom, fit"
+            onClick={openGraph}
+          >
+            Open graph
+          </button>
+        </div>
         <div className="kale-py-graph-box">
           <GraphView
             graph={analysis ?? { steps: [], edges: [], levels: [] }}
             status={runStatus(model.state.run.result)}
-            onSelectStep={name => selectStep(model, analysis, name)}
+            selected={model.selectedStep}
+            onSelectStep={name => model.highlightStep(name)}
           />
         </div>
       </Section>
@@ -576,7 +601,7 @@ function DiagnosticList(props: {
   );
 }
 
-function runStatus(run: IRun | null): Record<string, string> | undefined {
+export function runStatus(run: IRun | null): Record<string, string> | undefined {
   if (!run) {
     return undefined;
   }
@@ -585,13 +610,6 @@ function runStatus(run: IRun | null): Record<string, string> | undefined {
     out[name] = step.status;
   }
   return out;
-}
-
-function selectStep(model: PipelineModel, analysis: IAnalysis | null, name: string): void {
-  const step = analysis?.steps.find(s => s.name === name);
-  if (step && step.cells.length) {
-    model.selectCell(step.cells[0] - 1);
-  }
 }
 
 interface IActionProps {
@@ -639,6 +657,16 @@ function RunSection(props: IActionProps & { openOutput: OpenStepOutput }): JSX.E
         >
           {action.busy ? 'Running…' : 'Run locally'}
         </button>
+        {run && run.status === 'running' && (
+          <button
+            id="kale-py-cancel"
+            className="jp-mod-styled jp-mod-warn"
+            title="Stop the run: its steps end, finished steps keep their results"
+            onClick={() => void model.cancelRun()}
+          >
+            Cancel
+          </button>
+        )}
       </div>
       {run && (
         <div id="kale-py-run-status" className="kale-py-status" data-status={run.status}>
@@ -698,8 +726,61 @@ function RunSection(props: IActionProps & { openOutput: OpenStepOutput }): JSX.E
         </ul>
       )}
       <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
+      <RunHistory model={model} current={run?.run_id ?? null} />
     </Section>
   );
+}
+
+/** Past local runs of the notebook; a click shows one (graph status, logs, reports). */
+function RunHistory(props: { model: PipelineModel; current: string | null }): JSX.Element {
+  const runs = props.model.state.runs;
+  return (
+    <details className="kale-py-history" id="kale-py-history" open={runs.length > 0}>
+      <summary>Past runs ({runs.length})</summary>
+      {runs.length === 0 ? (
+        <div className="kale-py-hint">No runs yet.</div>
+      ) : (
+        <table className="kale-py-history-table">
+          <thead>
+            <tr>
+              <th>started</th>
+              <th>status</th>
+              <th>time</th>
+              <th>parameters · metrics</th>
+            </tr>
+          </thead>
+          <tbody>
+            {runs.map(r => (
+              <tr
+                key={r.run_id}
+                className={
+                  'kale-py-history-run' +
+                  (r.run_id === props.current ? ' kale-py-history-current' : '')
+                }
+                data-run={r.run_id}
+                data-status={r.status}
+                title={`Show run ${r.run_id}`}
+                onClick={() => void props.model.openRun(r.run_id)}
+              >
+                <td>{formatStart(r)}</td>
+                <td className={`kale-py-status-${r.status}`}>{r.status}</td>
+                <td>{r.duration === null ? '…' : formatSeconds(r.duration)}</td>
+                <td className="kale-py-history-values">{runValues(r)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </details>
+  );
+}
+
+function formatStart(r: IRunSummary): string {
+  if (!r.started) {
+    return r.run_id;
+  }
+  const d = new Date(r.started);
+  return isNaN(d.getTime()) ? r.started : d.toLocaleString();
 }
 
 function CompileSection(props: IActionProps): JSX.Element {
@@ -788,6 +869,27 @@ function SubmitSection(props: IActionProps): JSX.Element {
             {action.result.run_id}
           </a>{' '}
           started.
+        </div>
+      )}
+      {action.result && model.state.kfpRun && (
+        <div
+          id="kale-py-kfp-status"
+          className="kale-py-status"
+          data-state={model.state.kfpRun.state}
+        >
+          On Kubeflow:{' '}
+          <b className={`kale-py-kfp-${model.state.kfpRun.state.toLowerCase()}`}>
+            {model.state.kfpRun.state.toLowerCase()}
+          </b>
+          {model.state.kfpRun.failed_step && (
+            <span id="kale-py-kfp-failed-step">
+              {' '}
+              — step <b>{model.state.kfpRun.failed_step}</b> failed
+            </span>
+          )}
+          {model.state.kfpRun.error && (
+            <div className="kale-py-error">{model.state.kfpRun.error}</div>
+          )}
         </div>
       )}
       <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
