@@ -373,9 +373,9 @@ def analyse_source(
 
     try:
         analysis = _Analyser(text, functions or {}).run(tree, magics)
-        shares, rebound = module_shares(tree, returns)
+        shares, rebound = module_shares(tree, returns, text)
         return replace(analysis, shares=shares, rebound=rebound,
-                       returns=function_returns(tree) or None)
+                       returns=function_returns(tree, text) or None)
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 

@@ -20,6 +20,7 @@ binding a name to a new object takes it out of its group, sharing merges groups.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 
@@ -69,6 +70,19 @@ _READERS = frozenset({"load", "loadtxt", "genfromtxt", "fromfile", "imread", "op
 # Attributes that describe an object rather than hold its contents (``X.shape[0]``).
 _DESCRIPTIVE = frozenset({"shape", "size", "ndim", "dtype", "dtypes", "nbytes", "itemsize",
                           "name", "__name__", "__class__", "__doc__"})
+_STORING_TEXT = re.compile(r"setattr|\.(?:" + "|".join(sorted(_STORING_METHODS)) + r")\b")
+
+
+def _storing_lines(source: str | None) -> set[int] | None:
+    """The line numbers where a storing call may be (None when the source is unknown)."""
+    if source is None:
+        return None
+    if _STORING_TEXT.search(source) is None:
+        return set()
+    return {number for number, line in enumerate(source.split("\n"), 1)
+            if _STORING_TEXT.search(line)}
+
+
 # Builtins returning one of their positional arguments or an element of it.
 _ELEMENT_OF = frozenset({"max", "min", "next", "iter", "getattr", "vars"})
 # Builtins whose result never holds their arguments' objects (``len``, ``str``, ...).
@@ -76,7 +90,8 @@ _NEW_OBJECT_BUILTINS = _PURE_FUNCTIONS - _PASS_THROUGH - {"iter", "next", "getat
                                                           "max", "min", "open"}
 
 
-def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None
+def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None,
+                  source: str | None = None
                   ) -> tuple[tuple[frozenset[str], ...], frozenset[str]]:
     """Sets of module-level names that may share objects after ``tree`` ran, and the
     names rebound by a statement at the top of the module (``x = ...``, ``for x in``).
@@ -90,16 +105,18 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None
     join every list it ever iterated into one group).
 
     ``known``: functions defined earlier (:func:`function_returns`); a call to one of
-    them shares only the arguments its result may hold.
+    them shares only the arguments its result may hold. ``source``: the text parsed, if
+    at hand (it lets statements without a storing call skip looking for one).
     """
     found: list[set[str]] = []
     rebound: set[str] = set()
-    context = _KNOWN.set({**(known or {}), **function_returns(tree)})
+    storing = _storing_lines(source)
+    context = _KNOWN.set({**(known or {}), **function_returns(tree, source)})
     try:
         for statement, top in _module_statements(tree.body):
             fresh: set[str] = set()
             try:
-                groups = [g for g in _statement_shares(statement) if len(g) > 1]
+                groups = [g for g in _statement_shares(statement, storing) if len(g) > 1]
                 if top:
                     # ``a = a[0]`` or ``a = [a]``: the new value still holds what a held
                     fresh = set(_bound_names(statement)) - _value_names(statement)
@@ -143,13 +160,15 @@ def _bound_names(statement: ast.stmt) -> Iterator[str]:
             yield from _target_roots(target)
 
 
-def function_returns(tree: ast.Module) -> dict[str, Returns]:
+def function_returns(tree: ast.Module, source: str | None = None) -> dict[str, Returns]:
     """For each module-level ``def``: the parameters whose objects its result may hold.
 
     Decorated functions (other than caches and ``wraps``) are left out: the wrapper may
     return anything.
     """
     found: dict[str, Returns] = {}
+    storing = _storing_lines(source)
+    generators = source is None or "yield" in source
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
@@ -159,36 +178,41 @@ def function_returns(tree: ast.Module) -> dict[str, Returns]:
         parameters = _parameter_list(node.args)
         plain = {p.lstrip("*") for p in parameters if p != "*"}
         try:
-            held = _returned_names(node)
+            held = _returned_names(node, storing, generators) if plain else set()
         except RecursionError:
             held = set(plain)
         found[node.name] = (parameters, frozenset(held & plain))
     return found
 
 
-def _returned_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+def _returned_names(function: ast.FunctionDef | ast.AsyncFunctionDef,
+                    storing: set[int] | None, generators: bool) -> set[str]:
     """Names the function's result may hold: returned ones and what they were built from."""
+    everything = {a.lstrip("*") for a in _parameter_list(function.args)}
+    if generators and any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in ast.walk(function)):
+        return everything  # a generator holds its frame
     local: dict[str, set[str]] = {}
     returned: set[str] = set()
-    everything = {a.lstrip("*") for a in _parameter_list(function.args)}
-    pending: list[ast.AST] = list(function.body)
+    pending: list[ast.stmt] = list(function.body)
     while pending:
         node = pending.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             # a closure or class made here may hold any parameter
-            name = getattr(node, "name", None)
-            if name is not None:
-                local.setdefault(name, set()).update(everything)
+            local.setdefault(node.name, set()).update(everything)
             continue
         if isinstance(node, ast.Return) and node.value is not None:
             returned |= may_share(node.value)
-        elif isinstance(node, (ast.Yield, ast.YieldFrom)):
-            returned |= everything  # a generator holds its frame
-        elif isinstance(node, ast.stmt):
-            for group in _statement_shares(node):
-                for name in group:
-                    local.setdefault(name, set()).update(group)
-        pending += ast.iter_child_nodes(node)
+        for group in _statement_shares(node, storing):
+            for name in group:
+                local.setdefault(name, set()).update(group)
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                pending += block
+        for handler in getattr(node, "handlers", ()):
+            pending += handler.body
+        for case in getattr(node, "cases", ()):
+            pending += case.body
     result: set[str] = set()
     todo = list(returned)
     while todo:
@@ -197,8 +221,6 @@ def _returned_names(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str
             result.add(name)
             todo += local.get(name, ())
     return result
-
-
 def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
     """Statements that run at module level, nested blocks included, bodies of defs not;
     with whether the statement is at the top (not inside another statement).
@@ -224,7 +246,9 @@ def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
         pending += reversed(nested)
 
 
-def _statement_shares(node: ast.stmt) -> Iterator[set[str]]:
+def _statement_shares(node: ast.stmt, storing: set[int] | None = None
+                      ) -> Iterator[set[str]]:
+    """``storing``: the lines that may hold a storing call (None: any line may)."""
     if isinstance(node, ast.Assign):
         yield from _assignment_shares(node.targets, node.value)
     elif isinstance(node, ast.AnnAssign) and node.value is not None:
@@ -237,8 +261,10 @@ def _statement_shares(node: ast.stmt) -> Iterator[set[str]]:
         for item in node.items:
             if item.optional_vars is not None:
                 yield from _assignment_shares([item.optional_vars], item.context_expr)
-    for call in _calls_in(node):  # ``models.append(m)``, anywhere in the statement
-        yield _storing_call(call)
+    if storing is None or not storing.isdisjoint(
+            range(node.lineno, (node.end_lineno or node.lineno) + 1)):
+        for call in _calls_in(node):  # ``models.append(m)``, anywhere in the statement
+            yield _storing_call(call)
 
 
 def _calls_in(statement: ast.stmt) -> Iterator[ast.Call]:
