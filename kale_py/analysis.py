@@ -74,6 +74,11 @@ class FunctionInfo:
     ``mutated_parameters``: the parameters whose objects it may change in place
     (directly, through a local alias, or by handing them on); None when unknown (a
     class, a decorated function): then every argument may be changed.
+    ``later_reads``: the names in ``globals_read`` that only code running after the call
+    reads (nested functions and lambdas it returns or hands on, a decorator's wrapper);
+    for a class, all of them (its methods run when called, not when it is).
+    ``read_at``: the line (in the analysed source) of the first read of each global.
+    ``is_class``: a class rather than a function or lambda.
     """
 
     name: str
@@ -82,6 +87,9 @@ class FunctionInfo:
     line: int
     parameters: tuple[str, ...] = ()
     mutated_parameters: frozenset[str] | None = None
+    later_reads: frozenset[str] = frozenset()
+    read_at: tuple[tuple[str, int], ...] = ()
+    is_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,15 @@ class CodeAnalysis:
     ``shares``: sets of module-level names whose objects may be shared once the source ran
     (``clf_list = [(lr, "lr")]``); ``returns``: for the functions it defines, the
     parameters their result may hold; see :mod:`kale_py.sharing`.
+    ``callback_free``: names read by code that *may* run from a point on (a function or
+    lambda handed on or stored, a class, a value holding such code) and not bound before
+    that point. Not in ``free``: a provider supplies them if there is one, and no
+    provider is not by itself an error (the code may run only after a later binding).
+    ``deferred_via``: for names in ``free`` or ``callback_free`` first read by such
+    code, the function, class or variable holding it and the line of the read in this
+    source (0 when the code was defined elsewhere).
+    ``code_held``: module-level names whose values may hold code defined in a notebook
+    (a lambda in a dict, an instance, a partial), with the globals that code reads.
     """
 
     free: tuple[NameUse, ...]
@@ -127,6 +144,9 @@ class CodeAnalysis:
     shares: tuple[frozenset[str], ...] = ()  # module-level names that may share objects
     rebound: frozenset[str] = frozenset()  # names whose earlier sharing ends here
     returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None
+    callback_free: tuple[NameUse, ...] = ()
+    deferred_via: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    code_held: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # formulas and pandas expressions whose names cannot be read (built at run time)
     string_notes: tuple[StringNote, ...] = ()
     # names bound to a formula model, with what its formula reads: (name, certain)
@@ -356,14 +376,19 @@ def _continued_string(line: str, quote: str) -> str:
 
 
 def analyse_source(
-    source: str, functions: Mapping[str, FunctionInfo] | None = None,
+    source: str,
+    functions: Mapping[str, FunctionInfo] | None = None,
+    code_held: Mapping[str, frozenset[str]] | None = None,
     returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None,
 ) -> CodeAnalysis:
     """Parse one cell (IPython syntax allowed) and analyse it.
 
     ``functions``: functions defined by earlier cells (their ``FunctionInfo``). Passing
     them makes calls to them precise: only the arguments they may change count as
-    mutated, and calling them does not count as changing them.
+    mutated, and calling them does not count as changing them; and their global reads
+    count where this source calls them (``free``) or hands them on (``callback_free``).
+    ``code_held``: the ``code_held`` of earlier cells: reading such a name may run the code
+    it holds, so that code's reads count from there on (``callback_free``).
     ``returns``: what functions of earlier cells return (``CodeAnalysis.returns``), for
     the names that may share objects.
     Raises :class:`CodeSyntaxError` with the cell-relative line when it is not Python.
@@ -372,7 +397,7 @@ def analyse_source(
     from .sharing import function_returns, module_shares  # noqa: PLC0415 (builds on this)
 
     try:
-        analysis = _Analyser(text, functions or {}).run(tree, magics)
+        analysis = _Analyser(text, functions or {}, code_held or {}).run(tree, magics)
         shares, rebound = module_shares(tree, returns, text)
         return replace(analysis, shares=shares, rebound=rebound,
                        returns=function_returns(tree, text) or None)
@@ -686,6 +711,18 @@ def _parameter_list(args: ast.arguments) -> tuple[str, ...]:
     return tuple(names)
 
 
+# Calls whose result holds the callables handed to them.
+_KEEPING_CALLS = _words(
+    "partial partialmethod map filter vectorize lru_cache cache wraps update_wrapper "
+    "property staticmethod classmethod singledispatch cached_property"
+)
+
+
+# Builtins that run the functions handed to them before returning (``key=``); pandas-style
+# methods in _PURE_METHODS (apply, map, agg, ...) do too.
+_RUNS_ARGUMENTS = _words("sorted min max")
+
+
 # Decorators that call the function with the caller's arguments unchanged.
 _TRANSPARENT_DECORATORS = frozenset({"lru_cache", "cache", "wraps", "jit", "njit"})
 
@@ -719,6 +756,10 @@ def _changed_arguments(call: ast.Call, info: FunctionInfo | None) -> Iterator[as
         parameter = keyword.arg if keyword.arg in parameters else kwargs
         if parameter is None or parameter in mutated:
             yield keyword.value
+
+
+def _read_lines(reads: Mapping[str, ast.AST]) -> tuple[tuple[str, int], ...]:
+    return tuple((name, getattr(node, "lineno", 0)) for name, node in reads.items())
 
 
 def _type_parameters(node: ast.AST) -> list[ast.AST]:
@@ -817,7 +858,7 @@ class _Scope:
 
     __slots__ = ("kind", "parent", "immediate", "locals", "declared_global", "nonlocals",
                  "loads", "mutated", "global_loads", "global_mutated", "global_writes",
-                 "flow", "aliases", "outer_aliases", "closed_mutated")
+                 "flow", "aliases", "outer_aliases", "closed_mutated", "later")
 
     def __init__(self, kind: int, parent: _Scope | None) -> None:
         self.kind = kind
@@ -839,6 +880,8 @@ class _Scope:
         self.aliases: dict[str, set[str]] = {}
         self.outer_aliases: dict[str, set[str]] = {}
         self.closed_mutated: set[str] = set()
+        # Names in ``loads`` read only by nested functions and lambdas: they run later.
+        self.later: set[str] = set()
 
     def visible_parent(self) -> _Scope | None:
         """The enclosing scope a nested function sees: class bodies are skipped."""
@@ -855,16 +898,21 @@ class _Globals:
     reads: dict[str, ast.AST]
     mutated: set[str]
     written: set[str]
+    later: set[str] = field(default_factory=set)  # read only by nested code
 
 
 class _Owner:
     """The module-level def or class whose call-time globals are being collected."""
 
-    __slots__ = ("reads", "writes")
+    __slots__ = ("reads", "writes", "direct")
 
     def __init__(self) -> None:
-        self.reads: set[str] = set()
+        self.reads: dict[str, ast.AST] = {}
         self.writes: set[str] = set()
+        self.direct: set[str] = set()  # read by the body itself when it runs
+
+    def later(self) -> frozenset[str]:
+        return frozenset(self.reads.keys() - self.direct)
 
 
 class _Loop:
@@ -883,9 +931,30 @@ class _Loop:
 class _Analyser:
     """One walk over a module's AST in evaluation order."""
 
-    def __init__(self, source: str, known: Mapping[str, FunctionInfo]) -> None:
+    def __init__(self, source: str, known: Mapping[str, FunctionInfo],
+                 held_in: Mapping[str, frozenset[str]]) -> None:
         self.source = source
         self.known = known  # functions of earlier cells
+        self.held_in = held_in  # names of earlier cells holding code, with its reads
+        # Deferred reads: code that may run from a point on (handed on, stored), the
+        # function or value it came through, and the sets of reads being gathered for the
+        # value of an assignment (which then holds that code).
+        self.callback: dict[str, ast.AST] = {}
+        self.via: dict[str, tuple[str, ast.AST | None]] = {}
+        self.code_held: dict[str, set[str]] = {}
+        # Reads of the code a value being built holds: appended while ``collecting``,
+        # taken from a mark (see _gather, _gathered).
+        self.held: list[str] = []
+        self.collecting = 0
+        self.calling: ast.expr | None = None  # the callee Name of the call being walked
+        self.operand = 0  # inside an arithmetic or comparison operand
+        # Functions and lambdas handed straight to a call that runs them before it
+        # returns (``sorted(key=f)``, ``df.apply(lambda r: ...)``): they run here.
+        self.run_now: set[ast.AST] = set()
+        self.stored_lambda: ast.Lambda | None = None  # ``name = lambda``: a function
+        self.closures: dict[str, dict[str, tuple[str, bool]]] = {}
+        self.closure_names: set[str] = set()  # every name the cached closures depend on
+        self.read_nodes: dict[str, Mapping[str, ast.AST]] = {}
         self.scope: _Scope | None = None
         self.flow = _Flow()  # the module's
         self.free: dict[str, ast.AST] = {}
@@ -934,6 +1003,14 @@ class _Analyser:
             magics=magics,
             maybe_free=frozenset(self.free.keys() - self._definitely_free()),
             partial_binds=frozenset(self.binds - exit_must),
+            callback_free=tuple(sorted(
+                (self._use(name, node) for name, node in self.callback.items()
+                 if name not in self.free), key=lambda use: (use.line, use.col))),
+            deferred_via={name: (via, getattr(node, "lineno", 0) if node is not None else 0)
+                          for name, (via, node) in self.via.items()
+                          if name not in self.read_directly},
+            code_held={name: frozenset(reads) for name, reads in self.code_held.items()
+                       if reads},
             string_notes=tuple(self.string_notes),
             carries=self.carries,
         )
@@ -1013,6 +1090,8 @@ class _Analyser:
         if name in scope.nonlocals:
             return
         scope.loads.setdefault(name, node)
+        if scope.later:
+            scope.later.discard(name)
         if mutate:
             scope.mutated.add(name)
 
@@ -1023,11 +1102,17 @@ class _Analyser:
             self._record_free(name, node, deferred)
         if mutate:
             self._mutate_module(name)
-        if name in self.functions:
-            self._use_local_function(name, node)
+        if name in self.functions or (name in self.known and name not in self.binds):
+            self._use_function(name, node)
+        elif name in self.code_held or name in self.held_in:
+            self._use_holder(name, node)
 
-    def _record_free(self, name: str, node: ast.AST, deferred: bool = False) -> None:
-        self.free.setdefault(name, node)
+    def _record_free(self, name: str, node: ast.AST, deferred: bool = False,
+                     via: tuple[str, ast.AST | None] | None = None) -> None:
+        if name not in self.free:
+            self.free[name] = node
+            if via is not None:
+                self.via[name] = via
         if not deferred:
             self.read_directly.add(name)
         if (name not in self.flow.may and not self.star_seen and name not in self.definite
@@ -1035,17 +1120,142 @@ class _Analyser:
             self.definite.add(name)
             self.definite_log.append(name)
 
-    def _use_local_function(self, name: str, node: ast.AST) -> None:
-        # Calling (or passing on) a function defined earlier in this source runs its
-        # body now: its globals are read here, its global writes happen here.
-        for read in function_closure([name], self.functions):
-            if read not in self.flow.must:
-                self._record_free(read, node, deferred=True)
-        writes = function_writes([name], self.functions)
-        self.binds |= writes
-        self.flow.may |= writes
-        for written in writes:
-            self._mutate_module(written)
+    def _record_callback(self, name: str, node: ast.AST, via: tuple[str, ast.AST | None]
+                         ) -> None:
+        if name not in self.callback:
+            self.callback[name] = node
+            self.via.setdefault(name, via)
+
+    # ---- deferred reads: code that runs where it is called -----------------------------
+
+    def _code_info(self, name: str) -> FunctionInfo | None:
+        info = self.functions.get(name)
+        if info is None and name not in self.binds:
+            info = self.known.get(name)
+        return info
+
+    def _closure(self, name: str) -> dict[str, tuple[str, bool]]:
+        """The globals calling ``name`` may read, transitively: each with the function
+        whose body reads it and whether a call surely reads it (else only code handed
+        out by the call, or a method, does)."""
+        cached = self.closures.get(name)
+        if cached is not None:
+            return cached
+        reads: dict[str, tuple[str, bool]] = {}
+        seen: dict[str, bool] = {}
+        pending = [(name, True)]
+        while pending:
+            current, sure = pending.pop()
+            if current in seen and (seen[current] or not sure):
+                continue
+            seen[current] = sure
+            info = self._code_info(current)
+            if info is None:
+                continue
+            sure = sure and not info.is_class
+            for read in info.globals_read:
+                read_sure = sure and read not in info.later_reads
+                known = reads.get(read)
+                if known is None or (read_sure and not known[1]):
+                    reads[read] = (current, read_sure)
+                if read != current and self._code_info(read) is not None:
+                    pending.append((read, read_sure))
+        self.closures[name] = reads
+        self.closure_names.update(seen)
+        self.closure_names.update(reads)
+        return reads
+
+    def _new_code(self, name: str) -> None:
+        """``name`` now names other code (or none): cached closures through it are stale."""
+        if name in self.closure_names:
+            self.closures.clear()
+            self.closure_names.clear()
+
+    def _use_function(self, name: str, node: ast.AST) -> None:
+        """A function or class of this source or an earlier one is referenced.
+
+        Called by name, its body runs now: what it surely reads is read here. Handed on,
+        stored or instantiated, its code may run from here on: a callback read."""
+        reads = self._closure(name)
+        if not reads:
+            return self._use_writer(name)
+        called = node is self.calling or node in self.run_now
+        must = self.flow.must
+        if self.collecting and not self.operand:
+            # The value holds the code: all of it, or what a call hands out (a closure,
+            # an instance's methods); not the result of arithmetic on it.
+            if called:
+                self.held.extend(r for r, (_, sure) in reads.items() if not sure)
+            else:
+                self.held.extend(reads)
+        for read, (owner, sure) in reads.items():
+            if read in must:
+                continue
+            site = (owner, self.read_nodes.get(owner, {}).get(read))
+            if called and sure:
+                self._record_free(read, node, deferred=True, via=site)
+            else:
+                self._record_callback(read, node, site)
+        self._use_writer(name)
+
+    def _use_writer(self, name: str) -> None:
+        if name in self.functions:
+            # A function of this source writing globals: they may be written from here.
+            writes = function_writes([name], self.functions)
+            self.binds |= writes
+            self.flow.may |= writes
+            for written in writes:
+                self._mutate_module(written)
+
+    def _use_holder(self, name: str, node: ast.AST) -> None:
+        """A value that may hold notebook code is read: that code may run from here on."""
+        reads = set(self.code_held.get(name, ()))
+        if name not in self.flow.must:
+            reads.update(self.held_in.get(name, ()))
+        if self.collecting and not self.operand:  # ``obj.total + 1``: a number, not code
+            self.held.extend(reads)
+        must = self.flow.must
+        for read in reads:
+            if read not in must:
+                self._record_callback(read, node, (name, None))
+
+    def _callback_reads(self, globals_: _Globals, node: ast.AST) -> None:
+        """The reads of a lambda that may run from here on (handed on, stored)."""
+        if self.collecting:
+            self.held.extend(globals_.reads)
+        must = self.flow.must
+        for name, read_node in globals_.reads.items():
+            if name not in must:
+                self._record_callback(name, read_node, ("a lambda", read_node))
+            if name in self.functions or (name in self.known and name not in self.binds):
+                self._use_function(name, node)
+            elif name in self.code_held or name in self.held_in:
+                self._use_holder(name, node)
+        for name in globals_.mutated:
+            self._mutate_module(name)
+        for name in globals_.written:
+            self.binds.add(name)
+            self.flow.may.add(name)
+            self._mutate_module(name)
+
+    def _hold(self, target: ast.expr, reads: set[str], replace: bool) -> None:
+        """An assignment target now (``replace``) or also holds code reading ``reads``."""
+        if isinstance(target, ast.Name):
+            if replace and not reads:
+                self.code_held.pop(target.id, None)
+            elif replace:
+                self.code_held[target.id] = set(reads)
+            elif reads:
+                self.code_held.setdefault(target.id, set()).update(reads)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                self._hold(element, reads, replace)
+        elif isinstance(target, ast.Starred):
+            self._hold(target.value, reads, replace)
+        elif reads:
+            root = _root_name(target)
+            if root is not None:
+                self.code_held.setdefault(root, set()).update(reads)
 
     def _mutate_module(self, name: str) -> None:
         if name in self.imported:
@@ -1073,6 +1283,8 @@ class _Analyser:
             scope.locals.add(name)
 
     def _bind_module(self, name: str) -> None:
+        if name in self.known and name not in self.binds:
+            self._new_code(name)  # an earlier cell's function no longer applies
         self.binds.add(name)
         self.flow.must.add(name)
         self.flow.may.add(name)
@@ -1145,8 +1357,14 @@ class _Analyser:
                 if name not in scope.locals:  # a walrus target of the enclosing scope
                     shared = _through_aliases(sources, scope) - scope.locals
                     target.aliases.setdefault(name, set()).update(shared)
+            nested = scope.kind in (_FUNCTION, _LAMBDA)  # its body runs later
             for name, node in loads.items():
-                target.loads.setdefault(name, node)
+                if name not in target.loads:
+                    target.loads[name] = node
+                    if nested or name in scope.later:
+                        target.later.add(name)
+                elif not nested and name not in scope.later:
+                    target.later.discard(name)
             for name, node in scope.global_loads.items():
                 target.global_loads.setdefault(name, node)
             target.mutated |= mutated
@@ -1157,6 +1375,8 @@ class _Analyser:
                           set(scope.global_writes))
         for name, node in loads.items():
             if not self._resolved_by_enclosing(target, name):
+                if name not in result.reads and name in scope.later:
+                    result.later.add(name)
                 result.reads.setdefault(name, node)
                 if name in mutated:
                     result.mutated.add(name)
@@ -1181,11 +1401,15 @@ class _Analyser:
         return False
 
     def _charge_owner(self, globals_: _Globals) -> None:
+        """Reads of a body that runs when the owner is called (or after: ``later``)."""
         owner = self.owner
         if owner is None:  # not expected: defs at module level always have an owner
             self._read_now(globals_)
             return
-        owner.reads.update(globals_.reads)
+        for name, node in globals_.reads.items():
+            owner.reads.setdefault(name, node)
+            if name not in globals_.later:
+                owner.direct.add(name)
         owner.writes |= globals_.mutated | globals_.written
 
     def _read_now(self, globals_: _Globals) -> None:
@@ -1262,21 +1486,42 @@ class _Analyser:
         self._expr(node.value)
 
     def _assign(self, node: ast.Assign) -> None:
-        saved_carry, self.carry = self.carry, [] if self.scope is None else None
-        self._expr(node.value)
-        self._carry_into(node.targets, node.value, saved_carry)
-        shared = _shared_names(node.value)
+        value = node.value
+        module = self.scope is None
+        named_lambda = (module and isinstance(value, ast.Lambda) and len(node.targets) == 1
+                        and isinstance(node.targets[0], ast.Name))
+        if named_lambda:
+            assert isinstance(value, ast.Lambda)
+            self.stored_lambda = value
+        saved_carry, self.carry = self.carry, [] if module else None
+        mark = self._gather() if module else 0
+        self._expr(value)
+        held = self._gathered(mark) if module else set()
+        self._carry_into(node.targets, value, saved_carry)
+        shared = _shared_names(value)
+        holds = module and not named_lambda and (held or self.code_held)
         for target in node.targets:
             self._target(target, shared)
-        if (self.scope is None and isinstance(node.value, ast.Lambda)
-                and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            globals_ = self.lambdas.get(node.value)
+            if holds:
+                self._hold(target, held, replace=True)
+        if named_lambda:
+            assert isinstance(value, ast.Lambda)
+            self.stored_lambda = None
+            globals_ = self.lambdas.get(value)
+            target = node.targets[0]
+            assert isinstance(target, ast.Name)
+            self.code_held.pop(target.id, None)
             if globals_ is not None:
-                name = node.targets[0].id
-                self.functions[name] = FunctionInfo(
-                    name, frozenset(globals_.reads),
-                    frozenset(globals_.mutated | globals_.written), node.lineno,
-                    _parameter_list(node.value.args), self.lambda_parameters.get(node.value))
+                self._register_lambda(target.id, value, globals_, node.lineno)
+
+    def _register_lambda(self, name: str, value: ast.Lambda, globals_: _Globals,
+                         line: int) -> None:
+        self._new_code(name)
+        self.read_nodes[name] = globals_.reads
+        self.functions[name] = FunctionInfo(
+            name, frozenset(globals_.reads), frozenset(globals_.mutated | globals_.written),
+            line, _parameter_list(value.args), self.lambda_parameters.get(value),
+            later_reads=frozenset(globals_.later), read_at=_read_lines(globals_.reads))
 
     def _carry_into(self, targets: list[ast.expr], value: ast.expr,
                     saved: list[tuple[str, bool]] | None) -> None:
@@ -1298,6 +1543,8 @@ class _Analyser:
 
     def _aug_assign(self, node: ast.AugAssign) -> None:
         target = node.target
+        module = self.scope is None
+        mark = self._gather() if module else 0
         if isinstance(target, ast.Name):
             self._mutate(target.id, target)
             self._expr(node.value)
@@ -1305,10 +1552,16 @@ class _Analyser:
         else:
             self._store_into(target)
             self._expr(node.value)
+        if module:
+            self._hold(target, self._gathered(mark), replace=False)
 
     def _ann_assign(self, node: ast.AnnAssign) -> None:
         if node.value is not None:
+            module = self.scope is None
+            mark = self._gather() if module else 0
             self._expr(node.value)
+            if module:
+                self._hold(node.target, self._gathered(mark), replace=True)
         target = node.target
         if isinstance(target, ast.Name):
             if node.value is not None:
@@ -1658,8 +1911,7 @@ class _Analyser:
             self._expr(target)
 
     def _function_def(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        for decorator in node.decorator_list:
-            self._expr(decorator)
+        wrapped = self._walk_collecting(node.decorator_list, applied=True)
         self._defaults(node.args)
         top_level = self.scope is None
         type_params = _type_parameters(node)
@@ -1670,6 +1922,9 @@ class _Analyser:
         saved_owner = self.owner
         if top_level:
             self.owner = _Owner()
+        self._charge_wrapper(wrapped, node)
+        if self.owner is not None:
+            self.owner.writes |= self._decorator_writes(node.decorator_list)
         parameters = _parameter_list(node.args)
         scope = self._push(_FUNCTION, _parameters(node.args))
         self._block(node.body)
@@ -1690,10 +1945,59 @@ class _Analyser:
                   mutated: frozenset[str] | None = None) -> None:
         owner = self.owner
         assert owner is not None
+        self._new_code(node.name)
+        self.read_nodes[node.name] = owner.reads
+        is_class = isinstance(node, ast.ClassDef)
         self.functions[node.name] = FunctionInfo(
             node.name, frozenset(owner.reads), frozenset(owner.writes), node.lineno,
-            parameters, mutated)
+            parameters, mutated, read_at=_read_lines(owner.reads), is_class=is_class,
+            later_reads=frozenset(owner.reads) if is_class else owner.later())
         self.owner = saved_owner
+
+    def _walk_collecting(self, nodes: list[ast.expr], applied: bool = False) -> set[str]:
+        """Walk expressions (decorators, bases); the globals the code they name reads.
+
+        ``applied``: decorators, called on the definition (their wrapper is kept)."""
+        if not nodes:
+            return set()
+        mark = self._gather()
+        for expr in nodes:
+            if applied and isinstance(expr, ast.Name):
+                self.calling = expr
+            self._expr(expr)
+            self.calling = None
+        return self._gathered(mark)
+
+    def _gather(self) -> int:
+        """Start gathering the reads of the code a value holds; the mark to take them from."""
+        self.collecting += 1
+        return len(self.held)
+
+    def _gathered(self, mark: int) -> set[str]:
+        self.collecting -= 1
+        found = set(self.held[mark:])
+        del self.held[mark:]
+        return found
+
+    def _decorator_writes(self, decorators: list[ast.expr]) -> set[str]:
+        """The globals a notebook decorator's code writes (its wrapper runs at each call)."""
+        writes: set[str] = set()
+        for decorator in decorators:
+            callee = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if isinstance(callee, ast.Name) and self._code_info(callee.id) is not None:
+                for name in (callee.id, *self._closure(callee.id)):
+                    info = self._code_info(name)
+                    if info is not None:
+                        writes |= info.globals_written
+        return writes
+
+    def _charge_wrapper(self, reads: set[str], node: ast.AST) -> None:
+        """A decorator's wrapper or a base class's methods run when the owner's code does."""
+        owner = self.owner
+        if owner is not None:
+            for name in reads:
+                owner.reads.setdefault(name, node)
+                owner.direct.add(name)
 
     def _defaults(self, args: ast.arguments) -> None:
         for default in args.defaults:
@@ -1720,19 +2024,18 @@ class _Analyser:
                     self._expr(value)
 
     def _class_def(self, node: ast.ClassDef) -> None:
-        for decorator in node.decorator_list:
-            self._expr(decorator)
+        wrapped = self._walk_collecting(node.decorator_list, applied=True)
         top_level = self.scope is None
         type_params = _type_parameters(node)
         if type_params:
             self._type_param_scope(type_params)
-        for base in node.bases:
-            self._expr(base)
+        wrapped |= self._walk_collecting(node.bases)
         for keyword in node.keywords:
             self._expr(keyword.value)
         saved_owner = self.owner
         if top_level:
             self.owner = _Owner()
+        self._charge_wrapper(wrapped, node)
         saved_loops = self.loops
         self.loops = []  # break/continue never cross a class body
         self._push(_CLASS)
@@ -1827,7 +2130,11 @@ class _Analyser:
             else:
                 break
         if isinstance(inner, ast.Call):
-            self._expr(inner.func)
+            func = inner.func
+            if isinstance(func, ast.Name):
+                self.calling = func  # a function called by name runs its body here
+            self._expr(func)
+            self.calling = None
             self._call(inner)
         else:
             self._expr(inner)
@@ -1843,14 +2150,18 @@ class _Analyser:
         while isinstance(left, ast.BinOp):  # ``a + b + c + ...`` nests to the left
             rights.append(left.right)
             left = left.left
+        self.operand += 1
         self._expr(left)
         for right in reversed(rights):
             self._expr(right)
+        self.operand -= 1
 
     def _compare(self, node: ast.Compare) -> None:
+        self.operand += 1
         self._expr(node.left)
         for comparator in node.comparators:
             self._expr(comparator)
+        self.operand -= 1
 
     def _unaryop(self, node: ast.UnaryOp) -> None:
         operand = node.operand
@@ -1898,10 +2209,22 @@ class _Analyser:
     def _call(self, node: ast.Call) -> None:
         """The arguments and mutation rules of a call whose callee was walked already."""
         func = node.func
+        keeper = self._hand_over(node, func) if node.args or node.keywords else None
+        mark = len(self.held)
+        outer = self.collecting
+        if keeper is not None:
+            self.collecting += 1
         for arg in node.args:
             self._expr(arg)
         for keyword in node.keywords:
             self._expr(keyword.value)
+        if len(self.held) > mark:
+            if keeper is not None and keeper not in _MODULE_ALIASES and (
+                    keeper not in self.imported):
+                self.code_held.setdefault(keeper, set()).update(self.held[mark:])
+            if not (outer and self._result_keeps(func)):
+                del self.held[mark:]  # ``sorted(xs, key=f)``: the result does not hold f
+        self.collecting = outer
         info = None
         if isinstance(func, ast.Attribute):
             arguments_safe = self._method_call(node, func)
@@ -1925,6 +2248,36 @@ class _Analyser:
             for name in _held_names(value):
                 if name.id not in _BUILTIN_TYPES or name.id in self.binds:
                     self._mutate(name.id, name)
+
+    def _hand_over(self, node: ast.Call, func: ast.expr) -> str | None:
+        """Where the code handed to a call goes: run now (``sorted(key=f)``), into the
+        result (``partial(f)``), into the receiver (``handlers.append(f)``, returned)."""
+        keeper = None
+        if type(func) is ast.Attribute:
+            method = func.attr
+            runs = method in _PURE_METHODS
+            if self.scope is None and not (
+                    runs or method in _KEEPING_CALLS or method[:1].isupper()):
+                keeper = _root_name(func.value)
+        else:
+            runs = type(func) is ast.Name and func.id in _RUNS_ARGUMENTS
+        if runs:
+            for value in (*node.args, *(k.value for k in node.keywords)):
+                if isinstance(value, (ast.Lambda, ast.Name)):
+                    self.run_now.add(value)
+        return keeper
+
+    def _result_keeps(self, func: ast.expr) -> bool:
+        """Whether a call's result may hold the code handed to it: a wrapper (partial,
+        map), a class (CapWords: a constructor keeps its arguments), a notebook function
+        (a decorator, a factory); not ``sorted(xs, key=f)`` or ``df.apply(f)``."""
+        if isinstance(func, ast.Name):
+            name = func.id
+            return (name in _KEEPING_CALLS or name[:1].isupper()
+                    or self._code_info(name) is not None)
+        if isinstance(func, ast.Attribute):
+            return func.attr in _KEEPING_CALLS or func.attr[:1].isupper()
+        return True
 
     def _string_reads(self, node: ast.Call) -> None:
         """Names a formula or pandas expression passed to the call reads (string_reads).
@@ -2002,12 +2355,16 @@ class _Analyser:
             return
         self.lambda_parameters[node] = frozenset(
             p for p in _parameter_list(node.args) if p.lstrip("*") in scope.closed_mutated)
-        # A lambda at module level is almost always called right away (a sort key, an
-        # apply): its reads count here. In a class body it is also a method-like use.
+        # A lambda runs when called: ``name = lambda`` is a function (its reads count
+        # where it is used); handed on or stored, it may run from here on. In a class
+        # body it is also a method.
         self.lambdas[node] = globals_
-        self._read_now(globals_)
         if self.owner is not None:
             self._charge_owner(globals_)
+        if node in self.run_now:
+            self._read_now(globals_)
+        elif node is not self.stored_lambda:
+            self._callback_reads(globals_, node)
 
     def _comprehension(
         self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp

@@ -24,14 +24,18 @@ __all__ = [
     "check_notebook",
     "compile_notebook",
     "get_run",
+    "get_tune",
     "kfp_run_status",
     "list_experiments",
     "list_runs",
+    "list_tunes",
     "list_volumes",
     "manage_schedule",
     "read_log",
     "read_report",
+    "read_tune_report",
     "start_local_run",
+    "start_tune",
     "submit",
     "tune",
 ]
@@ -146,6 +150,7 @@ def submit(
     max_concurrency: int = 1,
     catchup: bool = True,
     out: Callable[[str], None] = print,
+    username: str | None = None,
 ) -> dict[str, Any]:
     """Compile (for a notebook) and submit to a KFP endpoint; with ``watch``, wait for the end.
 
@@ -188,6 +193,7 @@ def submit(
         watch=watch and recurring is None,
         out=out,
         schedule=recurring,
+        username=username,
     )
     return {
         "pipeline_id": result.pipeline_id,
@@ -210,6 +216,7 @@ def manage_schedule(
     token: str | None = None,
     name: str | None = None,
     out: Callable[[str], None] = print,
+    username: str | None = None,
 ) -> list[str]:
     """``disable``, ``enable`` or ``delete`` the recurring runs of the notebook's pipeline (or
     of a compiled ``.yaml``); host, experiment and namespace fall back to the metadata."""
@@ -229,7 +236,8 @@ def manage_schedule(
             s.kfp_host, s.experiment_name, s.namespace)
     return manage(action, name=name or default_name, host=host or settings_host, token=token,
                   namespace=namespace or settings_ns,
-                  experiment=experiment or settings_experiment or "Default", out=out)
+                  experiment=experiment or settings_experiment or "Default", out=out,
+                  username=username)
 
 
 def tune(
@@ -243,6 +251,7 @@ def tune(
     algorithm: str | None = None,
     seed: int | None = None,
     jobs: int | None = None,
+    tune_id: str | None = None,
     progress: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Tune pipeline parameters locally (Optuna); the trials, the best one and the report path.
@@ -260,7 +269,37 @@ def tune(
     pipeline = _checked(Path(path))
     spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
                         parallel, seed)
-    return tune_local(pipeline, spec, jobs=jobs, progress=progress).to_dict()
+    return tune_local(pipeline, spec, jobs=jobs, tune_id=tune_id, progress=progress).to_dict()
+
+
+def start_tune(path: str | Path, search: list[str], **options: Any) -> dict[str, str]:
+    """Start ``nb2pipe tune`` in the background (for the panel); ``{"tune_id"}`` at once.
+
+    ``options``: objective, maximize, trials, parallel, algorithm, as for :func:`tune`."""
+    from .tuning.background import start_tune as start
+
+    return start(path, search, **options)
+
+
+def list_tunes(path: str | Path) -> list[dict[str, Any]]:
+    """The notebook's tunings, newest first."""
+    from .tuning.background import list_tunes as listing
+
+    return listing(path)
+
+
+def get_tune(path: str | Path, tune_id: str) -> dict[str, Any]:
+    """One tuning's trials, best trial and status."""
+    from .tuning.background import get_tune as get
+
+    return get(path, tune_id)
+
+
+def read_tune_report(path: str | Path, tune_id: str) -> str:
+    """One tuning's HTML report."""
+    from .tuning.background import read_tune_report as read
+
+    return read(path, tune_id)
 
 
 def compile_katib(
@@ -383,6 +422,18 @@ def list_poddefaults() -> dict[str, Any]:
     from .kubeflow.poddefaults import list_poddefaults as fetch
 
     return fetch()
+
+
+def verify(path: str | Path, params: Mapping[str, Any] | None = None, runs: int = 1
+           ) -> dict[str, Any]:
+    """``nb2pipe verify``: the notebook in a kernel and as the local pipeline, compared.
+
+    The answer is :meth:`kale_py.verify.VerifyResult.to_dict` (see the server's
+    ``POST kale-py/verify`` for its fields). Raises KalePyError when it cannot compare.
+    """
+    from .verify import verify_notebook
+
+    return verify_notebook(path, _texts(params), runs).to_dict()
 
 
 def _texts(params: Mapping[str, Any] | None) -> dict[str, str]:

@@ -33,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: Command = args.command
     try:
-        return command(args)
+        try:
+            return command(args)
+        except ModuleNotFoundError as missing:
+            from .extras import missing_package
+
+            raise KalePyError([missing_package(missing)]) from None
     except UsageError as exc:
         print(f"nb2pipe: error: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     graph.set_defaults(command=_graph)
 
     _run_parser(sub)
+    _verify_parser(sub)
     _compile_parser(sub)
     _image_parser(sub)
     _submit_parser(sub)
@@ -218,6 +224,39 @@ def _run(args: argparse.Namespace) -> int:
     return run_local(pipeline, options, sys.stdout).exit_code
 
 
+def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check that the pipeline computes what the notebook computes",
+        description="Run the notebook top to bottom in a Jupyter kernel and as the local "
+        "pipeline, and compare every name the steps bind. Exit 1 when a name differs "
+        "(each is named with the step that provides it) or a step fails.",
+    )
+    _notebook_arg(verify)
+    _param_arg(verify, "a pipeline parameter for both runs (repeatable)")
+    verify.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run the kernel N times: names that differ between kernel runs (the time, "
+        "unseeded randomness) are reported as unstable, not as differences",
+    )
+    verify.add_argument("--format", choices=("text", "json"), default="text")
+    verify.set_defaults(command=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import result_to_text, verify_notebook
+
+    result = verify_notebook(args.notebook, _overrides(args.param), runs=args.runs)
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result_to_text(result))
+    return 0 if result.ok else 1
+
+
 def _print_diagnostics(
     diagnostics: Sequence[Diagnostic],
     notebook: Notebook | None,
@@ -344,6 +383,11 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="bearer token (default: $KF_PIPELINES_TOKEN, the "
         "in-cluster service account token, or the kubeconfig)",
     )
+    submit.add_argument(
+        "--username",
+        help="log in to a multi-user Kubeflow through Dex as this user; the password comes "
+        "from $KF_PIPELINES_PASSWORD or a prompt, the session is reused until it expires",
+    )
     _param_arg(submit, "a run parameter (repeatable), typed by the pipeline's parameters")
     submit.add_argument("--name", help="pipeline name (default: the notebook's pipeline_name)")
     submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
@@ -397,6 +441,8 @@ def _tune_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     tune.add_argument("--seed", type=int, help="seed of the suggestions, for repeatable searches")
     tune.add_argument("--jobs", type=_positive_int, help="parallel steps within one trial")
     tune.add_argument("--format", choices=("text", "json"), default="text")
+    # The Jupyter server picks the id so that the panel can follow the tuning at once.
+    tune.add_argument("--tune-id", help=argparse.SUPPRESS)
     tune.set_defaults(command=_tune)
 
 
@@ -423,7 +469,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     result = tune(args.notebook, args.search, objective=args.objective, maximize=args.maximize,
                   trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
-                  seed=args.seed, jobs=args.jobs, progress=progress)
+                  seed=args.seed, jobs=args.jobs, tune_id=args.tune_id, progress=progress)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
@@ -470,7 +516,8 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError("--watch follows one run: it does not go with recurring runs")
     if args.manage:
         manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
-                        namespace=args.namespace, token=args.token, name=args.name)
+                        namespace=args.namespace, token=args.token, name=args.name,
+                        username=args.username)
         return 0
     result = submit(
         args.notebook,
@@ -487,6 +534,7 @@ def _submit(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         max_concurrency=args.max_concurrency,
         catchup=not args.no_catchup,
+        username=args.username,
     )
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1

@@ -19,7 +19,6 @@ from .analysis import (
     FunctionInfo,
     MagicLine,
     analyse_source,
-    function_closure,
     function_writes,
     strip_magics,
 )
@@ -37,6 +36,7 @@ from .notebook import Cell, Notebook
 from .output_names import HISTORY, displaying_counts, execution_counts, reads_output_name
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
+from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, is_settings, rng_name, settings_name
 from .settings import NotebookSettings
 from .sharing import Returns, ShareGroups
 
@@ -165,6 +165,7 @@ def _analyse_cells(
     step: str | None,
     problems: list[Diagnostic],
     functions: Mapping[str, FunctionInfo] | None = None,
+    code_held: Mapping[str, frozenset[str]] | None = None,
     returns: Mapping[str, Returns] | None = None,
 ) -> _Located | None:
     """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
@@ -184,7 +185,7 @@ def _analyse_cells(
         starts.append((line, cell.index))
         line += text.count("\n")
     try:
-        analysis = analyse_source("".join(sources), functions, returns)
+        analysis = analyse_source("".join(sources), functions, code_held, returns=returns)
         return _Located(analysis, tuple(starts), tuple(magics))
     except CodeSyntaxError:
         pass
@@ -250,16 +251,28 @@ class _GraphBuilder:
         self.groups = ShareGroups()
         self.returns: dict[str, Returns] = {}
         self.parameter_names = frozenset(p.name for p in blocks.parameters)
+        # Deferred reads: where each function was defined (for the line of a read in its
+        # body), the values holding notebook code with the globals it reads, every name
+        # some step binds, and reads of handed-on code that found no provider (an error
+        # only if no step binds the name at all).
+        self.defined_in: dict[str, _Located] = {}
+        self.code_held: dict[str, frozenset[str]] = {}
+        self.ever_bound: set[str] = set()
+        self.unprovided: list[tuple[str, str, tuple[int, int], str]] = []
         # steps whose displayed values no step has read yet (see _displayed)
         self.undisplayed: list[Step] = []
         self.carried: dict[str, tuple[tuple[str, bool], ...]] = {}
         self.output_counts: dict[int, int] | None = None
+        # imports/functions-cell functions that draw random numbers or change settings
+        self.function_touches: dict[str, tuple[set[str], set[str]]] = {}
+        self.settings_written: set[str] = set()  # settings some step changed
 
     def run(self) -> None:
         self._prelude()
         params = {p.name: p for p in self.blocks.parameters}
         for name in params:
             self.last_writer[name] = PARAMETER
+            self.ever_bound.add(name)
         events: list[tuple[int, Step | Cell]] = [(s.position, s) for s in self.blocks.steps]
         events += [(c.index, c) for c in self.blocks.metric_cells]
         for _, item in sorted(events, key=lambda e: e[0]):
@@ -270,6 +283,7 @@ class _GraphBuilder:
         self._load_partial_bindings()
         while self._unify_shared_loads():  # new loads may start from earlier values in turn
             self._load_partial_bindings()
+        self._check_unprovided()
         _check_split_steps(self.blocks.steps, self.state, self.problems)
         _check_hazards(self.blocks, self.state, self.edges, self.problems)
         # A name missing because a split step runs too early is that cycle, said once.
@@ -287,8 +301,9 @@ class _GraphBuilder:
         self._check_magics(located, None)
         _string_notes(located, None, self.problems)
         self.prelude_names = a.binds
-        self.functions.update(a.functions)
+        self._learn_code(a, located)
         self.returns.update(a.returns or {})
+        self.function_touches = _function_touches(cells)
         self.star_prelude = bool(a.star_imports)
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -303,8 +318,10 @@ class _GraphBuilder:
             )
 
     def _step(self, step: Step) -> None:
-        located = _analyse_cells(list(step.cells), step.name, self.problems, self.functions,
-                                 self.returns)
+        located = _analyse_cells(
+            list(step.cells), step.name, self.problems, self.functions, self.code_held,
+            self.returns,
+        )
         if located is None:
             return
         a = located.analysis
@@ -316,10 +333,18 @@ class _GraphBuilder:
         if self.undisplayed and any(reads_output_name(name) for name in needed):
             self._displayed()
         self._carried_reads(needed)
+        deferred = a.deferred_via
         for name, line in needed.items():
             # `_5` may be shown by this step's own earlier cell: like `_`, never an error
             maybe = name in a.maybe_free or reads_output_name(name)
-            self._resolve(step, state, name, located.where(line), maybe)
+            if name in deferred and name not in self.last_writer:  # maybe an error: where
+                where, via = self._read_site(located, name, line)
+                self._resolve(step, state, name, where, maybe, via)
+            else:
+                self._resolve(step, state, name, located.where(line), maybe)
+        for use in a.callback_free:
+            self._resolve_callback(step, state, located, use.name, use.line)
+        self._process_state(step, state, called)
         state.partial = {name: self.last_writer.get(name) for name in a.partial_binds}
         for use in a.star_imports:
             cell, line = located.where(use.line)
@@ -338,19 +363,37 @@ class _GraphBuilder:
         mutated = {n for n in a.mutates if not self._is_code(n)}
         writes = a.binds | mutated | function_writes(called, self.functions)
         writes |= self._shared_writes(state, a, mutated, writes, needed)
-        state.writes, state.reads = writes, frozenset(needed)
+        state.writes = writes
+        state.reads = frozenset(needed).union(use.name for use in a.callback_free)
         for name in writes:
             self.last_writer[name] = step.name
             self.deleted_by.pop(name, None)
         for name in a.deletes:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
-        self.functions.update(a.functions)
+        self._learn_code(a, located)
         self.returns.update(a.returns or {})
         self.undisplayed.append(step)
         for name in writes:
             self.carried.pop(name, None)
         self.carried.update(a.carries)
+        if state.hazards:  # functions this step defines that later steps may call
+            self.function_touches.update(_function_touches(list(step.cells)))
+
+    def _learn_code(self, a: CodeAnalysis, located: _Located) -> None:
+        """Remember the functions and code-holding values a step or the prelude leaves."""
+        self.functions.update(a.functions)
+        for name in a.functions:
+            self.defined_in[name] = located
+        self.ever_bound |= a.binds
+        if self.code_held:
+            for name in a.binds - a.partial_binds:
+                self.code_held.pop(name, None)
+            for name in a.deletes:
+                self.code_held.pop(name, None)
+        for name, reads in a.code_held.items():
+            if name in a.binds or not self._is_code(name):  # each step re-runs the prelude
+                self.code_held[name] = self.code_held.get(name, frozenset()) | reads
 
     def _carried_reads(self, needed: dict[str, int]) -> None:
         """A formula model received from another step re-evaluates its formula when it is
@@ -376,6 +419,29 @@ class _GraphBuilder:
                 partial.setdefault(name, self.last_writer.get(name))
                 self.last_writer[name] = step.name
         self.undisplayed.clear()
+
+    def _process_state(self, step: Step, state: _StepState, called: list[str]) -> None:
+        """Library settings and global random generators, as pseudo-variables.
+
+        A step that changes a library's settings or draws from a global generator mutates
+        its pseudo-variable (it starts from the state the provider left, and provides it);
+        a seed binds it. Settings changed by an earlier step are in force in every later
+        step, as in the kernel, so every later step loads them.
+        """
+        reads, writes = _touches(state.hazards)
+        for name in called:
+            function_reads, function_writes_ = self.function_touches.get(name, ((), ()))
+            reads |= set(function_reads)
+            writes |= set(function_writes_)
+        reads |= self.settings_written
+        for name in sorted(reads):
+            provider = self.last_writer.get(name)
+            if provider is not None and provider != PARAMETER:
+                state.loads[name] = provider
+                self.state[provider].saves.add(name)
+        for name in writes:
+            self.last_writer[name] = step.name
+        self.settings_written |= {n for n in writes if is_settings(n)}
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -512,18 +578,81 @@ class _GraphBuilder:
         """Names the step reads from outside (with the joined-source line of the first use),
         and the functions defined outside the step that it uses.
 
-        A function defined in an earlier cell reads its globals when called: a step using
-        it needs them too.
+        A function defined in an earlier cell reads its globals when called: the analysis
+        counts them at the call (unless the step binds them before it).
         """
         needed = {use.name: use.line for use in a.free}
         called = [name for name in needed if name in self.functions]
-        for name in called:
-            for global_name in sorted(function_closure([name], self.functions)):
-                needed.setdefault(global_name, needed[name])
         return needed, called
 
+    def _read_site(
+        self, located: _Located, name: str, line: int
+    ) -> tuple[tuple[int, int], str | None]:
+        """Where to report a missing name: the read itself when code that runs later
+        reads it (with what made that code run), else where the step reads it."""
+        via = located.analysis.deferred_via.get(name)
+        if via is None:
+            return located.where(line), None
+        owner, read_line = via
+        where = located.where(line)
+        used = f"used at cell {where[0]}, line {where[1]}"
+        if owner in self.functions or owner in located.analysis.functions:
+            call = f"{owner!r} ({used})"
+        elif owner == "a lambda":
+            call = f"a lambda ({used})"
+        else:
+            call = f"code held by {owner!r} ({used})"
+        if read_line:
+            return located.where(read_line), call
+        info = self.functions.get(owner)
+        home = self.defined_in.get(owner)
+        if info is not None and home is not None:
+            lines = dict(info.read_at)
+            if lines.get(name):
+                return home.where(lines[name]), call
+        return where, call
+
+    def _resolve_callback(
+        self, step: Step, state: _StepState, located: _Located, name: str, line: int
+    ) -> None:
+        """A read by code that may run from here on: provided if some step provides it."""
+        provider = self.last_writer.get(name)
+        if provider == PARAMETER:
+            state.parameters.append(name)
+        elif provider is not None:
+            state.loads[name] = provider
+            self.state[provider].saves.add(name)
+        elif not (name in self.prelude_names or name in AMBIENT_NAMES or self.star_prelude):
+            where, via = self._read_site(located, name, line)
+            self.unprovided.append((step.name, name, where, via or "code run from here"))
+
+    def _check_unprovided(self) -> None:
+        """Code handed on may run after a later step binds what it reads; a name that no
+        step binds at all is an error, at the read."""
+        reported: set[str] = set()
+        for step, name, where, via in self.unprovided:
+            if name in self.ever_bound or name in self.deleted_by or name in reported:
+                continue
+            reported.add(name)  # at its first read: the others are the same mistake
+            self.problems.append(
+                error(
+                    "NB103",
+                    f"{name!r} is read by {via} but no step defines it; define it in an "
+                    "earlier step, or in an imports/functions cell if every step needs it",
+                    cell=where[0],
+                    line=where[1],
+                    step=step,
+                )
+            )
+
     def _resolve(
-        self, step: Step, state: _StepState, name: str, where: tuple[int, int], maybe: bool
+        self,
+        step: Step,
+        state: _StepState,
+        name: str,
+        where: tuple[int, int],
+        maybe: bool,
+        via: str | None = None,
     ) -> None:
         provider = self.last_writer.get(name)
         if provider == PARAMETER:
@@ -538,14 +667,18 @@ class _GraphBuilder:
             self.problems.append(
                 error(
                     "NB103",
-                    self._undefined_message(step, name),
+                    self._undefined_message(step, name, via),
                     cell=cell,
                     line=line,
                     step=step.name,
                 )
             )
 
-    def _undefined_message(self, step: Step, name: str) -> str:
+    def _undefined_message(self, step: Step, name: str, via: str | None = None) -> str:
+        if via is not None:
+            return self._undefined_message(step, name).replace(
+                f"{name!r} is used", f"{name!r} is read by {via}", 1
+            )
         if name in self.deleted_by:
             return (
                 f"{name!r} is used but step {self.deleted_by[name]!r} deleted it (del {name}); "
@@ -754,6 +887,43 @@ def _cell_hazards(cells: tuple[Cell, ...]) -> list[tuple[Hazard, int, int]]:
     return found
 
 
+def _touches(hazards: list[tuple[Hazard, int, int]]) -> tuple[set[str], set[str]]:
+    """The pseudo-variables (settings, generators) hazards read and write."""
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for hazard, _, _ in hazards:
+        if hazard.kind == "seed" and hazard.detail in RNG_FAMILIES:
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "random" and hazard.detail in RNG_FAMILIES:
+            reads.add(rng_name(hazard.detail))
+            writes.add(rng_name(hazard.detail))
+        elif hazard.kind == "setting" and hazard.detail in SETTINGS_FAMILIES:
+            reads.add(settings_name(hazard.detail))
+            writes.add(settings_name(hazard.detail))
+    return reads, writes
+
+
+def _function_touches(cells: list[Cell]) -> dict[str, tuple[set[str], set[str]]]:
+    """For each function the imports/functions cells define, the state its calls touch."""
+    import ast
+
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for cell in cells:
+        if not might_have_hazards(cell.source):
+            continue
+        try:
+            tree = ast.parse(strip_magics(cell.source)[0])
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found = [(h, cell.index, h.line) for h in find_hazards(ast.unparse(node))]
+                reads, writes = _touches(found)
+                if reads or writes:
+                    out[node.name] = (reads, writes)
+    return out
+
+
 def _check_hazards(
     blocks: Blocks,
     state: Mapping[str, _StepState],
@@ -777,7 +947,7 @@ def _check_hazards(
         hazards = state[step.name].hazards
         own_seeds = {h.detail for h, _, _ in hazards if h.kind == "seed"}
         for hazard, cell, line in hazards:
-            if hazard.kind == "environment" and i < len(steps) - 1:
+            if hazard.kind in ("environment", "uncarried") and i < len(steps) - 1:
                 problems.append(
                     warning(
                         "NB105",
@@ -790,6 +960,7 @@ def _check_hazards(
                 )
             elif (
                 hazard.kind == "random"
+                and hazard.detail not in RNG_FAMILIES  # those continue their stream
                 and hazard.detail in seeded
                 and hazard.detail not in own_seeds | prelude_seeds
             ):

@@ -1,9 +1,12 @@
-"""State outside Python variables: what a step does that later steps cannot see.
+"""State outside Python variables: what a step does to its process and its files.
 
-Each step is a fresh process, so a random seed, an environment variable or a working
-directory set in one step does not carry over, and a file written by one step is only
-there for another if that one runs after it. ``find_hazards`` spots the common forms in
-one cell; :mod:`kale_py.graph` decides which are a problem for the pipeline.
+Each step is a process of its own. Library settings (``sklearn.set_config``,
+``pd.set_option``, ``plt.rcParams``, ``warnings.filterwarnings``, ...) and the global random
+generators (``random``, ``np.random``, ``torch``) are carried to later steps as
+pseudo-variables (see :mod:`kale_py.process_state`); an environment variable, a working
+directory or another library's process-wide setting is not, and a file written by one
+step is only there for another if that one runs after it. ``find_hazards`` spots the
+common forms in one cell; :mod:`kale_py.graph` decides what each means for the pipeline.
 """
 
 from __future__ import annotations
@@ -15,9 +18,48 @@ from dataclasses import dataclass
 # Cheap pre-check: only cells mentioning one of these are parsed again.
 _PREFILTER = re.compile(
     r"seed|random|environ|putenv|chdir|open\(|to_\w+\(|read_\w+\(|save|load|write"
+    r"|set_|seterr|rcParams|rc\(|style|warn|basicConfig|disable|options|sample|split"
+    r"|rand|shuffle|resample|normal|bernoulli|multinomial|setrecursionlimit|setlocale"
 )
 
-_SEED_CALLS = {"seed", "manual_seed", "set_seed", "manual_seed_all"}
+_SEED_CALLS = {"seed", "manual_seed", "set_seed", "manual_seed_all", "setstate", "set_state",
+               "set_rng_state"}
+# Members of `random` / `np.random` that do not use the global generator.
+_NOT_DRAWS = {"default_rng", "RandomState", "Generator", "SeedSequence", "BitGenerator",
+              "PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64", "Random", "SystemRandom",
+              "getstate", "get_state", "get_rng_state"}
+_TORCH_DRAWS = {"rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial",
+                "poisson", "rand_like", "randn_like", "randint_like"}
+# Library calls that draw from numpy's global generator unless given a random_state.
+_NUMPY_DRAWING_CALLS = {"train_test_split", "shuffle", "resample", "sample"}
+# Calls that change a library's process-wide settings, by (module alias, function).
+_SETTING_CALLS: dict[str, str] = {
+    "set_config": "sklearn",
+    "set_option": "pandas",
+    "reset_option": "pandas",
+    "set_printoptions": "numpy",
+    "seterr": "numpy",
+    "rc": "matplotlib",
+    "rcdefaults": "matplotlib",
+    "rc_file": "matplotlib",
+    "filterwarnings": "warnings",
+    "simplefilter": "warnings",
+    "resetwarnings": "warnings",
+    "basicConfig": "logging",
+    "set_default_dtype": "torch",
+    "use_deterministic_algorithms": "torch",
+}
+_SEABORN_SETTERS = {"set", "set_theme", "set_style", "set_context", "set_palette"}
+# Process-wide settings no step after this one sees (not carried): NB105.
+_UNCARRIED_CALLS = {
+    ("sys", "setrecursionlimit"),
+    ("locale", "setlocale"),
+    ("os", "umask"),
+    ("torch", "set_num_threads"),
+    ("torch", "set_printoptions"),
+    ("tf", "config"),
+    ("tensorflow", "config"),
+}
 _WRITE_METHODS = {
     "to_csv",
     "to_parquet",
@@ -55,9 +97,11 @@ _READ_FUNCS = {
 
 @dataclass(frozen=True)
 class Hazard:
-    kind: str  # "seed" | "random" | "environment" | "write" | "read"
+    kind: str  # "seed" | "random" | "setting" | "uncarried" | "environment" | "write" | "read"
     line: int
-    detail: str  # the module for seeds/random draws, the path for files, the call otherwise
+    # the generator's family for seeds and draws ("random", "numpy", "torch", "tensorflow"),
+    # the library for settings, the path for files, the call otherwise
+    detail: str
 
 
 def might_have_hazards(source: str) -> bool:
@@ -81,6 +125,8 @@ def find_hazards(source: str) -> list[Hazard]:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(_is_environ_item(t) for t in targets):
                 found.append(Hazard("environment", node.lineno, "os.environ"))
+            found += [Hazard("setting", node.lineno, lib) for lib in map(_assigned_setting, targets)
+                      if lib]
     return sorted(found, key=lambda h: h.line)
 
 
@@ -91,8 +137,14 @@ def _call_hazards(call: ast.Call) -> list[Hazard]:
     name, line = dotted[-1], call.lineno
     if name in _SEED_CALLS and len(dotted) > 1:
         return [Hazard("seed", line, _rng_family(dotted))]
-    if len(dotted) > 1 and dotted[-2] == "random" or dotted[0] == "random" and len(dotted) == 2:
-        return [Hazard("random", line, _rng_family(dotted))]
+    draw = _draw_family(dotted, call)
+    if draw:
+        return [Hazard("random", line, draw)]
+    setting = _setting_library(dotted)
+    if setting:
+        return [Hazard("setting", line, setting)]
+    if tuple(dotted[:2]) in _UNCARRIED_CALLS:
+        return [Hazard("uncarried", line, ".".join(dotted))]
     if (
         dotted[:2] == ["os", "environ"]
         and name in ("update", "setdefault", "pop", "clear")
@@ -110,6 +162,55 @@ def _call_hazards(call: ast.Call) -> list[Hazard]:
     if name in _READ_FUNCS:
         return [Hazard("read", line, path)]
     return []
+
+
+def _draw_family(dotted: list[str], call: ast.Call) -> str | None:
+    """The global generator a call draws from, if any."""
+    name = dotted[-1]
+    if name in _NOT_DRAWS:
+        return None
+    if len(dotted) > 1 and dotted[-2] == "random" or dotted[0] == "random" and len(dotted) == 2:
+        return _rng_family(dotted)
+    if dotted[0] == "torch" and len(dotted) == 2 and name in _TORCH_DRAWS:
+        return "torch"
+    if name in _NUMPY_DRAWING_CALLS and not _given_random_state(call):
+        return "numpy"
+    return None
+
+
+def _given_random_state(call: ast.Call) -> bool:
+    for keyword in call.keywords:
+        if keyword.arg == "random_state" or keyword.arg is None:
+            value = keyword.value
+            return not (isinstance(value, ast.Constant) and value.value is None)
+    return False
+
+
+def _setting_library(dotted: list[str]) -> str | None:
+    """The library whose process-wide settings a call changes, if any."""
+    name = dotted[-1]
+    if name in _SETTING_CALLS and (len(dotted) > 1 or name != "rc"):
+        return _SETTING_CALLS[name]
+    if dotted[-2:] == ["style", "use"] or dotted[-2:] == ["rcParams", "update"]:
+        return "matplotlib"
+    if dotted[0] in ("sns", "seaborn") and len(dotted) == 2 and name in _SEABORN_SETTERS:
+        return "matplotlib"
+    if dotted in (["logging", "disable"], ["warnings", "simplefilter"]):
+        return dotted[0]
+    if len(dotted) > 1 and name == "setLevel" and dotted[0] == "logging":
+        return "logging"
+    return None
+
+
+def _assigned_setting(target: ast.expr) -> str | None:
+    """``plt.rcParams["x"] = ...`` and ``pd.options.display.x = ...`` change settings."""
+    if isinstance(target, ast.Subscript) and _dotted(target.value)[-1:] == ["rcParams"]:
+        return "matplotlib"
+    if isinstance(target, ast.Attribute):
+        dotted = _dotted(target)
+        if len(dotted) > 2 and dotted[1] == "options" and dotted[0] in ("pd", "pandas"):
+            return "pandas"
+    return None
 
 
 def _rng_family(dotted: list[str]) -> str:

@@ -48,6 +48,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 
 from . import __version__
 from .diagnostics import Diagnostic, RunError, error
+from .process_state import STATE_VARIABLE, is_pseudo
 
 if TYPE_CHECKING:
     from .codegen import StepProgram
@@ -95,6 +96,9 @@ class RunOptions:
     runtime_command: tuple[str, ...] | None = None
     #: Seconds between SIGTERM and SIGKILL when steps are cancelled or time out.
     grace_seconds: float = 5.0
+    #: Extra environment variables of the step processes (``nb2pipe verify`` sets
+    #: ``KALE_PY_EXPORT_DIGESTS`` through it).
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class RunPlan:
     reuse: Mapping[str, str]  # step left out -> the earlier run whose outputs it lends
     run_root: Path
     workdir: Path
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan_run(pipeline: Pipeline, options: RunOptions) -> RunPlan:
@@ -176,7 +181,9 @@ def plan_run(pipeline: Pipeline, options: RunOptions) -> RunPlan:
         raise RunError(problems)
     earlier = [r for r in read_runs(run_root / "runs", notebook) if r["run_id"] != options.run_id]
     reuse = _reuse_sources(pipeline, selected, run_root / "runs", earlier)
-    return RunPlan(pipeline, params, selected, reuse, run_root, notebook.parent)
+    return RunPlan(
+        pipeline, params, selected, reuse, run_root, notebook.parent, dict(options.environment)
+    )
 
 
 def _selected_steps(pipeline: Pipeline, options: RunOptions) -> tuple[str, ...]:
@@ -792,7 +799,9 @@ class _Scheduler:
             manifest = read_json(state / "manifest.json")
             if not isinstance(manifest, dict):
                 return None
-            inputs[var] = (manifest.get("variables", {}).get(var) or {}).get("hash")
+            # pseudo-variables (library settings, generators) travel in one record
+            saved = STATE_VARIABLE if is_pseudo(var) else var
+            inputs[var] = (manifest.get("variables", {}).get(saved) or {}).get("hash")
         params = {p: self.ctx.plan.params[p] for p in program.spec.get("parameters", {})}
         return StepCache.key(program, params, inputs)
 
@@ -810,7 +819,7 @@ class _Scheduler:
             proc = subprocess.Popen(
                 command,
                 cwd=self.ctx.plan.workdir,
-                env=_step_environment(),
+                env={**_step_environment(), **self.ctx.plan.environment},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ arrays and DataFrames, see notes/state-passing-and-analysis.md). Each step write
 
 from __future__ import annotations
 
+import builtins
 import copyreg
 import functools
 import gc
@@ -1055,7 +1056,10 @@ def load_variable(
     inside `allowed_root` is ever unpickled. `step` (the loading step) only goes into
     error messages. Raises StateError for a missing, foreign, corrupt or unloadable file.
     ``namespace``: the loading step's globals; restore code that looks names up in its
-    caller's frames (a statsmodels formula model re-evaluating its formula) finds them there.
+    caller's frames (a statsmodels formula model re-evaluating its formula) finds them there,
+    and notebook functions, lambdas and methods saved by value read their globals from it
+    when they run, as in the notebook (what they read when saved only fills in names it
+    lacks).
 
         >>> manifest = read_manifest("state/load")  # doctest: +SKIP
         >>> df = load_variable(manifest["variables"]["df"], "state/load", allowed_root="state")
@@ -1119,7 +1123,7 @@ def _load_file(target: _Target, allowed_root: PathLike, namespace: dict[str, Any
     buffers = [view[offset : offset + length] for offset, length in header.buffers]
     try:
         with _gc_paused():
-            return restore_in(namespace, _unpickler(header.pickler, main, buffers))
+            return restore_in(namespace, _unpickler(header.pickler, main, buffers, namespace))
     except Exception as exc:
         named = replace(target, name=header.name, type_name=header.type)
         raise _unpickling_failed(named, path, exc) from exc
@@ -1245,13 +1249,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _unpickler(pickler: str, main: memoryview | bytes, buffers: Sequence[memoryview]
-               ) -> Callable[[], object]:
-    """The unpickling call, without a Python frame of this module (see restore_in)."""
+def _unpickler(pickler: str, main: memoryview | bytes, buffers: Sequence[memoryview],
+               namespace: dict[str, Any] | None = None) -> Callable[[], object]:
+    """The unpickling call, without a Python frame of this module (see restore_in).
+
+    ``namespace``: the loading step's globals, for notebook code saved by value."""
     if pickler == "dill":
         # dill's own unpickler restores what its pickler special-cases (e.g. __main__ globals).
         dill = importlib.import_module("dill")
         return dill.Unpickler(io.BytesIO(main), buffers=buffers).load  # type: ignore[no-any-return]
+    if pickler == "cloudpickle" and namespace is not None:
+        return _CodeIntoNamespace(io.BytesIO(main), list(buffers), namespace).load
     # cloudpickle output is a standard pickle stream; its helpers import by themselves.
     return functools.partial(pickle.loads, main, buffers=buffers)
 
@@ -1297,6 +1305,50 @@ def _restore_code_failure(exc: BaseException) -> str | None:
 
 
 _OWN_FILES = frozenset({__file__, "<kale_py restore>"})
+
+
+class _CodeIntoNamespace(pickle.Unpickler):
+    """Unpickles cloudpickle output so that notebook code reads the step's globals.
+
+    cloudpickle gives each function saved by value a private dict of the globals it read
+    when saved: a method, closure or lambda loaded by a later step would not see what
+    that step binds or loads (the notebook's code does). Functions of the notebook's
+    ``__main__`` get the step's namespace instead; their saved globals only fill in
+    names the namespace lacks.
+    """
+
+    def __init__(self, file: io.BytesIO, buffers: list[memoryview],
+                 namespace: dict[str, Any]) -> None:
+        super().__init__(file, buffers=buffers)
+        self._namespace = namespace
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if module == "cloudpickle.cloudpickle":
+            if name == "_make_function":
+                return self._make_function
+            if name == "_function_setstate":
+                return functools.partial(self._function_setstate, found)
+        return found
+
+    def _make_function(self, code: types.CodeType, saved: dict[str, Any], name: str,
+                       defaults: Any, closure: Any) -> types.FunctionType:
+        target = self._namespace if saved.get("__name__") == _NOTEBOOK_MODULE else saved
+        target.setdefault("__builtins__", builtins)
+        return types.FunctionType(code, target, name, defaults, closure)
+
+    def _function_setstate(self, setstate: Callable[[Any, Any], None], function: Any,
+                           state: Any) -> None:
+        if getattr(function, "__globals__", None) is not self._namespace:
+            setstate(function, state)
+            return
+        attributes, slots = state
+        slots = dict(slots)
+        for key, value in slots.pop("__globals__", {}).items():
+            self._namespace.setdefault(key, value)
+        kept = self._namespace.get("__builtins__", builtins)
+        setstate(function, (attributes, {**slots, "__globals__": {}}))
+        self._namespace["__builtins__"] = kept
 
 
 def _unpickling_failed(target: _Target, path: Path, exc: Exception) -> StateError:

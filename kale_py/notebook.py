@@ -12,7 +12,6 @@ never a traceback.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,76 +199,11 @@ def _upgrade_v3(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# --- percent scripts (jupytext "percent" format, as VS Code and Spyder write them) -------------
-
-_CELL_MARKER = re.compile(r"^# ?%%(?!%)(?P<rest>.*)$")
-_KIND = re.compile(r"\[(markdown|md|raw)\]")
+# --- percent scripts (jupytext "percent" format, as VS Code, Spyder and jupytext write them) ----
 
 
 def percent_script_to_notebook(text: str, path: Path | None = None) -> Notebook:
-    """Split a ``# %%`` script into cells; ``# %% tags=["step:a"]`` carries the tags.
+    """Split a ``# %%`` script into cells as jupytext does (see :mod:`kale_py.percent`)."""
+    from .percent import read_percent
 
-    Lines before the first marker form a code cell when they hold code (jupytext does the
-    same, minus a leading header of comments, which we keep as code: it is harmless).
-    """
-    lines = text.splitlines()
-    cells: list[Cell] = []
-    start, header = 0, None
-    for lineno, line in enumerate(lines):
-        match = _CELL_MARKER.match(line)
-        if not match:
-            continue
-        _add_percent_cell(cells, lines[start:lineno], header, start + 1)
-        start, header = lineno + 1, match.group("rest")
-    _add_percent_cell(cells, lines[start:], header, start + 1)
-    metadata: dict[str, Any] = {}
-    return Notebook(path=path, cells=tuple(cells), metadata=metadata, format="percent")
-
-
-def _add_percent_cell(
-    cells: list[Cell], body: list[str], header: str | None, first_line: int
-) -> None:
-    if header is None and not any(line.strip() for line in body):
-        return  # nothing before the first marker
-    kind, tags = "code", tuple[str, ...]()
-    if header is not None:
-        kind_match = _KIND.search(header)
-        if kind_match:
-            kind = "raw" if kind_match.group(1) == "raw" else "markdown"
-        tags = _percent_tags(header, len(cells) + 1, first_line - 1)
-    while body and not body[-1].strip():
-        body = body[:-1]
-    if kind == "markdown":
-        body = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in body]
-    cells.append(
-        Cell(
-            index=len(cells) + 1,
-            kind=kind,
-            source="\n".join(body),
-            tags=tags,
-            first_line=first_line,
-        )
-    )
-
-
-_TAGS = re.compile(r"\btags\s*=\s*(\[[^\]]*\])")
-
-
-def _percent_tags(header: str, cell: int, file_line: int) -> tuple[str, ...]:
-    match = _TAGS.search(header)
-    if not match:
-        return ()
-    try:
-        tags = json.loads(match.group(1))
-    except json.JSONDecodeError:
-        raise NotebookError(
-            error(
-                "NB002",
-                f'line {file_line}: tags must be a JSON list of strings, like tags=["step:load"]',
-                cell=cell,
-                line=0,
-            )
-        ) from None
-    if not all(isinstance(t, str) for t in tags):
-        raise NotebookError(error("NB002", f"line {file_line}: tags must be strings", cell=cell))
-    return tuple(t.strip() for t in tags if t.strip())
+    return read_percent(text, path)

@@ -55,3 +55,22 @@ def pinned_requirements(modules: Iterable[str]) -> tuple[list[str], list[str]]:
             except metadata.PackageNotFoundError:
                 unknown.append(module)
     return sorted(pins), unknown
+
+
+def third_party_modules(cells: Iterable[Cell]) -> list[str]:
+    """The modules the cells import that are neither the standard library nor kale_py."""
+    return sorted(m for m in imported_modules(cells)
+                  if m not in sys.stdlib_module_names and m not in ("kale_py", "__future__"))
+
+
+def default_image_message(image: str, imports: Mapping[str, list[str]]) -> str:
+    """KF008's text: which steps import what the default ``image`` lacks, and the ways out.
+
+    ``imports`` maps each step that runs in the default image to its third-party modules.
+    """
+    modules = sorted({m for found in imports.values() for m in found})
+    steps = ", ".join(sorted(imports))
+    return (f"step{'s' if len(imports) > 1 else ''} {steps} import {', '.join(modules)}, which "
+            f"the default image {image} does not have: set base_image in the notebook metadata "
+            "(or --image), pass --install-packages to pip-install them when the steps start, "
+            "or build a step image with --step-image")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kale_py import marshal
+from kale_py import marshal, process_state
 from kale_py.magics import SKIPPED_LINE_MAGICS
 
 CELL_FILE = "{notebook}, cell {cell}"  # the file name tracebacks show for a cell
@@ -457,9 +457,17 @@ class StepRuntime:
         # Names saved as one group (they may share objects) load from one file, together.
         # An object whose restore code reads the namespace (a formula model) may need a
         # variable that comes later in the list: what fails is tried again after the rest.
+        dirs = _pairs(self.args.state_in, "--state-in")
+        kfp_names = self.spec.get("kfp_names", {})
+        roots = self.args.allowed_root or list(dirs.values())
+        pseudo: dict[str, str] = {}
         manifests: dict[str, dict[str, Any]] = {}
         units: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for var, producer in self.spec.get("inputs", {}).items():
+            known = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+            if process_state.is_pseudo(var) and known is not None:
+                pseudo[var] = known
+                continue
             directory = self._input_directory(var, producer)
             if directory not in manifests:
                 manifests[directory] = marshal.read_manifest(directory)
@@ -478,6 +486,7 @@ class StepRuntime:
                 failed.append((directory, records))
         for directory, records in failed:
             self._load_records(directory, records)
+        self._restore_process_state(pseudo, roots)
 
     def _input_directory(self, var: str, producer: str) -> str:
         dirs = _pairs(self.args.state_in, "--state-in")
@@ -500,6 +509,26 @@ class StepRuntime:
         )
         for var, value in values.items():
             self.namespace[var] = self._rebind(value)
+
+    def _restore_process_state(self, pseudo: dict[str, str], roots: list[str]) -> None:
+        """Library settings and random generators as their providing steps left them."""
+        loaded: dict[str, Any] = {}
+        for name, directory in pseudo.items():
+            if directory not in loaded:
+                record = marshal.read_manifest(directory)["variables"].get(
+                    process_state.STATE_VARIABLE
+                )
+                loaded[directory] = (
+                    {}
+                    if record is None
+                    else marshal.load_variable(
+                        record["file"], directory, allowed_root=_common_root(roots, directory)
+                    )
+                )
+            try:
+                process_state.restore(name, loaded[directory].get(name))
+            except Exception as exc:  # noqa: BLE001 - a library refusing its own state
+                self.notice(f"{name} could not be restored: {type(exc).__name__}: {exc}")
 
     def _rebind(self, value: Any) -> Any:
         """Functions pickled by value read their globals from this step, as in the notebook."""
@@ -636,13 +665,28 @@ class StepRuntime:
             return []
         out = Path(self.args.state_out)
         out.mkdir(parents=True, exist_ok=True)
-        values, missing = {}, []
-        for name in self.spec.get("outputs", []):
+        records, missing = [], []
+        values: dict[str, Any] = {}
+        outputs = self.spec.get("outputs", [])
+        pseudo = [n for n in outputs if process_state.is_pseudo(n)]
+        if pseudo:
+            records.append(
+                marshal.save_variable(
+                    process_state.STATE_VARIABLE,
+                    process_state.capture(pseudo, self.notice),
+                    out,
+                    step=self.spec["step"],
+                    content_hash=not self.args.executor_output,
+                )
+            )
+        for name in outputs:
+            if process_state.is_pseudo(name):
+                continue
             if name not in self.namespace:
                 missing.append(name)
                 continue
             values[name] = self.namespace[name]
-        records = marshal.save_variables(
+        records += marshal.save_variables(
             values,
             out,
             step=self.spec["step"],
@@ -680,6 +724,20 @@ class StepRuntime:
             except marshal.StateError as exc:
                 self.notice(f"not exported: {exc}")
         marshal.write_manifest(out, self.spec["step"], records)
+
+    def export_digests(self) -> None:
+        """Digests of every variable the step wrote, for ``nb2pipe verify``.
+
+        Written to ``$KALE_PY_EXPORT_DIGESTS/<kfp_name>.json`` when that is set.
+        """
+        target = os.environ.get("KALE_PY_EXPORT_DIGESTS")
+        if not target:
+            return
+        from kale_py import digest
+
+        names = [n for n in self.spec.get("writes", []) if not process_state.is_pseudo(n)]
+        digests = digest.digest_all(self.namespace, names)
+        _write_atomic(str(Path(target) / f"{self.spec['kfp_name']}.json"), json.dumps(digests))
 
 
 _MISSING = object()
@@ -796,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         result["metrics"] = runtime.metrics()
         result["saved"] = runtime.save_outputs()
         runtime.export_all()
+        runtime.export_digests()
     except CellFailed as failed:
         result.update(
             status="failed",

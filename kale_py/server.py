@@ -34,6 +34,7 @@ NAMESPACE = "kale-py"
 # accept only characters that cannot form a path (no "/", and no leading dot).
 RUN_ID = r"(?P<run_id>[A-Za-z0-9][A-Za-z0-9_.-]*)"
 STEP = r"(?P<step>[A-Za-z0-9_-]+)"
+TUNE_ID = r"(?P<tune_id>[A-Za-z0-9][A-Za-z0-9_.-]*)"
 
 T = TypeVar("T")
 
@@ -46,13 +47,16 @@ class BadRequest(tornado.web.HTTPError):
         super().__init__(400, message.replace("%", "%%"))
 
 
-_JSON_TYPE_NAMES: dict[type, str] = {str: "a string", dict: "an object", list: "an array"}
+_JSON_TYPE_NAMES: dict[type, str] = {str: "a string", dict: "an object", list: "an array",
+                                      int: "a whole number", bool: "true or false"}
 
 
 def _expect(body: dict[str, Any], name: str, kind: type) -> Any:
     """``body[name]`` if it has the expected JSON type; absent or null means "not given"."""
     value = body.get(name)
-    if value is not None and not isinstance(value, kind):
+    # JSON's true/false are not numbers, though Python's bool is an int
+    wrong = isinstance(value, bool) and kind is not bool
+    if value is not None and (wrong or not isinstance(value, kind)):
         raise BadRequest(f"'{name}' must be {_JSON_TYPE_NAMES.get(kind, kind.__name__)}")
     return value
 
@@ -231,6 +235,61 @@ class RunReportHandler(KalePyHandler):
             self.finish(html, set_content_type="text/html; charset=UTF-8")
 
 
+class TunesHandler(KalePyHandler):
+    """POST starts a local tuning in the background, body ``{"path", "search": ["NAME=SPEC"],
+    "objective", "maximize", "trials", "parallel", "algorithm"}`` → 201 ``{"tune_id"}``;
+    GET lists the notebook's tunings."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        from kale_py import api
+
+        result = await self.call_api(api.list_tunes, self.query_path())
+        if result is not None:
+            self.finish_json(result)
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        from kale_py import api
+
+        body = self.json_body()
+        path = self.notebook_path(body.get("path"))
+        search = _string_list(body, "search") or []
+        options = {
+            "objective": _expect(body, "objective", str),
+            "maximize": _expect(body, "maximize", bool),
+            "trials": _expect(body, "trials", int),
+            "parallel": _expect(body, "parallel", int),
+            "algorithm": _expect(body, "algorithm", str),
+        }
+        result = await self.call_api(api.start_tune, path, search, **options)
+        if result is not None:
+            self.set_status(201)
+            self.finish_json(result)
+
+
+class TuneHandler(KalePyHandler):
+    @tornado.web.authenticated
+    async def get(self, tune_id: str) -> None:
+        from kale_py import api
+
+        result = await self.call_api(api.get_tune, self.query_path(), tune_id)
+        if result is not None:
+            self.finish_json(result)
+
+
+class TuneReportHandler(RunReportHandler):
+    """A tuning's HTML report, sandboxed like a step's."""
+
+    @tornado.web.authenticated
+    async def get(self, tune_id: str) -> None:
+        from kale_py import api
+
+        html = await self.call_api(api.read_tune_report, self.query_path(), tune_id)
+        if html is not None:
+            self.finish(html, set_content_type="text/html; charset=UTF-8")
+
+
 class SubmitHandler(KalePyHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -245,8 +304,62 @@ class SubmitHandler(KalePyHandler):
             experiment=_expect(body, "experiment", str),
             params=_expect(body, "params", dict) or {},
             token=_expect(body, "token", str),
+            schedule=_expect(body, "schedule", str) or None,
+            max_concurrency=_expect(body, "max_concurrency", int) or 1,
             out=self.log.info,  # progress lines go to the server's log, not its stdout
         )
+        if result is not None:
+            self.finish_json(result)
+
+
+class VerifyHandler(KalePyHandler):
+    """``POST <base>/kale-py/verify``: does the pipeline compute what the notebook computes?
+
+    Runs the notebook top to bottom in a Jupyter kernel and as the local pipeline, and
+    compares every name the steps bind (see ``nb2pipe verify``). It takes as long as both
+    runs together.
+
+    Request body::
+
+        {"path": "dir/nb.ipynb",          # relative to the server root (required)
+         "params": {"EPOCHS": 3},         # pipeline parameters for both runs (optional)
+         "runs": 2}                       # kernel runs, to find unstable names (default 1)
+
+    Answer (200)::
+
+        {"notebook": "/abs/dir/nb.ipynb",
+         "ok": false,                     # no difference and every step succeeded
+         "differences": [                 # names whose final values differ
+             {"name": "model", "step": "train",    # the step that provides the name
+              "kernel": "short description of the kernel's value",
+              "pipeline": "short description of the pipeline's value, or (step 'x' failed)"}],
+         "unstable": [                    # names differing between kernel runs: not failures
+             {"name": "stamp", "step": "load", "kernel": "first run", "pipeline": "other run"}],
+         "compared": 12,                  # names compared
+         "steps": [                       # one per step, in notebook order
+             {"step": "train", "status": "succeeded",   # the pipeline run's step status
+              "compared": 3, "differences": ["model"], "unstable": [],
+              "error": null}],            # "ZeroDivisionError: ... (cell 7, line 3)" if failed
+         "runs": 2,
+         "pipeline_status": "succeeded",  # succeeded | failed | cancelled
+         "seconds": {"kernel": 8.1, "pipeline": 3.2}}
+
+    422 with diagnostics when the notebook has errors, a parameter does not fit, the
+    notebook fails in the kernel (NB702, with its cell and line) or nbclient/ipykernel are
+    not installed (NB701).
+    """
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        from kale_py import api
+
+        body = self.json_body()
+        path = self.notebook_path(body.get("path"))
+        params = _expect(body, "params", dict) or {}
+        runs = body.get("runs", 1)
+        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+            raise BadRequest("'runs' must be a whole number of at least 1")
+        result = await self.call_api(api.verify, path, params, runs)
         if result is not None:
             self.finish_json(result)
 
@@ -292,7 +405,11 @@ ROUTES: list[tuple[str, type[KalePyHandler]]] = [
     (f"runs/{RUN_ID}/cancel", RunCancelHandler),
     (f"runs/{RUN_ID}/logs/{STEP}", RunLogHandler),
     (f"runs/{RUN_ID}/report/{STEP}", RunReportHandler),
+    ("tunes", TunesHandler),
+    (f"tunes/{TUNE_ID}", TuneHandler),
+    (f"tunes/{TUNE_ID}/report", TuneReportHandler),
     ("submit", SubmitHandler),
+    ("verify", VerifyHandler),
     (f"kfp-runs/{RUN_ID}", KfpRunHandler),
     ("experiments", ExperimentsHandler),
     ("volumes", VolumesHandler),

@@ -17,6 +17,7 @@ import email.parser
 import email.policy
 import itertools
 import json
+import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    client_cn: str | None = None  # the common name of the TLS client certificate, if any
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -65,6 +67,8 @@ class FakeKfp:
     runs: dict[str, Json] = field(default_factory=dict)
     recurring_runs: dict[str, Json] = field(default_factory=dict)
     url: str = ""
+    #: HTTPS: (certificate file, key file, CA file that client certificates must chain to)
+    tls: tuple[str, str, str | None] | None = None
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _polls: dict[str, int] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
@@ -86,7 +90,16 @@ class FakeKfp:
                 pass  # keep test output clean
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls[0], self.tls[1])
+            if self.tls[2]:
+                context.load_verify_locations(self.tls[2])
+                context.verify_mode = ssl.CERT_OPTIONAL
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
         return self
@@ -106,7 +119,7 @@ class FakeKfp:
         parsed = urllib.parse.urlsplit(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         recorded = Recorded(h.command, parsed.path, urllib.parse.parse_qs(parsed.query),
-                            dict(h.headers.items()), h.rfile.read(length))
+                            dict(h.headers.items()), h.rfile.read(length), _client_cn(h))
         self.requests.append(recorded)
         status, answer = self._answer(recorded)
         data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
@@ -235,3 +248,13 @@ class FakeKfp:
                   "state": "SUCCEEDED" if i < step else state} for i in range(step + 1)]
         self.runs[run_id].update(state=state, run_details={"task_details": tasks})
         return self.runs[run_id]
+
+
+def _client_cn(h: BaseHTTPRequestHandler) -> str | None:
+    connection = h.connection
+    peer = connection.getpeercert() if isinstance(connection, ssl.SSLSocket) else None
+    for rdn in (peer or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None

@@ -45,6 +45,7 @@ class Case:
     maybe_free: str | None = None
     partial: str | None = None
     since: tuple[int, int] = (3, 10)  # the Python version that parses the source
+    callback: str | None = None  # exact set of callback_free names, if given
 
     def check(self) -> None:
         if sys.version_info < self.since:
@@ -58,6 +59,8 @@ class Case:
             assert set(a.maybe_free) - BUILTINS == words(self.maybe_free), "maybe_free"
         if self.partial is not None:
             assert set(a.partial_binds) == words(self.partial), "partial_binds"
+        if self.callback is not None:
+            assert {u.name for u in a.callback_free} == words(self.callback), "callback_free"
 
 
 def cases(*items: Case) -> pytest.MarkDecorator:
@@ -194,10 +197,12 @@ def test_flow(case: Case) -> None:
          maybe_free="y"),
     Case("walrus-then-read-inside-comprehension", "ys = [(t := x + 1) + t for x in xs]\n",
          free="xs", binds="ys t"),
-    Case("lambda-parameters-are-local", "f = lambda a, b=d: a + b + c\n", free="d c",
-         binds="f"),
-    Case("lambda-called-inline", "ys = sorted(xs, key=lambda v: weights[v])\n",
-         free="xs weights"),
+    Case("lambda-parameters-are-local", "f = lambda a, b=d: a + b + c\n", free="d",
+         binds="f", callback=""),
+    Case("lambda-run-by-the-call", "ys = sorted(xs, key=lambda v: weights[v])\n",
+         free="xs weights", callback=""),
+    Case("lambda-handed-on", "ys = schedule(xs, key=lambda v: weights[v])\n",
+         free="schedule xs", callback="weights"),
     Case("lambda-in-comprehension-sees-target", "fs = [lambda: i for i in range(3)]\n",
          free=""),
     Case("class-body-runs-now", "class A(Base, metaclass=Meta):\n    x = y\n",
@@ -211,7 +216,7 @@ def test_flow(case: Case) -> None:
     Case("class-names-stay-in-the-class", "class A:\n    n = 3\nprint(n)\n", free="n",
          binds="A"),
     Case("class-lambda-cannot-see-class-names",
-         "class A:\n    k = 1\n    f = lambda self: k\n", free="k"),
+         "class A:\n    k = 1\n    f = lambda self: k\n", free="", callback="k"),
     Case("decorators-and-defaults-read-at-def-time",
          "@deco(opt)\ndef f(a=d, *, b=e) -> R:\n    return g\n", free="deco opt d e R",
          binds="f"),
@@ -254,6 +259,11 @@ def test_globals_read_only_by_code_that_may_run_later_are_maybe_free() -> None:
     # A method may run only after ``helper`` is defined below; a direct read may not.
     a = analyse("class A:\n    def f(self):\n        return helper()\nx = A()\n"
                 "def helper():\n    return 1\n")
+    assert free(a) == set() and {u.name for u in a.callback_free} == {"helper"}
+    a = analyse("def f():\n    return helper()\ncbs = [f]\ndef helper():\n    return 1\n"
+                "cbs[0]()\n")
+    assert free(a) == set() and {u.name for u in a.callback_free} == {"helper"}
+    a = analyse("def f():\n    return helper()\nx = f()\ndef helper():\n    return 1\n")
     assert free(a) == {"helper"} and a.maybe_free == {"helper"}
     a = analyse("x = helper()\ndef helper():\n    return 1\n")
     assert free(a) == {"helper"} and a.maybe_free == frozenset()
@@ -265,7 +275,10 @@ def test_transitive_calls_in_the_same_source() -> None:
 
 
 def test_passing_a_function_counts_as_using_it() -> None:
-    assert free(analyse("def key(v):\n    return w[v]\nys = sorted(xs, key=key)\n")) == {"w", "xs"}
+    a = analyse("def key(v):\n    return w[v]\nys = sorted(xs, key=key)\n")
+    assert free(a) == {"w", "xs"}  # sorted runs it before it returns
+    a = analyse("def key(v):\n    return w[v]\nys = df.apply(key)\n")
+    assert free(a) == {"w", "df"}
 
 
 def test_global_statement_writes() -> None:
@@ -334,7 +347,9 @@ def test_class_function_info_covers_methods_and_lambdas() -> None:
     info = a.functions["Model"]
     assert info.globals_read == {"factor", "scale", "registry"}
     assert info.globals_written == {"registry"}
-    assert free(a) == {"default_rate", "factor"}  # the lambda may run now
+    assert free(a) == {"default_rate"}
+    assert {u.name for u in a.callback_free} == {"factor"}  # the lambda may run now
+    assert info.is_class and info.later_reads == info.globals_read
 
 
 def test_method_sees_module_not_class_names() -> None:
@@ -765,3 +780,124 @@ def test_type_parameters_and_aliases() -> None:
     assert free(a) == {"Other", "Bound", "Base"}
     assert a.binds == {"Pair", "first", "Box"}
     assert a.functions["first"].globals_read == {"g"}
+
+
+# --- deferred reads: code that reads globals when it runs ---------------------------------------
+
+
+def callbacks(a: CodeAnalysis) -> set[str]:
+    return {use.name for use in a.callback_free}
+
+
+def steps(*sources: str) -> list[CodeAnalysis]:
+    """Analyse sources as successive steps, passing functions and carried code on."""
+    functions: dict[str, FunctionInfo] = {}
+    held: dict[str, frozenset[str]] = {}
+    found = []
+    for source in sources:
+        a = analyse_source(textwrap.dedent(source), functions, held)
+        functions.update(a.functions)
+        for name in a.binds - a.partial_binds:
+            held.pop(name, None)
+        for name, reads in a.code_held.items():
+            held[name] = held.get(name, frozenset()) | reads
+        found.append(a)
+    return found
+
+
+def test_a_call_reads_the_globals_of_an_earlier_cells_function_where_it_runs() -> None:
+    _, call = steps("def show(v):\n    return Klass(v)\n",
+                    "from fractions import Fraction as Klass\nr = show(3)\n")
+    assert free(call) == {"show"}  # Klass is bound before the call
+    _, call = steps("def show(v):\n    return Klass(v)\n", "r = show(3)\n")
+    assert free(call) == {"show", "Klass"}
+    assert call.deferred_via["Klass"] == ("show", 0)  # read in another cell's code
+
+
+def test_a_named_lambda_reads_where_it_is_called_not_where_it_is_defined() -> None:
+    define, bind, call = steps("f = lambda: scale * 2\n", "scale = 5\n", "r = f()\n")
+    assert free(define) == set() and callbacks(define) == set()
+    assert free(call) == {"f", "scale"}
+
+
+def test_transitive_reads_go_through_earlier_cells_functions() -> None:
+    _, _, call = steps("def g():\n    return k\n", "def f():\n    return g()\n", "r = f()\n")
+    assert free(call) == {"f", "g", "k"}
+
+
+def test_a_function_handed_on_reads_from_there_on_as_a_callback() -> None:
+    _, call = steps("def key(v):\n    return w[v]\n", "ys = sorted(xs, key=key)\n")
+    assert free(call) == {"key", "xs", "w"}  # run before sorted returns
+    _, call = steps("def key(v):\n    return w[v]\n", "button.on_click(key)\n")
+    assert free(call) == {"key", "button"} and callbacks(call) == {"w"}
+    assert call.code_held == {"button": {"w"}}
+
+
+def test_a_class_reads_its_methods_globals_where_it_is_used_but_not_surely() -> None:
+    define, use = steps("class M:\n    def val(self):\n        return base + 1\n",
+                        "m = M()\nr = m.val()\n")
+    assert define.functions["M"].is_class and callbacks(define) == set()
+    assert free(use) == {"M"} and callbacks(use) == {"base"}
+    assert use.code_held["m"] == {"base"}  # the instance holds the methods
+
+
+def test_values_holding_code_carry_its_reads_to_later_cells() -> None:
+    define, _, use = steps(
+        "handlers = {'double': lambda v: v * factor}\nhooks = []\n"
+        "def note(v):\n    return v + shift\nhooks.append(note)\n",
+        "factor = 3\nshift = 4\n",
+        "r = handlers['double'](2) + hooks[0](1)\n")
+    assert define.code_held == {"handlers": {"factor"}, "hooks": {"shift"}}
+    assert callbacks(use) == {"factor", "shift"}
+
+
+def test_a_rebinding_drops_what_a_name_carried() -> None:
+    a = analyse("ops = [lambda: k]\nops = [1]\n")
+    assert "ops" not in a.code_held
+    assert callbacks(a) == {"k"}  # the lambda was handed to the list: it may run
+
+
+def test_results_of_calls_that_do_not_keep_code_carry_nothing() -> None:
+    a = analyse("ys = sorted(xs, key=lambda v: w[v])\nzs = list(map(lambda v: v + s, xs))\n"
+                "p = functools.partial(lambda v, u: v + u + q, 1)\nt = Thread(target=lambda: z)\n")
+    assert set(a.code_held) == {"p", "t"}
+    assert a.code_held["p"] == {"q"} and a.code_held["t"] == {"z"}
+
+
+def test_arithmetic_on_values_holding_code_gives_plain_values() -> None:
+    _, use = steps("class A:\n    def v(self):\n        return g\na = A()\n",
+                   "n = a.v() + 1\nb = a\n")
+    assert "n" not in use.code_held and use.code_held["b"] == {"g"}
+
+
+def test_a_closure_from_a_factory_reads_when_it_runs() -> None:
+    define, _, use = steps(
+        "def make(k):\n    def inner(x):\n        return x * k + shift\n    return inner\n"
+        "times = make(3)\n",
+        "shift = 7\n", "r = times(2)\n")
+    assert define.functions["make"].later_reads == {"shift"}
+    assert free(define) == set() and define.code_held["times"] == {"shift"}
+    assert callbacks(use) == {"shift"}
+
+
+def test_a_decorator_wrapper_reads_when_the_decorated_function_runs() -> None:
+    define, _, use = steps(
+        "def scaled(fn):\n    def wrapper(*args):\n        calls.append(1)\n"
+        "        return fn(*args) * gain\n    return wrapper\n"
+        "@scaled\ndef square(x):\n    return x * x\n",
+        "gain = 2\ncalls = []\n", "r = square(3)\n")
+    square = define.functions["square"]
+    assert {"gain", "calls"} <= square.globals_read and square.later_reads == frozenset()
+    assert "calls" in square.globals_written
+    assert free(use) == {"square", "gain", "calls"}
+
+
+def test_default_arguments_and_decorator_arguments_read_at_definition() -> None:
+    a = analyse("@deco(opt)\ndef f(a=d):\n    return g\nh = lambda v=e: v + k\n")
+    assert free(a) == {"deco", "opt", "d", "e"}
+    assert callbacks(a) == set()
+
+
+def test_function_info_knows_where_each_global_is_read() -> None:
+    a = analyse("def f():\n    x = 1\n    return x + late\n")
+    assert a.functions["f"].read_at == (("late", 3),)

@@ -34,7 +34,6 @@ import pytest
 from kale_py.analysis import (
     FunctionInfo,
     analyse_source,
-    function_closure,
     function_writes,
     strip_magics,
 )
@@ -134,14 +133,18 @@ def validate(sources: list[str]) -> Report:
     report = Report()
     reference: dict[str, Any] = {"__name__": "__main__"}
     functions: dict[str, FunctionInfo] = {}
+    held: dict[str, frozenset[str]] = {}
     for index, source in enumerate(sources):
         report.cells += 1
         where = f"cell {index}"
-        analysis = analyse_source(source, functions)
+        analysis = analyse_source(source, functions, held)
         code = compile(strip_magics(source)[0], f"<{where}>", "exec")
         free = [use.name for use in analysis.free]
         called = [name for name in free if name in functions]
-        needed = (set(free) | function_closure(called, functions)) & reference.keys()
+        # What the graph loads: the free names (calls of earlier functions included) and
+        # the reads of code handed on or held by values, where some cell provides them.
+        callbacks = {use.name for use in analysis.callback_free}
+        needed = (set(free) | callbacks) & reference.keys()
         report.names_loaded += len(needed)
 
         ns: dict[str, Any] = {"__name__": "__main__"}
@@ -175,6 +178,10 @@ def validate(sources: list[str]) -> Report:
             if mine is not None and mine != theirs:
                 report.value_mismatches.append(f"{where}: {name}: {mine} != {theirs}")
         functions.update(analysis.functions)
+        for name in analysis.binds - analysis.partial_binds:
+            held.pop(name, None)
+        for name, reads in analysis.code_held.items():
+            held[name] = held.get(name, frozenset()) | reads
     return report
 
 

@@ -268,3 +268,149 @@ def test_strip_magics_keeps_lines_and_valid_code(lines: list[tuple[int, str]]) -
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return
     assert (text, magics) == (source, ())
+
+
+# --- deferred reads: code defined in one step, run in another ------------------------------
+#
+# Programs of several cells, each its own step: functions, lambdas, classes (``__init__``,
+# methods, properties, operators, static and class methods), closures from factories,
+# decorated functions, partials and values holding lambdas, defined in one cell, reading
+# globals that cells bind before or after, and used in later cells (or in the same one,
+# after a binding). Every program that runs top to bottom must pass ``check`` without an
+# error, and run as a pipeline without NameError, computing the notebook's values. The
+# pipeline is simulated in this process: each step gets a fresh namespace holding only
+# what it loads, each value passed through cloudpickle and loaded the way the step
+# runtime loads it (notebook code reads the loading step's globals).
+
+DEFERRED_SETTINGS = settings(SETTINGS, max_examples=200,
+                             suppress_health_check=[HealthCheck.too_slow,
+                                                    HealthCheck.filter_too_much])
+GLOBALS = ["a", "b", "c"]
+
+DEFINITIONS = {
+    "fn": "def {n}(v):\n    return v + {x}\n",
+    "lam": "{n} = lambda v: v * {x}\n",
+    "cls": ("class {n}:\n    def __init__(self, v):\n        self.v = v + {x}\n\n"
+            "    def m(self):\n        return self.v + {y}\n\n"
+            "    @property\n    def p(self):\n        return self.v * {y}\n\n"
+            "    def __add__(self, other):\n        return self.v + other.v + {x}\n\n"
+            "    @staticmethod\n    def s():\n        return {y}\n\n"
+            "    @classmethod\n    def make(cls):\n        return cls({x})\n"),
+    "fac": "def {n}(k):\n    def inner(v):\n        return v + k + {x}\n    return inner\n",
+    "deco": ("def {n}_wrap(fn):\n    def wrapper(v):\n        return fn(v) + {x}\n"
+             "    return wrapper\n\n\n@{n}_wrap\ndef {n}(v):\n    return v * {y}\n"),
+    "part": "{n} = functools.partial(lambda v, w: v + w + {x}, 1)\n",
+    "dict": "{n} = {{'k': lambda v: v - {x}}}\n",
+    "hooks": "{n} = []\n{n}.append(lambda v: v + {x})\n",
+}
+USES = {
+    "fn": ["{r} = {n}(1)", "{r} = sum(map({n}, [1, 2]))"],
+    "lam": ["{r} = {n}(2)", "{r} = sorted([3, 1], key={n})[0]"],
+    "cls": ["{r} = {n}(1).m()", "{r} = {n}(1).p", "{r} = {n}(1) + {n}(2)", "{r} = {n}.s()",
+            "{r} = {n}.make().v", "{n}_i = {n}(3)"],
+    "inst": ["{r} = {n}.m() + {n}.p"],
+    "fac": ["{r} = {n}(2)(3)", "{n}_t = {n}(2)"],
+    "clo": ["{r} = {n}(1)"],
+    "deco": ["{r} = {n}(2)"],
+    "part": ["{r} = {n}(2)"],
+    "dict": ["{r} = {n}['k'](2)"],
+    "hooks": ["{r} = {n}[0](1)"],
+}
+
+
+@st.composite
+def deferred_programs(draw: st.DrawFn) -> list[str]:
+    cells: list[str] = []
+    defined: list[tuple[str, str]] = []
+    for index in range(draw(st.integers(3, 7))):
+        statements: list[str] = []
+        for position in range(draw(st.integers(1, 3))):
+            action = draw(st.sampled_from(["bind", "bind", "define", "define", "use", "use",
+                                           "use"]))
+            name = f"k{index}_{position}"
+            if action == "bind" or (action == "use" and not defined):
+                statements.append(f"{draw(st.sampled_from(GLOBALS))} = {draw(st.integers(0, 9))}\n")
+            elif action == "define":
+                kind = draw(st.sampled_from(sorted(DEFINITIONS)))
+                statements.append(DEFINITIONS[kind].format(
+                    n=name, x=draw(st.sampled_from(GLOBALS)), y=draw(st.sampled_from(GLOBALS))))
+                defined.append((kind, name))
+            else:
+                kind, target = draw(st.sampled_from(defined))
+                use = draw(st.sampled_from(USES[kind])).format(n=target, r=f"r_{name}")
+                statements.append(use + "\n")
+                if use.startswith(f"{target}_i ="):
+                    defined.append(("inst", f"{target}_i"))
+                elif use.startswith(f"{target}_t ="):
+                    defined.append(("clo", f"{target}_t"))
+        cells.append("".join(statements))
+    # Code reading a name that no cell binds is an error even where it does not run (a
+    # real mistake): every name is bound, at the latest here.
+    cells.append("".join(f"{name} = {value}\n" for value, name in enumerate(GLOBALS, 7)))
+    return cells
+
+
+def _runs_top_to_bottom(cells: list[str]) -> dict[str, Any] | None:
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    try:
+        exec("import functools\n", namespace)
+        for cell in cells:
+            exec(compile(cell, "<cell>", "exec"), namespace)
+    except Exception:
+        return None
+    return namespace
+
+
+def _deferred_notebook(cells: list[str]) -> dict[str, Any]:
+    code = [{"cell_type": "code", "metadata": {"tags": ["imports"]},
+             "source": "import functools\n", "outputs": [], "execution_count": None}]
+    for index, cell in enumerate(cells):
+        code.append({"cell_type": "code", "metadata": {"tags": [f"step:s{index}"]},
+                     "source": cell, "outputs": [], "execution_count": None})
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": code}
+
+
+def _run_as_pipeline(pipeline: Any) -> dict[str, dict[str, Any]]:
+    """Each step in its own namespace, with only what it loads; the values it writes."""
+    import cloudpickle
+
+    from kale_py import marshal
+
+    saved: dict[str, dict[str, bytes]] = {}
+    written: dict[str, dict[str, Any]] = {}
+    for step in pipeline.steps:
+        io = pipeline.io[step.name]
+        namespace: dict[str, Any] = {"__name__": "__main__"}
+        exec("import functools\n", namespace)
+        for name, provider in io.loads.items():
+            data = memoryview(saved[provider][name])
+            namespace[name] = marshal._unpickler("cloudpickle", data, [], namespace)()
+        for cell in step.cells:
+            exec(compile(cell.source, f"<step {step.name}>", "exec"), namespace)
+        saved[step.name] = {name: cloudpickle.dumps(namespace[name], protocol=5)
+                            for name in io.saves}
+        written[step.name] = {name: namespace[name] for name in io.writes if name in namespace}
+    return written
+
+
+@DEFERRED_SETTINGS
+@given(deferred_programs())
+def test_deferred_reads_are_provided(cells: list[str]) -> None:
+    from hypothesis import assume
+
+    from kale_py.graph import build_pipeline
+    from kale_py.notebook import notebook_from_dict
+
+    kernel = _runs_top_to_bottom(cells)
+    assume(kernel is not None)
+    assert kernel is not None
+    pipeline = build_pipeline(notebook_from_dict(_deferred_notebook(cells)))
+    errors = [d.message for d in pipeline.diagnostics if d.is_error]
+    assert errors == [], "".join(cells)
+    written = _run_as_pipeline(pipeline)  # a NameError here is a missed deferred read
+    last: dict[str, Any] = {}
+    for step in pipeline.steps:
+        last.update(written[step.name])
+    for name, value in kernel.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            assert last.get(name) == value, (name, "".join(cells))

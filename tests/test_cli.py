@@ -178,3 +178,164 @@ def test_failed_run_of_a_percent_script_points_at_the_file_line(tmp_path: Path) 
     assert done.returncode == 1
     assert "step b failed: ZeroDivisionError: division by zero (cell 2, line 2)" in done.stdout
     assert f"at {script.name}:6" in done.stdout or f"at {script}:6" in done.stdout
+
+
+# --- nb2pipe verify: a real kernel (nbclient) and a real local run --------------------------
+
+
+def _write_notebook(path: Path, cells: list[tuple[list[str], str]]) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "metadata": {},
+                "cells": [
+                    {
+                        "id": f"c{i}",
+                        "cell_type": "code",
+                        "metadata": {"tags": tags},
+                        "source": source,
+                        "outputs": [],
+                        "execution_count": None,
+                    }
+                    for i, (tags, source) in enumerate(cells)
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_verify_passes_on_a_notebook_the_pipeline_computes(tmp_path: Path) -> None:
+    source = NOTEBOOKS / "seeded_rng_across_steps.ipynb"
+    path = tmp_path / source.name
+    path.write_bytes(source.read_bytes())
+    done = nb2pipe("verify", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{path}: 7 names compared, the pipeline computes what the notebook computes" in (
+        done.stdout
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]  # nothing left behind
+
+
+def test_verify_names_what_differs_and_its_step(tmp_path: Path) -> None:
+    path = NOTEBOOKS / "process_setting_not_carried.ipynb"
+    done = nb2pipe("verify", str(path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "differs: depth (step later): kernel 5000; pipeline " in done.stdout
+    assert "1 differ" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    done = nb2pipe("verify", str(path), "--format", "json")
+    assert done.returncode == 1
+    out = json.loads(done.stdout)
+    assert out["ok"] is False and out["compared"] == 2
+    assert [(d["name"], d["step"], d["kernel"]) for d in out["differences"]] == [
+        ("depth", "later", "5000")
+    ]
+    assert [(s["step"], s["compared"], s["differences"]) for s in out["steps"]] == [
+        ("deep", 1, []),
+        ("later", 1, ["depth"]),
+    ]
+
+
+def test_verify_reports_unstable_names_apart_with_two_runs(tmp_path: Path) -> None:
+    path = _write_notebook(
+        tmp_path / "clock.ipynb",
+        [
+            (["imports"], "import time"),
+            (["step:a"], "stamp = time.time_ns()\nn = 3"),
+            (["step:b"], "m = n * 2"),
+        ],
+    )
+    done = nb2pipe("verify", str(path), "--runs", "2", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["ok"] is True and out["differences"] == [] and out["compared"] == 3
+    assert [(u["name"], u["step"]) for u in out["unstable"]] == [("stamp", "a")]
+    assert out["steps"][0]["unstable"] == ["stamp"]
+    done = nb2pipe("verify", str(path))  # one kernel run: the clock is a difference
+    assert done.returncode == 1
+    assert "differs: stamp (step a)" in done.stdout
+
+
+def test_verify_applies_parameters_to_both_runs(tmp_path: Path) -> None:
+    path = _write_notebook(
+        tmp_path / "params.ipynb",
+        [
+            (["pipeline-parameters"], "N = 2\nLABEL = 'x'"),
+            (["step:a"], "xs = [LABEL] * N"),
+        ],
+    )
+    done = nb2pipe("verify", str(path), "--param", "N=4", "--param", "LABEL=y", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["compared"] == 1
+    done = nb2pipe("verify", str(path), "--param", "N=four")
+    assert done.returncode == 1
+    assert "NB307" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_verify_a_notebook_failing_in_the_kernel_names_the_cell(tmp_path: Path) -> None:
+    path = _write_notebook(
+        tmp_path / "broken.ipynb",
+        [(["step:a"], "x = 1"), (["step:b"], "y = x\nz = y / 0")],
+    )
+    done = nb2pipe("verify", str(path))
+    assert done.returncode == 1
+    assert f"{path}:cell 2:2: error NB702: the notebook fails when run top to bottom" in (
+        done.stderr
+    )
+    assert "ZeroDivisionError" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify"],
+        ["verify", "nb.ipynb", "--runs", "0"],
+        ["verify", "nb.ipynb", "--runs", "two"],
+        ["verify", "nb.ipynb", "--format", "xml"],
+    ],
+)
+def test_verify_bad_usage_is_exit_2(args: list[str]) -> None:
+    done = nb2pipe(*args)
+    assert done.returncode == 2
+    assert "usage: nb2pipe verify" in done.stderr
+
+
+def test_verify_without_nbclient_says_what_to_install(tmp_path: Path) -> None:
+    path = _write_notebook(tmp_path / "nb.ipynb", [(["step:a"], "x = 1")])
+    code = (
+        "import sys; sys.modules['nbclient'] = None\n"  # as if nbclient were not installed
+        "from kale_py.cli import main\n"
+        f"sys.exit(main(['verify', {str(path)!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "error NB701: nb2pipe verify runs the notebook in a Jupyter kernel" in done.stderr
+    assert "pip install 'kale_py[verify]'" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb"]
+
+
+def test_verify_reports_a_step_that_fails_only_in_the_pipeline(tmp_path: Path) -> None:
+    """The recursion limit is not carried (NB105): the kernel recurses, the step cannot."""
+    path = _write_notebook(
+        tmp_path / "deep.ipynb",
+        [
+            (["imports"], "import sys"),
+            (["step:a"], "sys.setrecursionlimit(20000)\nn = 5000"),
+            (["step:b"], "def deep(k):\n    return 0 if k == 0 else 1 + deep(k - 1)\nd = deep(n)"),
+        ],
+    )
+    done = nb2pipe("verify", str(path), "--format", "json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["ok"] is False and out["pipeline_status"] == "failed"
+    assert [(d["name"], d["step"], d["kernel"], d["pipeline"]) for d in out["differences"]] == [
+        ("d", "b", "5000", "(step 'b' failed)"),
+        ("deep", "b", "code deep", "(step 'b' failed)"),
+    ]
+    [b] = [s for s in out["steps"] if s["step"] == "b"]
+    assert b["status"] == "failed" and "RecursionError" in b["error"] and "cell 3" in b["error"]
+    done = nb2pipe("verify", str(path))
+    assert "step b failed: RecursionError" in done.stdout
+    assert "differs: d (step b): kernel 5000; pipeline (step 'b' failed)" in done.stdout

@@ -431,3 +431,68 @@ async def test_graph_tab_highlights_cells_and_a_run_can_be_cancelled(
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "cancelled" and manifest["steps"]["slow"]["status"] == "cancelled"
     assert page_errors == []
+
+
+QUADRATIC = {
+    "cells": [
+        code_cell("X = 1\nY = 'a'", ["pipeline-parameters"]),
+        code_cell("base = 10", ["step:load"]),
+        code_cell("score = base - (X - 3) ** 2 + {'a': 0, 'b': 1}[Y]", ["step:score"]),
+        code_cell("print(score)", ["pipeline-metrics"]),
+    ],
+    "metadata": {"kernelspec": NOTEBOOK["metadata"]["kernelspec"],
+                 "kubeflow_notebook": {"pipeline_name": "quadratic"}},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+async def test_tune_from_the_panel(lab: tuple[str, Path], tmp_path: Path) -> None:
+    """The Tune section: tick a parameter, give its range, run the trials, see them ranked
+    and open the tuning's report."""
+    from playwright.async_api import async_playwright, expect
+
+    url, root = lab
+    (root / "quadratic.ipynb").write_text(json.dumps(QUADRATIC, indent=1))
+    page_errors: list[str] = []
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1440, "height": 900})
+        try:
+            page = await context.new_page()
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
+            await page.goto(f"{url}/lab/tree/quadratic.ipynb?token={TOKEN}")
+            await expect(page.locator(".jp-NotebookPanel .jp-Cell")).to_have_count(
+                4, timeout=60_000)
+            tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="kale-py-panel"]')
+            if "lm-mod-current" not in (await tab.get_attribute("class") or ""):
+                await tab.click()
+            panel = page.locator("#kale-py-panel")
+            await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
+                "2 step(s)", timeout=30_000)
+
+            await panel.locator("#kale-py-tune-section > summary").click()
+            x = panel.locator('.kale-py-tune-param[data-param="X"]')
+            await x.locator(".kale-py-tune-enable").check()
+            await x.locator(".kale-py-tune-spec").fill("1..5")
+            await panel.locator("#kale-py-tune-algorithm").select_option("grid")
+            await panel.locator("#kale-py-tune-trials").fill("5")
+            await panel.locator("#kale-py-tune").click()
+
+            result = panel.locator("#kale-py-tune-result")
+            await expect(result).to_have_attribute("data-status", "succeeded", timeout=180_000)
+            rows = result.locator(".kale-py-tune-trial")
+            await expect(rows).to_have_count(5)
+            # best first: X=3 gives 10
+            await expect(rows.first.locator("td").nth(1)).to_have_text("10")
+            await expect(rows.first.locator("td").nth(2)).to_have_text("X=3")
+            await page.screenshot(path=str(tmp_path / "panel-tune.png"))
+
+            await result.locator(".kale-py-open-tune-report").click()
+            report = page.frame_locator("iframe.kale-py-report").locator("#trials")
+            await expect(report).to_contain_text("10", timeout=15_000)
+            await page.screenshot(path=str(tmp_path / "panel-tune-report.png"))
+        finally:
+            await context.close()
+    assert page_errors == []

@@ -198,10 +198,11 @@ def test_kubeconfig_token_through_the_api_server_proxy(kfp: FakeKfp, tmp_path: P
         f"{kfp.url}/api/v1/namespaces/kubeflow/services/ml-pipeline-ui:80/proxy/#/runs/")
 
 
-def test_kubeconfig_exec_plugins_are_not_supported(kfp: FakeKfp, tmp_path: Path) -> None:
-    write_kubeconfig(tmp_path / "home", kfp.url, {"exec": {"command": "gke-auth"}})
-    with pytest.raises(SubmitError, match="user 'me' authenticates with exec, which kale_py "
-                                          "does not support: pass --host and --token"):
+def test_kubeconfig_exec_plugin_that_is_not_installed(kfp: FakeKfp, tmp_path: Path) -> None:
+    write_kubeconfig(tmp_path / "home", kfp.url, {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "no-such-auth-plugin"}})
+    with pytest.raises(SubmitError, match=r"cannot use the kubeconfig .*: .*"
+                                          "no-such-auth-plugin.*; fix it, or pass --host"):
         submit(kfp, host=None)
     assert kfp.requests == []
 

@@ -359,6 +359,37 @@ def test_notebook_definitions_in_process(tmp_path: Path, notebook_namespace: dic
     assert isinstance(loaded, dict) and loaded["f"] is notebook_namespace["locked"]
 
 
+def test_code_loaded_by_value_reads_the_loading_steps_globals(tmp_path: Path) -> None:
+    """A method, a lambda in a dict and a closure saved where a global had one value (or
+    none) read the value the loading step holds, as the notebook's code would."""
+    producer: dict[str, Any] = {"__name__": "__main__", "base": 1, "helper_value": 5}
+    exec(textwrap.dedent("""
+        class M:
+            def val(self):
+                return base + helper()
+        def helper():
+            return helper_value
+        def make(k):
+            def inner(x):
+                return x * k + shift
+            return inner
+        values = {"m": M(), "f": lambda: base * 10, "times": make(3)}
+    """), producer)
+    record = marshal.save_variable("values", producer["values"], tmp_path / "s")
+    assert record.format == "cloudpickle"
+    step: dict[str, Any] = {"__name__": "__main__", "base": 100, "shift": 7}
+    kept_builtins = step.setdefault("__builtins__", __builtins__)
+    loaded = marshal.load_variable(record, tmp_path / "s", allowed_root=tmp_path,
+                                   namespace=step)
+    assert isinstance(loaded, dict)
+    assert loaded["m"].val() == 105  # this step's base; the saved helper fills the gap
+    assert loaded["f"]() == 1000 and loaded["times"](2) == 13
+    assert step["base"] == 100 and step["helper_value"] == 5
+    assert step["__builtins__"] is kept_builtins
+    plain = marshal.load_variable(record, tmp_path / "s", allowed_root=tmp_path)
+    assert isinstance(plain, dict) and plain["f"]() == 10  # without: what it saw when saved
+
+
 def test_without_cloudpickle_or_dill(tmp_path: Path, notebook_namespace: dict[str, Any],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(marshal, "_by_value_picklers", lambda: iter(()))

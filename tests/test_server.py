@@ -62,6 +62,10 @@ class FakeAPI:
             "list_runs": [{"run_id": "r1", "status": "running", "started": "t0", "ended": None,
                            "duration": None, "params": {"N": 3}, "metrics": {}}],
             "cancel_run": RUN,
+            "start_tune": {"tune_id": "t1"},
+            "list_tunes": [{"tune_id": "t1", "status": "running"}],
+            "get_tune": {"tune_id": "t1", "status": "running", "trials": []},
+            "read_tune_report": "<html><body>tuning</body></html>",
             "kfp_run_status": {"run_id": "k1", "state": "FAILED", "url": "http://kfp/#/runs/k1",
                                "failed_step": "train", "error": None},
             "get_run": RUN,
@@ -75,6 +79,8 @@ class FakeAPI:
                                  "poddefaults": [{"name": "access-ml-pipeline",
                                                   "description": "Allow access to KFP",
                                                   "labels": {"access-ml-pipeline": "true"}}]},
+            "verify": {"ok": True, "differences": [], "unstable": [], "compared": 0,
+                       "steps": []},
         }
         module = types.ModuleType("kale_py.api")
         for name, result in results.items():
@@ -111,7 +117,12 @@ ROUTES = [
     ("GET", "runs/r1/report/load", None),
     ("POST", "runs/r1/cancel", {"path": "nb.ipynb"}),
     ("GET", "kfp-runs/k1", None),
+    ("POST", "tunes", {"path": "nb.ipynb", "search": ["X=1..3"], "objective": "score"}),
+    ("GET", "tunes", None),
+    ("GET", "tunes/t1", None),
+    ("GET", "tunes/t1/report", None),
     ("POST", "submit", {"path": "nb.ipynb"}),
+    ("POST", "verify", {"path": "nb.ipynb"}),
     ("GET", "experiments", None),
     ("GET", "volumes", None),
     ("GET", "poddefaults", None),
@@ -223,6 +234,45 @@ async def test_cancel_and_kfp_run_status(
     ]
 
 
+async def test_tunes_start_list_read_and_report(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    nb = jp_root_dir / "nb.ipynb"
+    response = await post(jp_fetch, "tunes", {
+        "path": "nb.ipynb", "search": ["X=1..3", "Y=a,b"], "objective": "score",
+        "maximize": False, "trials": 4, "parallel": 2, "algorithm": "grid"})
+    assert response.code == 201 and body_of(response) == {"tune_id": "t1"}
+    query = {"path": "nb.ipynb"}
+    assert body_of(await jp_fetch("kale-py", "tunes", params=query))[0]["tune_id"] == "t1"
+    assert body_of(await jp_fetch("kale-py", "tunes", "t1", params=query))["status"] == "running"
+    report = await jp_fetch("kale-py", "tunes", "t1", "report", params=query)
+    assert b"tuning" in report.body and "sandbox" in report.headers["Content-Security-Policy"]
+    assert fake_api.calls == [
+        ("start_tune", (nb, ["X=1..3", "Y=a,b"]),
+         {"objective": "score", "maximize": False, "trials": 4, "parallel": 2,
+          "algorithm": "grid"}),
+        ("list_tunes", (nb,), {}),
+        ("get_tune", (nb, "t1"), {}),
+        ("read_tune_report", (nb, "t1"), {}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [({"search": "X=1..3"}, "'search' must be an array"),
+     ({"search": ["X=1..3"], "trials": True}, "'trials' must be a whole number"),
+     ({"search": ["X=1..3"], "maximize": "yes"}, "'maximize' must be true or false")],
+)
+async def test_bad_tune_requests_are_400(
+    jp_fetch: Fetch, fake_api: FakeAPI, body: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(HTTPClientError) as caught:
+        await post(jp_fetch, "tunes", {"path": "nb.ipynb", **body})
+    assert caught.value.code == 400
+    assert message in caught.value.response.body.decode()
+    assert fake_api.calls == []
+
+
 async def test_submit_experiments_and_volumes(
     jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
 ) -> None:
@@ -240,13 +290,21 @@ async def test_submit_experiments_and_volumes(
     submit_call = fake_api.calls.pop(0)
     assert submit_call[:2] == ("submit", (jp_root_dir / "nb.ipynb",))
     assert {k: v for k, v in submit_call[2].items() if k != "out"} == {
-        "host": "http://kfp", "experiment": "exp", "params": {"a": 1}, "token": "secret"}
+        "host": "http://kfp", "experiment": "exp", "params": {"a": 1}, "token": "secret",
+        "schedule": None, "max_concurrency": 1}
     assert fake_api.calls == [
         ("list_experiments", ("http://kfp",), {}),
         ("list_experiments", (None,), {}),
         ("list_volumes", (), {}),
         ("list_poddefaults", (), {}),
     ]
+
+
+async def test_submit_with_a_schedule(jp_fetch: Fetch, fake_api: FakeAPI) -> None:
+    await post(jp_fetch, "submit", {"path": "nb.ipynb", "schedule": "0 9 * * 1-5",
+                                    "max_concurrency": 3})
+    [(name, _, kwargs)] = fake_api.calls
+    assert (kwargs["schedule"], kwargs["max_concurrency"]) == ("0 9 * * 1-5", 3)
 
 
 BAD_BODIES = [
@@ -269,6 +327,10 @@ BAD_BODIES = [
     ("submit", {"path": "nb.ipynb", "host": 1}, "'host' must be a string"),
     ("submit", {"path": "nb.ipynb", "token": {}}, "'token' must be a string"),
     ("submit", {"path": "../nb.ipynb"}, "outside the server root"),
+    ("verify", {}, "'path' is required"),
+    ("verify", {"path": "nb.ipynb", "params": [1]}, "'params' must be an object"),
+    ("verify", {"path": "nb.ipynb", "runs": 0}, "'runs' must be a whole number"),
+    ("verify", {"path": "nb.ipynb", "runs": "2"}, "'runs' must be a whole number"),
 ]
 
 
@@ -322,7 +384,8 @@ async def test_diagnosed_problems_are_422_with_the_diagnostics(
                          cell=3, line=2, step="train")
     fake_api.error = CheckError([problem])
     for route, body in [("analyse", {"path": "nb.ipynb"}), ("runs", {"path": "nb.ipynb"}),
-                        ("compile", {"path": "nb.ipynb"}), ("submit", {"path": "nb.ipynb"})]:
+                        ("compile", {"path": "nb.ipynb"}), ("submit", {"path": "nb.ipynb"}),
+                        ("verify", {"path": "nb.ipynb"})]:
         with pytest.raises(HTTPClientError) as caught:
             await post(jp_fetch, route, body)
         assert caught.value.code == 422
@@ -372,3 +435,43 @@ async def test_analyse_with_the_real_api(jp_fetch: Fetch, jp_root_dir: Path) -> 
     live["cells"][2]["source"] = "y = x + 1"
     result = body_of(await post(jp_fetch, "analyse", {"path": "nb.ipynb", "notebook": live}))
     assert not [d for d in result["diagnostics"] if d["code"] == "NB103"]
+
+
+async def test_verify_passes_its_options(
+    jp_fetch: Fetch, fake_api: FakeAPI, jp_root_dir: Path
+) -> None:
+    await post(jp_fetch, "verify", {"path": "nb.ipynb", "params": {"n": 2}, "runs": 2})
+    await post(jp_fetch, "verify", {"path": "nb.ipynb"})
+    nb = jp_root_dir / "nb.ipynb"
+    assert fake_api.calls == [("verify", (nb, {"n": 2}, 2), {}), ("verify", (nb, {}, 1), {})]
+
+
+VERIFIED = {
+    "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["imports"]}, "execution_count": None,
+         "outputs": [], "source": "import sys"},
+        {"cell_type": "code", "metadata": {"tags": ["pipeline-parameters"]},
+         "execution_count": None, "outputs": [], "source": "N = 2"},
+        {"cell_type": "code", "metadata": {"tags": ["step:load"]}, "execution_count": None,
+         "outputs": [], "source": "xs = list(range(N))\nsys.setrecursionlimit(4321)"},
+        {"cell_type": "code", "metadata": {"tags": ["step:train"]}, "execution_count": None,
+         "outputs": [], "source": "total = sum(xs)\nlimit = sys.getrecursionlimit()"},
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+async def test_verify_with_the_real_api(jp_fetch: Fetch, jp_root_dir: Path) -> None:
+    """A real kernel and a real local run: the recursion limit is not carried (NB105)."""
+    (jp_root_dir / "nb.ipynb").write_text(json.dumps(VERIFIED))
+    result = body_of(await post(jp_fetch, "verify", {"path": "nb.ipynb", "params": {"N": 5}}))
+    assert result["ok"] is False
+    assert result["compared"] == 3
+    assert [(d["name"], d["step"], d["kernel"]) for d in result["differences"]] == [
+        ("limit", "train", "4321")]
+    assert result["unstable"] == []
+    assert [(s["step"], s["status"], s["compared"], s["differences"]) for s in result["steps"]] == [
+        ("load", "succeeded", 1, []), ("train", "succeeded", 2, ["limit"])]
+    assert result["pipeline_status"] == "succeeded"

@@ -323,3 +323,31 @@ def test_trial_driver_fails_the_trial_when_the_run_fails(tmp_path: Path, kfp: An
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "ended FAILED" in done.stderr and done.stdout == ""
+
+
+def test_background_tuning_is_followed_and_listed(tmp_path: Path) -> None:
+    """What the panel does: start a tuning, poll its record, list it, read its report."""
+    import time
+
+    from kale_py import api
+    from kale_py.diagnostics import CheckError
+
+    nb = write(tmp_path / "q.ipynb", QUADRATIC)
+    started = api.start_tune(nb, ["X=2..4"], objective="score", maximize=True,
+                             algorithm="grid")
+    tune_id = started["tune_id"]
+    assert api.get_tune(nb, tune_id)["status"] == "running"  # readable at once
+    deadline = time.monotonic() + 120
+    while api.get_tune(nb, tune_id)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    record = api.get_tune(nb, tune_id)
+    assert record["status"] == "succeeded", (
+        tmp_path / ".nb2pipe" / "tunes" / tune_id / "tuner.log").read_text()
+    assert record["best"]["params"] == {"X": 3} and len(record["trials"]) == 3
+    [listed] = api.list_tunes(nb)
+    assert (listed["tune_id"], listed["best"], listed["trials"]) == (tune_id, 10.0, 3)
+    assert api.list_tunes(write(tmp_path / "other.ipynb", QUADRATIC)) == []
+    assert 'id="plot"' in api.read_tune_report(nb, tune_id)
+    with pytest.raises(CheckError, match="no pipeline parameter"):
+        api.start_tune(nb, ["Z=1..2"], objective="score")
+    assert len(api.list_tunes(nb)) == 1  # nothing started for the bad search

@@ -11,9 +11,10 @@ then the Kubernetes API server's service proxy from the kubeconfig's current con
 How requests authenticate, first match wins: the ``token`` argument or ``$KF_PIPELINES_TOKEN``;
 the service-account token file at ``$KF_PIPELINES_SA_TOKEN_PATH`` or
 ``/var/run/secrets/kubeflow/pipelines/token`` (read again before every request, since it is
-rotated); the kubeconfig user's bearer token, only when going through the kubeconfig's API server.
-Kubeconfig users that authenticate with ``exec`` plugins, auth providers or client certificates are
-not supported: pass ``--host`` and ``--token`` instead.
+rotated); through the kubeconfig's API server, the kubeconfig user's credentials as the official
+``kubernetes`` client loads them (tokens, client certificates, ``exec`` plugins such as
+``gke-gcloud-auth-plugin`` or ``aws eks get-token``, OIDC auth providers). The ``kubernetes``
+package (~0.3-0.6 s to import) is imported only on that path.
 
 Every failure is a :class:`~kale_py.diagnostics.SubmitError` with a one-line message.
 """
@@ -24,6 +25,7 @@ import base64
 import http.client
 import importlib
 import json
+import logging
 import os
 import ssl
 import time
@@ -32,7 +34,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -86,8 +88,14 @@ class Auth:
     token: str | None = None
     path: str | None = None
     source: str = ""
+    header: str | None = None  # a whole Authorization value (kubeconfig: Bearer or Basic)
+    cookie: str | None = field(default=None, repr=False)  # a Kubeflow session (Dex login)
 
     def headers(self) -> dict[str, str]:
+        if self.cookie:
+            return {"Cookie": self.cookie}
+        if self.header:
+            return {"Authorization": self.header}
         token = self.token
         if self.kind == "service-account" and self.path:
             token = _read_token_file(self.path)
@@ -96,6 +104,10 @@ class Auth:
     def describe(self) -> str:
         if self.kind == "none":
             return "no credentials"
+        if self.kind == "dex":
+            return f"the Kubeflow session of {self.source}"
+        if self.header and not self.header.startswith("Bearer "):
+            return f"the credentials of {self.source}"
         return f"the bearer token from {self.source}"
 
 
@@ -110,6 +122,8 @@ class Endpoint:
     ca_data: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+    cert_file: str | None = None  # a client certificate (kubeconfig), with its key
+    key_file: str | None = None
 
 
 def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None,
@@ -118,7 +132,8 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
                     params: Mapping[str, object] | None = None,
                     version_name: str | None = None, watch: bool = False,
                     out: Output = print, poll_seconds: float = 5.0,
-                    upload: bool = True, schedule: Schedule | None = None) -> SubmitResult:
+                    upload: bool = True, schedule: Schedule | None = None,
+                    username: str | None = None) -> SubmitResult:
     """Upload ``yaml_text`` as pipeline ``name`` (or a new version of it), make sure the
     experiment exists, start a run and print its link; with ``watch``, follow it to the end.
     With ``upload=False`` the run carries the pipeline itself and nothing is uploaded.
@@ -126,7 +141,7 @@ def submit_pipeline(yaml_text: str, *, name: str, description: str | None = None
     >>> submit_pipeline(open("p.yaml").read(), name="churn", host="http://localhost:8080",
     ...                 params={"epochs": 3}, watch=True)  # doctest: +SKIP
     """
-    client = Client(resolve_endpoint(host, token, namespace))
+    client = Client(resolve_endpoint(host, token, namespace, username))
     if client.healthz().get("multi_user") and not client.endpoint.namespace:
         raise _error("KF105", f"the KFP endpoint at {client.endpoint.api} is multi-user: pass "
                      "--namespace with your Kubeflow profile namespace")
@@ -171,11 +186,12 @@ def _inline_spec(yaml_text: str) -> Json:
 
 def manage_schedule(action: str, *, name: str, host: str | None = None,
                     token: str | None = None, namespace: str | None = None,
-                    experiment: str | None = None, out: Output = print) -> list[str]:
+                    experiment: str | None = None, out: Output = print,
+                    username: str | None = None) -> list[str]:
     """``disable``, ``enable`` or ``delete`` the recurring runs named ``name``; their ids."""
     from kale_py.kubeflow.schedules import manage_recurring_runs
 
-    client = Client(resolve_endpoint(host, token, namespace))
+    client = Client(resolve_endpoint(host, token, namespace, username))
     experiment_id = None
     if experiment:
         found = client.find("/experiments", "experiments", experiment, client.namespace_query())
@@ -216,11 +232,16 @@ def run_status(run_id: str, *, host: str | None = None,
 # --- where and how --------------------------------------------------------------------------------
 
 def resolve_endpoint(host: str | None = None, token: str | None = None,
-                     namespace: str | None = None) -> Endpoint:
-    """The KFP endpoint and credentials to use (see the module docstring for the order)."""
+                     namespace: str | None = None, username: str | None = None) -> Endpoint:
+    """The KFP endpoint and credentials to use (see the module docstring for the order).
+
+    With ``username``, a Kubeflow session from Dex (see :mod:`kale_py.kubeflow.dex`).
+    """
     env = os.environ
     explicit = _explicit_auth(token)
     host = host or env.get("KF_PIPELINES_ENDPOINT")
+    if username and not explicit:
+        return _dex_endpoint(host, username, namespace)
     in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
     if in_cluster and not namespace:
         namespace = _read_optional(POD_NAMESPACE_PATH)
@@ -233,6 +254,19 @@ def resolve_endpoint(host: str | None = None, token: str | None = None,
         ui = env.get("KF_PIPELINES_UI_ENDPOINT") or IN_CLUSTER_UI
         return Endpoint(IN_CLUSTER_HOST, ui, auth, namespace)
     return _kubeconfig_endpoint(explicit, namespace)
+
+
+def _dex_endpoint(host: str | None, username: str, namespace: str | None) -> Endpoint:
+    from .dex import dex_session
+
+    if not host:
+        raise _error("KF105", "--username logs in through the Kubeflow gateway: pass --host "
+                     "with its pipelines address, e.g. https://kubeflow.example.com/pipeline")
+    api = _with_scheme(host)
+    tls = ssl.create_default_context() if api.startswith("https:") else None
+    session = dex_session(api, username, tls=tls)
+    auth = Auth("dex", cookie=session.cookie, source=username)
+    return Endpoint(api, os.environ.get("KF_PIPELINES_UI_ENDPOINT") or api, auth, namespace)
 
 
 def _explicit_auth(token: str | None) -> Auth | None:
@@ -257,60 +291,62 @@ def _service_account_auth() -> Auth | None:
 
 
 def _kubeconfig_endpoint(explicit: Auth | None, namespace: str | None) -> Endpoint:
-    path = Path((os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0]
-                or Path.home() / ".kube" / "config")
-    if not path.is_file():
+    """The KFP API through the Kubernetes API server's service proxy, with the kubeconfig's
+    credentials as the official ``kubernetes`` client loads them: bearer tokens and token files,
+    client certificates, ``exec`` plugins, auth providers (OIDC), basic auth."""
+    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    if not any(Path(p).is_file() for p in paths.split(os.pathsep) if p):
         raise _error("KF105", "no KFP endpoint: pass --host URL, set kfp_host in the notebook "
                      "metadata or KF_PIPELINES_ENDPOINT (no kubeconfig found either)")
-    context, cluster, user = _kubeconfig_current(path)
-    server = str(cluster.get("server", "")).rstrip("/")
+    config, context = _load_kubeconfig(paths)
+    server = str(config.host).rstrip("/")
     proxy = f"{server}/api/v1/namespaces/{KFP_NAMESPACE}/services"
-    auth = explicit or _kubeconfig_auth(user, context.get("user", "?"), path)
+    header = (config.api_key or {}).get("authorization")
+    source = f"kubeconfig user {context.get('user', '?')!r} ({paths})"
+    auth = explicit or (Auth("kubeconfig", header=str(header), source=source) if header
+                        else Auth("none"))
     return Endpoint(
         api=f"{proxy}/ml-pipeline:http/proxy",
         ui=os.environ.get("KF_PIPELINES_UI_ENDPOINT") or f"{proxy}/ml-pipeline-ui:80/proxy",
         auth=auth, namespace=namespace or context.get("namespace"),
-        ca_data=cluster.get("certificate-authority-data"),
-        ca_file=cluster.get("certificate-authority"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")))
+        ca_file=config.ssl_ca_cert, insecure=not config.verify_ssl,
+        cert_file=None if explicit else config.cert_file,
+        key_file=None if explicit else config.key_file)
 
 
-def _kubeconfig_current(path: Path) -> tuple[Json, Json, Json]:
-    """The current context, its cluster and its user from a kubeconfig file."""
-    yaml = importlib.import_module("yaml")  # lazily, and untyped: only kubeconfig needs it
+def _load_kubeconfig(paths: str) -> tuple[Any, Json]:
+    """The ``kubernetes`` client's Configuration for the current context, and that context."""
+    from kubernetes import client as k8s_client  # type: ignore[import-untyped]
+    from kubernetes import config as k8s_config
+
+    configuration = k8s_client.Configuration()
+    problems = _LogCollector()  # the loader logs a failed exec plugin instead of raising
+    root = logging.getLogger()
+    root.addHandler(problems)
     try:
-        config = yaml.safe_load(path.read_text()) or {}
-        current = config.get("current-context") or ""
-        context = _named(config, "contexts", current)["context"]
-        return (context, _named(config, "clusters", context["cluster"])["cluster"],
-                _named(config, "users", context.get("user", ""))["user"])
-    except KeyError as e:
-        raise _error("KF105", f"cannot use the kubeconfig {path}: no {e.args[0]}; pass --host "
-                     "and --token instead") from None
-    except (OSError, yaml.YAMLError, TypeError) as e:
-        raise _error("KF105", f"cannot read the kubeconfig {path}: {e}; pass --host and "
-                     "--token instead") from None
+        _, active = k8s_config.list_kube_config_contexts(config_file=paths)
+        k8s_config.load_kube_config(config_file=paths, client_configuration=configuration,
+                                    persist_config=False)
+    except (k8s_config.ConfigException, OSError, ValueError, KeyError, TypeError) as e:
+        problems.messages.append(" ".join(str(e).split()) or type(e).__name__)
+    finally:
+        root.removeHandler(problems)
+    if problems.messages:
+        raise _error("KF105", f"cannot use the kubeconfig {paths}: "
+                     f"{'; '.join(problems.messages)}; fix it, or pass --host and --token")
+    context = (active or {}).get("context") or {}
+    return configuration, context if isinstance(context, dict) else {}
 
 
-def _named(config: Json, section: str, name: str) -> Json:
-    for entry in config.get(section) or []:
-        if entry.get("name") == name:
-            return entry  # type: ignore[no-any-return]
-    raise KeyError(f"{section[:-1]} {name!r}" if name else f"current {section[:-1]}")
+class _LogCollector(logging.Handler):
+    """Collects what the ``kubernetes`` loader logs as errors (a failed exec plugin)."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
 
-def _kubeconfig_auth(user: Json, user_name: str, path: Path) -> Auth:
-    source = f"kubeconfig user {user_name!r} ({path})"
-    if user.get("token"):
-        return Auth("kubeconfig", token=str(user["token"]), source=source)
-    if user.get("tokenFile"):
-        return Auth("kubeconfig", token=_read_token_file(str(user["tokenFile"])), source=source)
-    method = next((k for k in ("exec", "auth-provider", "client-certificate-data",
-                               "client-certificate", "username") if user.get(k)), None)
-    if method:
-        raise _error("KF105", f"kubeconfig user {user_name!r} authenticates with {method}, "
-                     "which kale_py does not support: pass --host and --token instead")
-    return Auth("none")
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
 
 
 def _read_token_file(path: str) -> str:
@@ -470,7 +506,10 @@ class Client:
             return context
         cadata = (base64.b64decode(self.endpoint.ca_data).decode()
                   if self.endpoint.ca_data else None)
-        return ssl.create_default_context(cafile=self.endpoint.ca_file, cadata=cadata)
+        context = ssl.create_default_context(cafile=self.endpoint.ca_file, cadata=cadata)
+        if self.endpoint.cert_file:
+            context.load_cert_chain(self.endpoint.cert_file, self.endpoint.key_file)
+        return context
 
     def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> SubmitError:
         where = f"{method} {API}{path} at {self.endpoint.api}"
@@ -489,6 +528,9 @@ def _auth_hint(auth: Auth) -> str:
     if auth.kind == "none":
         return ("pass --token (or set KF_PIPELINES_TOKEN), or run in a Kubeflow notebook with "
                 "access to Kubeflow Pipelines (the access-ml-pipeline PodDefault)")
+    if auth.kind == "dex":
+        return (f"the session may have expired or {auth.source} may lack access to this "
+                "namespace: check --namespace, or log in again")
     if auth.kind == "service-account":
         return ("the notebook's service account may lack access to this namespace: check the "
                 "access-ml-pipeline PodDefault and --namespace")

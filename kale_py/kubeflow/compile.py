@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .poddefaults import PodDefaultLabels
 
 DEFAULT_IMAGE = "python:3.11"
-RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py")
+RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py", "process_state.py", "digest.py")
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 
@@ -238,6 +238,8 @@ def pipeline_to_definition(
                 python=python if merged.image is None else None,
             )
         )
+    if not install_packages and problems is not None:
+        _warn_default_image(pipeline, {t.display_name: t.image for t in tasks}, problems)
     return PipelineDef(
         name=pipeline_name(pipeline),
         description=settings.pipeline_description,
@@ -269,6 +271,22 @@ def _packages(pipeline: Pipeline, step: Step, problems: list[Diagnostic] | None)
             )
         )
     return tuple(pins)
+
+
+def _warn_default_image(pipeline: Pipeline, images: Mapping[str, str],
+                        problems: list[Diagnostic]) -> None:
+    """KF008 when steps that run in the built-in default image import third-party packages."""
+    from ..packages import default_image_message, third_party_modules
+
+    blocks = pipeline.blocks
+    imports = {}
+    for step in pipeline.steps:
+        if images.get(step.name) == DEFAULT_IMAGE:
+            found = third_party_modules([*blocks.imports, *blocks.functions, *step.cells])
+            if found:
+                imports[step.name] = found
+    if imports:
+        problems.append(warning("KF008", default_image_message(DEFAULT_IMAGE, imports)))
 
 
 def _params(pipeline: Pipeline, overrides: Mapping[str, Any]) -> list[PipelineParam]:

@@ -6,6 +6,9 @@ there (KFP itself only fails on those when the run starts), so they are checked 
 
 The ``*_pb2`` modules are loaded straight from their files when ``kfp`` is not imported yet:
 ``import kfp`` pulls in its REST client and costs seconds; the two protobuf modules take ~50 ms.
+``kfp-pipeline-spec`` (with ``protobuf``) is a base dependency. ``kfp-kubernetes`` is not (it
+requires all of ``kfp``): without it, each executor's Kubernetes config is checked as the
+``Struct`` the platform spec declares, and strictly with it (``pip install 'kale_py[kfp]'``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ _PLACEHOLDER = re.compile(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['(
 def validate_ir(pipeline_spec: Json, platform_spec: Json | None) -> None:
     """Raise :class:`CompileError` unless the IR parses strictly and all its references resolve.
 
-    Needs the ``kfp-pipeline-spec`` and ``kfp-kubernetes`` packages (``pip install kale_py[kfp]``).
+    Needs ``kfp-pipeline-spec`` (a dependency); ``kfp-kubernetes`` when present.
     """
     problems = list(_reference_problems(pipeline_spec, platform_spec))
     if not problems:
@@ -56,9 +59,10 @@ def _schema_problems(spec: Json, platform: Json | None) -> list[str]:
     if platform is not None:
         checks.append(("PlatformSpec", platform, pb.PlatformSpec()))
         # Each executor's Kubernetes config is a Struct too; kfp-kubernetes defines its schema.
-        for name, config in _kubernetes_executors(platform).items():
-            checks.append((f"kubernetes config of {name}", config,
-                           k8s.KubernetesExecutorConfig()))
+        if k8s is not None:
+            for name, config in _kubernetes_executors(platform).items():
+                checks.append((f"kubernetes config of {name}", config,
+                               k8s.KubernetesExecutorConfig()))
     problems = []
     for where, data, message in checks:
         try:
@@ -90,8 +94,9 @@ def _with_short_args(spec: Json) -> Json:
 
 
 @functools.cache
-def _protobuf_modules() -> tuple[Any, Any]:
-    """``pipeline_spec_pb2`` and ``kubernetes_executor_config_pb2``, without importing ``kfp``."""
+def _protobuf_modules() -> tuple[Any, Any | None]:
+    """``pipeline_spec_pb2`` and ``kubernetes_executor_config_pb2`` (None when kfp-kubernetes is
+    not installed), without importing ``kfp``."""
     names = ("kfp.pipeline_spec.pipeline_spec_pb2",
              "kfp.kubernetes.kubernetes_executor_config_pb2")
     if all(n in sys.modules for n in names):
@@ -106,14 +111,16 @@ def _protobuf_modules() -> tuple[Any, Any]:
     had = sys.modules.get("kfp.pipeline_spec")
     sys.modules.setdefault("kfp.pipeline_spec", stand_in)
     try:
-        k8s_pb2 = _load_file("kubernetes_executor_config_pb2", roots, "kubernetes")
+        k8s_pb2 = _load_file("kubernetes_executor_config_pb2", roots, "kubernetes",
+                             required=False)
     finally:
         if had is None:
             del sys.modules["kfp.pipeline_spec"]
     return pipeline_pb2, k8s_pb2
 
 
-def _load_file(module: str, roots: list[str], package: str) -> types.ModuleType:
+def _load_file(module: str, roots: list[str], package: str,
+               required: bool = True) -> types.ModuleType | None:
     for root in roots:
         path = os.path.join(root, package, f"{module}.py")
         spec = importlib.util.spec_from_file_location(f"kale_py.kubeflow._{module}", path)
@@ -121,9 +128,11 @@ def _load_file(module: str, roots: list[str], package: str) -> types.ModuleType:
             loaded = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(loaded)
             return loaded
+    if not required:
+        return None
     raise CompileError(Diagnostic(
-        "error", "KF002", "validating Kubeflow pipelines needs the kfp-pipeline-spec and "
-        "kfp-kubernetes packages: pip install 'kale_py[kfp]'"))
+        "error", "KF002", "validating Kubeflow pipelines needs the kfp-pipeline-spec package "
+        "(a dependency of kale_py): reinstall kale_py, or pip install kfp-pipeline-spec"))
 
 
 def _kubernetes_executors(platform: Json) -> Json:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class TuneResult:
     best: Trial | None
     directory: Path
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    status: str = "succeeded"  # running | succeeded | failed
 
     def ranked(self) -> list[Trial]:
         """Complete trials best first, failed ones last."""
@@ -69,6 +69,7 @@ class TuneResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tune_id": self.tune_id,
+            "status": self.status,
             "objective": self.search.objective,
             "direction": "maximize" if self.search.maximize else "minimize",
             "algorithm": self.search.algorithm,
@@ -80,9 +81,12 @@ class TuneResult:
 
 
 def tune_local(pipeline: Pipeline, search: Search, *, jobs: int | None = None,
-               run_root: Path | None = None,
+               run_root: Path | None = None, tune_id: str | None = None,
                progress: Callable[[str], object] = print) -> TuneResult:
-    """Run ``search.trials`` trials; raises :class:`RunError` when none of them succeeds."""
+    """Run ``search.trials`` trials; raises :class:`RunError` when none of them succeeds.
+
+    ``.nb2pipe/tunes/<tune_id>/tune.json`` follows the search as it goes (``status``
+    running, then succeeded or failed), for the side panel."""
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if search.maximize else "minimize",
@@ -96,6 +100,22 @@ def tune_local(pipeline: Pipeline, search: Search, *, jobs: int | None = None,
     lock = threading.Lock()
     trials: list[Trial] = []
     started = time.monotonic()
+    root = run_root or (pipeline.notebook.path or Path("notebook.ipynb")).resolve().parent / (
+        ".nb2pipe")
+    tune_id = tune_id or new_run_id()
+    directory = root / "tunes" / tune_id
+
+    def record(status: str) -> TuneResult:
+        done = sorted(trials, key=lambda t: t.number)
+        complete = [t for t in done if t.value is not None]
+        best = ((max if search.maximize else min)(complete, key=lambda t: t.value or 0.0)
+                if complete else None)
+        result = TuneResult(tune_id, search, tuple(done), best, directory,
+                            time.monotonic() - started, status)
+        _write(result, pipeline)
+        return result
+
+    record("running")
     per_trial_jobs = jobs or max(1, _cpus() // max(1, search.parallel))
 
     def one() -> Trial:
@@ -110,6 +130,7 @@ def tune_local(pipeline: Pipeline, search: Search, *, jobs: int | None = None,
             else:
                 study.tell(asked, trial.value)
             trials.append(trial)
+            record("running")
         progress(_trial_line(search, trial))
         return trial
 
@@ -122,20 +143,11 @@ def tune_local(pipeline: Pipeline, search: Search, *, jobs: int | None = None,
             batch = min(remaining, max(1, search.parallel))
             list(pool.map(lambda _: one(), range(batch)))
             remaining -= batch
-    trials.sort(key=lambda t: t.number)
-    complete = [t for t in trials if t.value is not None]
-    if not complete:
-        first = trials[0] if trials else None
+    result = record("succeeded" if any(t.value is not None for t in trials) else "failed")
+    if result.best is None:
+        first = result.trials[0] if result.trials else None
         raise RunError(error("NB603", "every trial failed"
                              + (f"; trial 0: {first.error}" if first and first.error else "")))
-    best = (max if search.maximize else min)(complete, key=lambda t: t.value or 0.0)
-    root = run_root or (pipeline.notebook.path or Path("notebook.ipynb")).resolve().parent / (
-        ".nb2pipe")
-    tune_id = new_run_id()
-    directory = root / "tunes" / tune_id
-    result = TuneResult(tune_id, search, tuple(trials), best, directory,
-                        time.monotonic() - started)
-    _write(result, pipeline)
     return result
 
 

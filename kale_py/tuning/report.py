@@ -34,7 +34,8 @@ def tune_report_html(result: TuneResult, notebook: str) -> str:
     header = "".join(f"<th>{html.escape(h)}</th>" for h in
                      ["trial", search.objective, *names, "cached steps", "time", "run"])
     best_text = (f"best {html.escape(_fmt(result.best.value))} at trial {result.best.number}"
-                 if result.best else "no trial succeeded")
+                 if result.best else "no trial succeeded yet" if result.status == "running"
+                 else "no trial succeeded")
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Tuning {html.escape(notebook)}</title>
 <style>

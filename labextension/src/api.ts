@@ -104,6 +104,7 @@ export interface ICompiled {
 export interface ISubmitted {
   run_id: string;
   run_url: string;
+  recurring_run_id?: string | null;
   pipeline_id: string;
   version_id: string;
   experiment_id: string;
@@ -121,6 +122,39 @@ export interface IVolumes {
 }
 
 export type Params = Record<string, unknown>;
+
+export interface ITuneTrial {
+  number: number;
+  params: Record<string, unknown>;
+  value: number | null;
+  state: 'complete' | 'failed';
+  run_id: string | null;
+  seconds: number;
+  cached_steps: number;
+  steps: number;
+  error: string | null;
+}
+
+/** A local tuning (its tune.json). */
+export interface ITune {
+  tune_id: string;
+  status: 'running' | 'succeeded' | 'failed';
+  objective: string;
+  direction: 'maximize' | 'minimize';
+  algorithm: string;
+  trials: ITuneTrial[];
+  best: ITuneTrial | null;
+  planned_trials?: number;
+}
+
+export interface ITuneRequest {
+  search: string[];
+  objective: string;
+  maximize: boolean;
+  trials: number;
+  parallel: number;
+  algorithm: 'random' | 'grid' | 'tpe';
+}
 
 function post<T>(
   endPoint: string,
@@ -192,6 +226,26 @@ export class KalePyAPI {
     );
   }
 
+  startTune(path: string, request: ITuneRequest): Promise<{ tune_id: string }> {
+    return post('tunes', { path, ...request }, this.settings);
+  }
+
+  getTune(path: string, tuneId: string): Promise<ITune> {
+    return requestAPI(
+      `tunes/${encodeURIComponent(tuneId)}` + query({ path }),
+      {},
+      this.settings
+    );
+  }
+
+  getTuneReport(path: string, tuneId: string): Promise<string> {
+    return requestAPI(
+      `tunes/${encodeURIComponent(tuneId)}/report` + query({ path }),
+      { as: 'text' },
+      this.settings
+    );
+  }
+
   getLog(path: string, runId: string, step: string): Promise<string> {
     return requestAPI(
       `runs/${encodeURIComponent(runId)}/logs/${encodeURIComponent(step)}` +
@@ -217,6 +271,9 @@ export class KalePyAPI {
       experiment?: string;
       params?: Params;
       token?: string;
+      /** A cron schedule: a recurring run instead of one run. */
+      schedule?: string;
+      max_concurrency?: number;
     }
   ): Promise<ISubmitted> {
     return post('submit', { path, ...options }, this.settings);

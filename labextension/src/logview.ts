@@ -1,11 +1,12 @@
 /**
- * A main-area tab with a step's log (text) or report (HTML) from a local run.
+ * A main-area tab with a step's log (text) or report (HTML) from a local run, or
+ * a tuning's report (`tune`: `runId` is the tuning's id).
  */
 import { MainAreaWidget } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 import { KalePyAPI } from './api';
 
-export type StepOutputKind = 'log' | 'report';
+export type StepOutputKind = 'log' | 'report' | 'tune';
 
 /** How often an open log is refreshed while its run is still running. */
 const REFRESH_MS = 2000;
@@ -52,6 +53,8 @@ export class StepOutputView extends Widget {
         if (atEnd) {
           pre.scrollTop = pre.scrollHeight; // follow the log like `tail -f`
         }
+      } else if (kind === 'tune') {
+        this._frame!.srcdoc = await api.getTuneReport(path, runId);
       } else {
         this._frame!.srcdoc = await api.getReport(path, runId, step);
       }
@@ -87,8 +90,13 @@ export function createStepOutputWidget(
 ): MainAreaWidget<StepOutputView> {
   const widget = new MainAreaWidget({ content: new StepOutputView(options) });
   widget.id = `kale-py-${options.kind}-${options.runId}-${options.step}`;
-  widget.title.label = `${options.step} ${options.kind}`;
-  widget.title.caption = `${options.kind} of step ${options.step}, run ${options.runId}`;
+  if (options.kind === 'tune') {
+    widget.title.label = 'tuning report';
+    widget.title.caption = `trials of tuning ${options.runId}`;
+  } else {
+    widget.title.label = `${options.step} ${options.kind}`;
+    widget.title.caption = `${options.kind} of step ${options.step}, run ${options.runId}`;
+  }
   widget.title.closable = true;
   return widget;
 }

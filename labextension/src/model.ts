@@ -18,6 +18,8 @@ import {
   IRun,
   IRunSummary,
   ISubmitted,
+  ITune,
+  ITuneRequest,
   KalePyAPI,
   Params
 } from './api';
@@ -63,6 +65,8 @@ interface INotebookState {
   runs: IRunSummary[];
   /** The submitted KFP run's status, polled after a submit. */
   kfpRun: IKfpRunStatus | null;
+  /** The local tuning started from the panel, followed while it runs. */
+  tune: IActionState<ITune>;
 }
 
 function freshState(): INotebookState {
@@ -73,7 +77,8 @@ function freshState(): INotebookState {
     compile: idle(),
     submit: idle(),
     runs: [],
-    kfpRun: null
+    kfpRun: null,
+    tune: idle()
   };
 }
 
@@ -340,6 +345,41 @@ export class PipelineModel {
     void this.refreshRuns();
   }
 
+  /** Start a local tuning and follow its trials until it ends. */
+  async startTune(request: ITuneRequest): Promise<void> {
+    const path = this.path;
+    const state = this._state(path);
+    if (!path || state.tune.busy) {
+      return;
+    }
+    state.tune = { ...idle(), busy: true };
+    this._emit();
+    try {
+      await this._notebook?.context.save();
+      const { tune_id } = await this.api.startTune(path, request);
+      let failures = 0;
+      for (;;) {
+        try {
+          state.tune.result = await this.api.getTune(path, tune_id);
+          failures = 0;
+        } catch (error) {
+          if (++failures >= MAX_POLL_FAILURES) {
+            throw error;
+          }
+        }
+        this._emit();
+        if (this._disposed || (state.tune.result && state.tune.result.status !== 'running')) {
+          break;
+        }
+        await new Promise(resolve => setTimeout(resolve, this._poll.runMs));
+      }
+    } catch (error) {
+      setFailure(state.tune, error);
+    }
+    state.tune.busy = false;
+    this._emit();
+  }
+
   /** Stop the run the panel shows: its step processes end, its status becomes cancelled. */
   async cancelRun(): Promise<void> {
     const path = this.path;
@@ -397,6 +437,7 @@ export class PipelineModel {
     experiment: string;
     token: string;
     params: Params;
+    schedule?: string;
   }): Promise<void> {
     const path = this.path;
     this._state(path).kfpRun = null;
@@ -406,11 +447,12 @@ export class PipelineModel {
         host: options.host || undefined,
         experiment: options.experiment || undefined,
         token: options.token || undefined,
-        params: options.params
+        params: options.params,
+        schedule: options.schedule || undefined
       });
     });
     const submitted = this._state(path).submit.result;
-    if (submitted) {
+    if (submitted && !submitted.recurring_run_id) {
       await this._followKfpRun(path, submitted.run_id, options);
     }
   }

@@ -26,6 +26,7 @@ import {
 } from './tags';
 import { StepOutputKind } from './logview';
 import { formatSeconds, runValues } from './runhistory';
+import { defaultSpec, rankTrials, tuneRequest } from './tuneform';
 
 export type OpenStepOutput = (
   runId: string,
@@ -196,6 +197,7 @@ function PipelineView({ model, openOutput, openGraph }: IBodyProps): JSX.Element
         openOutput={openOutput}
       />
       <CompileSection model={model} params={params} blocked={paramErrors.length > 0} />
+      <TuneSection model={model} openOutput={openOutput} />
       <SubmitSection model={model} params={params} blocked={paramErrors.length > 0} />
     </>
   );
@@ -783,6 +785,198 @@ function formatStart(r: IRunSummary): string {
   return isNaN(d.getTime()) ? r.started : d.toLocaleString();
 }
 
+/** Search pipeline parameters for the best value of a metric, with local runs. */
+function TuneSection(props: {
+  model: PipelineModel;
+  openOutput: OpenStepOutput;
+}): JSX.Element {
+  const { model } = props;
+  const analysis = model.state.analysis;
+  const parameters = (analysis?.parameters ?? []).filter(p =>
+    ['int', 'float', 'bool', 'str'].includes(p.type)
+  );
+  const metrics = analysis?.metrics ?? [];
+  const [specs, setSpecs] = React.useState<Record<string, string>>({});
+  const [objective, setObjective] = React.useState('');
+  const [maximize, setMaximize] = React.useState(true);
+  const [trials, setTrials] = React.useState('10');
+  const [parallel, setParallel] = React.useState('1');
+  const [algorithm, setAlgorithm] = React.useState<'random' | 'grid' | 'tpe'>('tpe');
+  const chosenObjective = objective || metrics[0]?.name || '';
+  const { search, problems } = tuneRequest({
+    specs,
+    objective: chosenObjective,
+    maximize,
+    trials,
+    parallel,
+    algorithm
+  });
+  const action = model.state.tune;
+  const tune = action.result;
+  return (
+    <Section title="Tune locally" id="kale-py-tune-section" open={false}>
+      {parameters.length === 0 || metrics.length === 0 ? (
+        <p className="kale-py-hint">
+          Tuning needs pipeline parameters and a pipeline metric to optimise.
+        </p>
+      ) : (
+        <>
+          {parameters.map(p => (
+            <div key={p.name} className="kale-py-tune-param" data-param={p.name}>
+              <label className="kale-py-checkbox">
+                <input
+                  type="checkbox"
+                  className="kale-py-tune-enable"
+                  checked={p.name in specs}
+                  onChange={e => {
+                    const next = { ...specs };
+                    if (e.target.checked) {
+                      next[p.name] = defaultSpec(p);
+                    } else {
+                      delete next[p.name];
+                    }
+                    setSpecs(next);
+                  }}
+                />
+                {p.name} <small>({p.type})</small>
+              </label>
+              {p.name in specs && (
+                <input
+                  className="jp-mod-styled kale-py-tune-spec"
+                  value={specs[p.name]}
+                  title="LOW..HIGH, with :log or :step=S; or choices A,B,C"
+                  onChange={e => setSpecs({ ...specs, [p.name]: e.target.value })}
+                />
+              )}
+            </div>
+          ))}
+          <label className="kale-py-field">
+            <span>Objective</span>
+            <select
+              id="kale-py-tune-objective"
+              className="jp-mod-styled"
+              value={chosenObjective}
+              onChange={e => setObjective(e.target.value)}
+            >
+              {metrics.map(m => (
+                <option key={m.name} value={m.name}>
+                  {m.name}
+                </option>
+              ))}
+            </select>
+          </label>
+          <label className="kale-py-field">
+            <span>Direction</span>
+            <select
+              id="kale-py-tune-direction"
+              className="jp-mod-styled"
+              value={maximize ? 'maximize' : 'minimize'}
+              onChange={e => setMaximize(e.target.value === 'maximize')}
+            >
+              <option value="maximize">maximize</option>
+              <option value="minimize">minimize</option>
+            </select>
+          </label>
+          <label className="kale-py-field">
+            <span>Trials · at once · algorithm</span>
+            <span className="kale-py-tune-row">
+              <input
+                id="kale-py-tune-trials"
+                className="jp-mod-styled"
+                value={trials}
+                onChange={e => setTrials(e.target.value)}
+              />
+              <input
+                id="kale-py-tune-parallel"
+                className="jp-mod-styled"
+                value={parallel}
+                onChange={e => setParallel(e.target.value)}
+              />
+              <select
+                id="kale-py-tune-algorithm"
+                className="jp-mod-styled"
+                value={algorithm}
+                onChange={e => setAlgorithm(e.target.value as 'random' | 'grid' | 'tpe')}
+              >
+                <option value="tpe">tpe</option>
+                <option value="random">random</option>
+                <option value="grid">grid</option>
+              </select>
+            </span>
+          </label>
+          <div className="kale-py-buttons">
+            <button
+              id="kale-py-tune"
+              className="jp-mod-styled"
+              disabled={action.busy || problems.length > 0}
+              title={problems.join('; ') || 'Run the trials on this machine'}
+              onClick={() =>
+                void model.startTune({
+                  search,
+                  objective: chosenObjective,
+                  maximize,
+                  trials: parseInt(trials, 10),
+                  parallel: parseInt(parallel, 10),
+                  algorithm
+                })
+              }
+            >
+              {action.busy ? 'Tuning…' : 'Tune'}
+            </button>
+          </div>
+        </>
+      )}
+      {tune && (
+        <div id="kale-py-tune-result" data-status={tune.status}>
+          <div className="kale-py-status">
+            Tuning {tune.objective} ({tune.direction}):{' '}
+            <b className={`kale-py-status-${tune.status}`}>{tune.status}</b>,{' '}
+            {tune.trials.length}
+            {tune.planned_trials ? `/${tune.planned_trials}` : ''} trials
+            {tune.status !== 'running' && (
+              <button
+                className="jp-mod-styled kale-py-small kale-py-open-tune-report"
+                onClick={() => props.openOutput(tune.tune_id, '', 'tune')}
+              >
+                report
+              </button>
+            )}
+          </div>
+          <table className="kale-py-history-table kale-py-tune-trials">
+            <thead>
+              <tr>
+                <th>trial</th>
+                <th>{tune.objective}</th>
+                <th>parameters</th>
+              </tr>
+            </thead>
+            <tbody>
+              {rankTrials(tune).map(t => (
+                <tr
+                  key={t.number}
+                  className={
+                    'kale-py-tune-trial' +
+                    (tune.best && tune.best.number === t.number ? ' kale-py-history-current' : '')
+                  }
+                  data-trial={t.number}
+                  title={t.error ?? `run ${t.run_id ?? ''}`}
+                >
+                  <td>{t.number}</td>
+                  <td>{t.value === null ? 'failed' : +t.value.toPrecision(6)}</td>
+                  <td className="kale-py-history-values">
+                    {runValues({ params: t.params, metrics: {} })}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
+    </Section>
+  );
+}
+
 function CompileSection(props: IActionProps): JSX.Element {
   const { model } = props;
   const action = model.state.compile;
@@ -817,6 +1011,7 @@ function SubmitSection(props: IActionProps): JSX.Element {
   const [host, setHost] = React.useState(settings.kfp_host);
   const [experiment, setExperiment] = React.useState(settings.experiment_name);
   const [token, setToken] = React.useState('');
+  const [schedule, setSchedule] = React.useState('');
   return (
     <Section title="Submit to Kubeflow" id="kale-py-submit-section" open={false}>
       <label className="kale-py-field">
@@ -850,19 +1045,38 @@ function SubmitSection(props: IActionProps): JSX.Element {
           onChange={e => setToken(e.target.value)}
         />
       </label>
+      <label className="kale-py-field">
+        <span>Schedule (cron, optional)</span>
+        <input
+          id="kale-py-schedule"
+          className="jp-mod-styled"
+          value={schedule}
+          placeholder="e.g. 0 9 * * 1-5: a recurring run"
+          onChange={e => setSchedule(e.target.value)}
+        />
+      </label>
       <div className="kale-py-buttons">
         <button
           id="kale-py-submit"
           className="jp-mod-styled"
           disabled={action.busy || props.blocked}
           onClick={() =>
-            void model.submit({ host, experiment, token, params: props.params })
+            void model.submit({ host, experiment, token, params: props.params, schedule })
           }
         >
-          {action.busy ? 'Submitting…' : 'Submit'}
+          {action.busy ? 'Submitting…' : schedule.trim() ? 'Schedule' : 'Submit'}
         </button>
       </div>
-      {action.result && (
+      {action.result?.recurring_run_id && (
+        <div id="kale-py-schedule-result" className="kale-py-result">
+          Recurring run{' '}
+          <a href={action.result.run_url} target="_blank" rel="noopener noreferrer">
+            {action.result.recurring_run_id}
+          </a>{' '}
+          created.
+        </div>
+      )}
+      {action.result && !action.result.recurring_run_id && (
         <div id="kale-py-submit-result" className="kale-py-result">
           Run{' '}
           <a href={action.result.run_url} target="_blank" rel="noopener noreferrer">
