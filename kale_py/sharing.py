@@ -452,13 +452,14 @@ def _union(sets: Iterable[set[str]]) -> set[str]:
 class ShareGroups:
     """The notebook's may-share groups as the steps run, in notebook order.
 
-    Each group has a number (a token) that changes whenever it merges with another, so
-    that two names with the same token at a point of the notebook were in one group then.
+    Each group has a number (a token): two names with the same token at a point of the
+    notebook were in one group then. A group keeps its token as it grows; merging moves
+    the smaller groups' names into the largest (so merging stays cheap on big notebooks).
     """
 
     def __init__(self) -> None:
-        self._group: dict[str, set[str]] = {}
         self._token: dict[str, int] = {}
+        self._sets: dict[int, set[str]] = {}
         self._next = 0
         self.clock = 0  # the number of updates so far
         self._history: dict[str, list[tuple[int, int | None]]] = {}  # (clock, token)
@@ -475,6 +476,10 @@ class ShareGroups:
                 break
             found = token
         return found
+
+    def _members(self, name: str) -> set[str] | None:
+        token = self._token.get(name)
+        return None if token is None else self._sets[token]
 
     def _set(self, name: str, token: int | None) -> None:
         self._history.setdefault(name, []).append((self.clock + 1, token))
@@ -500,10 +505,12 @@ class ShareGroups:
             if name in result:
                 continue
             result.add(name)
-            members = self._group.get(name[1:] if name.startswith(INCOMING) else name)
-            if members is not None and id(members) not in seen:
-                seen.add(id(members))
-                pending += members
+            token = self._token.get(name[1:] if name.startswith(INCOMING) else name)
+            if token is not None and token not in seen:
+                seen.add(token)
+                members = self._sets[token]
+                result |= members - {name}
+                pending += (m for m in members if m in extra)
             for more in extra.get(name, ()):
                 if id(more) not in seen:
                     seen.add(id(more))
@@ -513,34 +520,43 @@ class ShareGroups:
     def update(self, rebound: Iterable[str], shares: Iterable[frozenset[str]]) -> None:
         """A step ran: ``rebound`` names hold new objects, and ``shares`` were made (where
         ``INCOMING + name`` is what shared with the name before it was rebound)."""
-        before = {name: set(self._group.get(name, ())) for group in shares for name in
-                  (n[1:] for n in group if n.startswith(INCOMING))}
+        before = {name: set(self._members(name) or ()) - {name} for group in shares
+                  for name in (n[1:] for n in group if n.startswith(INCOMING))}
         for name in rebound:
-            group = self._group.pop(name, None)
-            if group is not None:
-                self._set(name, None)
-                group.discard(name)
-                if len(group) == 1:
-                    last = group.pop()
-                    del self._group[last]
-                    self._set(last, None)
-        for names in shares:
-            merged: set[str] = set()
-            for name in names:
-                if name.startswith(INCOMING):
-                    members = before.get(name[1:], set()) - {name[1:]}
-                    for member in members:
-                        merged |= self._group.get(member, {member})
-                    continue
-                group = self._group.get(name)
-                if group is None:
-                    merged.add(name)
-                elif not group <= merged:
-                    merged |= group
-            if len(merged) < 2:
+            token = self._token.get(name)
+            if token is None:
                 continue
-            self._next += 1
-            for name in merged:
-                self._group[name] = merged
-                self._set(name, self._next)
+            members = self._sets[token]
+            members.discard(name)
+            self._set(name, None)
+            if len(members) == 1:
+                self._set(members.pop(), None)
+            if not members:
+                del self._sets[token]
+        for names in shares:
+            tokens: set[int] = set()
+            alone: set[str] = set()
+            for name in names:
+                for member in before.get(name[1:], ()) if name.startswith(INCOMING) else [name]:
+                    token = self._token.get(member)
+                    if token is None:
+                        alone.add(member)
+                    else:
+                        tokens.add(token)
+            if len(tokens) + len(alone) < 2 and not (tokens and alone):
+                continue
+            if tokens:
+                base = max(tokens, key=lambda t: len(self._sets[t]))
+            else:
+                self._next += 1
+                base = self._next
+                self._sets[base] = set()
+            target = self._sets[base]
+            for token in tokens - {base}:
+                for member in self._sets.pop(token):
+                    target.add(member)
+                    self._set(member, base)
+            for name in alone:
+                target.add(name)
+                self._set(name, base)
         self.clock += 1
