@@ -304,7 +304,7 @@ def read_tune_report(path: str | Path, tune_id: str) -> str:
 
 def compile_katib(
     path: str | Path,
-    output: str | Path,
+    output: str | Path | None,
     search: list[str] | None = None,
     *,
     objective: str | None = None,
@@ -317,7 +317,8 @@ def compile_katib(
     namespace: str | None = None,
 ) -> dict[str, Any]:
     """Write a Katib Experiment (and the ConfigMap its trials mount) that tunes the pipeline
-    on Kubeflow; ``{"path", "name", "trials", "algorithm"}``.
+    on Kubeflow; ``{"path", "name", "trials", "algorithm"}``. With ``output=None`` the
+    manifests are created in the cluster instead (``{"name", "namespace", ...}``).
 
     The file is a Kubernetes ``List`` in JSON form, which is YAML too: ``kubectl apply -f``
     takes it, and writing it needs no YAML library."""
@@ -341,11 +342,14 @@ def compile_katib(
         pipeline, spec, {"pipeline_spec": _inline_spec(compiled.yaml)}, name=name,
         image=image or s.base_image or "python:3.11", namespace=namespace or s.namespace,
         kfp_experiment=s.experiment_name or None)
-    target = Path(output)
+    result = {"name": name, "trials": spec.trials, "algorithm": spec.algorithm}
+    if output is None:  # submit --tune: created in the cluster
+        from .tuning.apply import create_katib
+
+        return {**result, **create_katib(manifests, namespace or s.namespace)}
     listing = {"apiVersion": "v1", "kind": "List", "items": manifests}
-    write_text_atomic(target, json.dumps(listing, indent=2) + "\n")
-    return {"path": str(target), "name": name, "trials": spec.trials,
-            "algorithm": spec.algorithm}
+    write_text_atomic(target := Path(output), json.dumps(listing, indent=2) + "\n")
+    return {**result, "path": str(target)}
 
 
 def list_experiments(

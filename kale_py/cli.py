@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     _image_parser(sub)
     _submit_parser(sub)
     _tune_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -97,6 +98,16 @@ def _load(path: Path) -> Pipeline:
     from .notebook import read_notebook
 
     return build_pipeline(read_notebook(path))
+
+
+def _load_checked(path: Path) -> Pipeline | None:
+    """The pipeline, or None after printing its errors (the command then exits 1)."""
+    pipeline = _load(path)
+    if pipeline.ok:
+        return pipeline
+    errors = [d for d in pipeline.diagnostics if d.is_error]
+    _print_diagnostics(errors, pipeline.notebook, path, "text", sys.stderr)
+    return None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -126,10 +137,8 @@ def _check(args: argparse.Namespace) -> int:
 def _graph(args: argparse.Namespace) -> int:
     from . import render
 
-    pipeline = _load(args.notebook)
-    if not pipeline.ok:
-        errors = [d for d in pipeline.diagnostics if d.is_error]
-        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+    pipeline = _load_checked(args.notebook)
+    if pipeline is None:
         return 1
     writers = {
         "text": render.pipeline_to_text,
@@ -188,6 +197,14 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="live: a status line redrawn in place (the default in a terminal); "
         "plain: one line per event; quiet: only the summary",
     )
+    run.add_argument(
+        "--isolation",
+        choices=("auto", "fork", "spawn"),
+        default=None,
+        help="fork: each step starts as a copy of one process that ran the imports and "
+        "functions cells; spawn: each step is a fresh process that runs them again; "
+        "auto (the default, or the notebook's local_isolation): fork when that is safe",
+    )
     # The Jupyter server picks the id so that it can answer before the run starts.
     run.add_argument("--run-id", help=argparse.SUPPRESS)
     run.set_defaults(command=_run)
@@ -207,10 +224,8 @@ def _run(args: argparse.Namespace) -> int:
     from .local import RunOptions, run_local
 
     overrides = _overrides(args.param)
-    pipeline = _load(args.notebook)
-    if not pipeline.ok:
-        errors = [d for d in pipeline.diagnostics if d.is_error]
-        _print_diagnostics(errors, pipeline.notebook, args.notebook, "text", sys.stderr)
+    pipeline = _load_checked(args.notebook)
+    if pipeline is None:
         return 1
     options = RunOptions(
         params=overrides,
@@ -220,6 +235,7 @@ def _run(args: argparse.Namespace) -> int:
         cache=args.cache,
         progress=args.progress,
         run_id=args.run_id,
+        isolation=args.isolation,
     )
     return run_local(pipeline, options, sys.stdout).exit_code
 
@@ -402,6 +418,12 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="as for compile: steps pip-install their pinned imports at start",
     )
+    submit.add_argument(
+        "--tune", action="store_true",
+        help="create a Katib Experiment whose trials run the pipeline, instead of one run "
+        "(the search: the flags below or the notebook's katib_metadata)",
+    )
+    _search_flags(submit)
     recurring = submit.add_argument_group("recurring runs")
     recurring.add_argument(
         "--schedule", metavar="CRON",
@@ -479,6 +501,33 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model tagged serve:VAR from a local run (KServe, V2 protocol)",
+        description="Load the variable tagged serve:VAR as the latest local run (or --run) "
+        "saved it and serve it with KServe's model server: POST "
+        "/v2/models/NAME/infer. Needs the serve extra.",
+    )
+    _notebook_arg(serve)
+    serve.add_argument("--run", metavar="ID", help="the local run (default: the latest)")
+    serve.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (8080)")
+    serve.add_argument("--name", help="the model's name in URLs (default: the variable's)")
+    serve.add_argument("--variable", help="which serve:VAR variable, when there are several")
+    serve.set_defaults(command=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serving.local import load_served, serve_local
+
+    pipeline = _load_checked(args.notebook)
+    if pipeline is None:
+        return 1
+    model = load_served(pipeline, args.variable, args.run, args.name)
+    serve_local(model, args.port, lambda line: print(line, flush=True))
+    return 0
+
+
 def _compile(args: argparse.Namespace) -> int:
     from .api import compile_notebook
 
@@ -514,6 +563,19 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError(f"--{args.manage} and --schedule do not go together")
     if args.watch and (args.schedule or args.manage):
         raise UsageError("--watch follows one run: it does not go with recurring runs")
+    if args.tune:
+        if args.schedule or args.manage or args.watch:
+            raise UsageError("--tune creates a Katib Experiment: it does not go with "
+                             "--schedule, --disable/--enable/--delete or --watch")
+        from .api import compile_katib
+
+        katib = compile_katib(
+            args.notebook, None, args.search, objective=args.objective, maximize=args.maximize,
+            trials=args.trials, parallel=args.parallel, algorithm=args.algorithm,
+            params=_overrides(args.param), image=args.image, namespace=args.namespace)
+        print(f"Katib Experiment {katib['name']!r} created in {katib['namespace']}: "
+              f"{katib['trials']} trials ({katib['algorithm']})")
+        return 0
     if args.manage:
         manage_schedule(args.notebook, args.manage, host=args.host, experiment=args.experiment,
                         namespace=args.namespace, token=args.token, name=args.name,

@@ -93,6 +93,8 @@ class Pipeline:
     edges: tuple[Edge, ...]
     levels: tuple[tuple[str, ...], ...]
     diagnostics: tuple[Diagnostic, ...]
+    #: ``serve:VAR`` variables and the step whose value of each is served
+    served: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def parameters(self) -> tuple[Parameter, ...]:
@@ -137,6 +139,7 @@ def build_pipeline(notebook: Notebook) -> Pipeline:
         edges=edges,
         levels=_levels(blocks.steps, edges),
         diagnostics=tuple(diagnostics),
+        served=dict(builder.served),
     )
 
 
@@ -246,6 +249,7 @@ class _GraphBuilder:
         self.last_writer: dict[str, str] = {}
         self.functions: dict[str, FunctionInfo] = {}
         self.deleted_by: dict[str, str] = {}
+        self.served: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
         self.groups = ShareGroups()
@@ -280,6 +284,7 @@ class _GraphBuilder:
                 self._step(item)
             else:
                 self._metrics_cell(item)
+        self._serve()
         self._load_partial_bindings()
         while self._unify_shared_loads():  # new loads may start from earlier values in turn
             self._load_partial_bindings()
@@ -717,6 +722,23 @@ class _GraphBuilder:
                 )
             else:
                 self.state[provider].metrics.append(metric)
+
+    def _serve(self) -> None:
+        """A ``serve:VAR`` variable's final value is the model: its last writer saves it."""
+        for name, cell in self.blocks.serves:
+            provider = self.last_writer.get(name)
+            if provider is None or provider == PARAMETER:
+                self.problems.append(
+                    error(
+                        "NB801",
+                        f"serve:{name}: no step computes {name!r}; tag the variable that holds "
+                        "the trained model",
+                        cell=cell,
+                    )
+                )
+                continue
+            self.served[name] = provider
+            self.state[provider].saves.add(name)
 
     def io(self) -> dict[str, StepIO]:
         groups = self._save_groups()

@@ -1,9 +1,11 @@
 """Running a pipeline on this machine: what ``nb2pipe run`` does.
 
-Each step runs as a fresh Python process (``python -m kale_py.runtime``) in its own process
+Each step runs as its own Python process (``python -m kale_py.runtime``) in its own process
 group, with the notebook's directory as working directory; independent steps run in
-parallel, up to ``jobs`` at a time. A step starts once every step before it (data and
-``prev:`` edges) has succeeded, or was taken from the cache or an earlier run.
+parallel, up to ``jobs`` at a time. By default a step process is a fork of one process that
+ran the imports and functions cells once (:mod:`kale_py.warm`), else a fresh interpreter.
+A step starts once every step before it (data and ``prev:`` edges) has succeeded, or was
+taken from the cache or an earlier run.
 
 Everything a run produces lives in its run directory, ``<notebook dir>/.nb2pipe/runs/<id>/``::
 
@@ -49,6 +51,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 from . import __version__
 from .diagnostics import Diagnostic, RunError, error
 from .process_state import STATE_VARIABLE, is_pseudo
+from .warm import Isolation, StepProcess, StepStart, StepStarter, prelude_params
 
 if TYPE_CHECKING:
     from .codegen import StepProgram
@@ -96,6 +99,10 @@ class RunOptions:
     runtime_command: tuple[str, ...] | None = None
     #: Seconds between SIGTERM and SIGKILL when steps are cancelled or time out.
     grace_seconds: float = 5.0
+    #: How steps start: ``fork`` a process that ran the imports and functions cells once,
+    #: ``spawn`` a fresh one, ``auto`` fork when that is safe. ``None``: the notebook's
+    #: ``local_isolation`` setting, else ``auto``.
+    isolation: Isolation | None = None
     #: Extra environment variables of the step processes (``nb2pipe verify`` sets
     #: ``KALE_PY_EXPORT_DIGESTS`` through it).
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -451,6 +458,7 @@ class _StepRecord:
     attempts: int = 0
     program_hash: str | None = None  # of the step program and spec, to tell stale reuse
     metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] | None = None  # seconds: start, load, code, save, cpu
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -466,6 +474,7 @@ class _StepRecord:
             "reason": self.reason,
             "attempts": self.attempts,
             "program_hash": self.program_hash,
+            "timings": self.timings,
         }
 
 
@@ -481,6 +490,8 @@ class _RunManifest:
     status: str = "running"
     started: str = field(default_factory=_now)
     ended: str | None = None
+    #: How the steps started: isolation, notes (why not forked), prelude_seconds.
+    start: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}
@@ -501,6 +512,7 @@ class _RunManifest:
             "steps": {name: r.to_dict() for name, r in self.steps.items()},
             "metrics": self.metrics(),
             "runner_pid": os.getpid(),
+            "step_start": self.start,
             "kale_py": __version__,
         }
 
@@ -695,7 +707,7 @@ class _Interrupts:
 @dataclass
 class _Process:
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: StepProcess
     started: float  # monotonic
     deadline: float | None
     attempt: int
@@ -717,6 +729,7 @@ class _Context:
     jobs: int
     runtime: tuple[str, ...]
     grace: float
+    starter: StepStarter
 
 
 class _Scheduler:
@@ -759,12 +772,25 @@ class _Scheduler:
         while progressed:
             progressed = False
             for name in self.order:
+                if self.ctx.interrupts.count:
+                    return
                 if self.records[name].status != "pending" or not self._ready(name):
                     continue
                 if self._from_cache(name):
                     progressed = True
                 elif len(self.running) < self.ctx.jobs:
                     self._launch(name, attempt=1)
+
+    def _prelude_output(self, log: Path, output: bytes) -> list[str]:
+        """What the imports and functions cells printed in the warm process: first in
+        every forked step's log, as a fresh process prints it; the lines to show once."""
+        if not output:
+            return []
+        with log.open("ab") as f:
+            f.write(output)
+        if not self.ctx.starter.show_prelude_output():
+            return []
+        return output.decode("utf-8", "replace").splitlines()
 
     def _ready(self, name: str) -> bool:
         return all(self.records[p].status in DONE for p in self.preds[name])
@@ -806,6 +832,13 @@ class _Scheduler:
         return StepCache.key(program, params, inputs)
 
     def _launch(self, name: str, attempt: int) -> None:
+        if self.ctx.starter.prelude_failed and (
+            self.running or any(r.status == "failed" for r in self.records.values())
+        ):
+            # One step shows the failure with its cell and line; the others cannot run.
+            self._set(name, "skipped", reason="an imports or functions cell failed")
+            self.ctx.console.event("skipped", f"{name} skipped (an imports cell failed)")
+            return
         kfp = self.steps[name].kfp_name
         command = _step_command(self.ctx, name)
         log = self.ctx.run.log(kfp)
@@ -816,19 +849,17 @@ class _Scheduler:
             log.write_bytes(b"")
         self.ctx.run.clear(kfp)  # a retry must not see what the failed attempt left
         try:
-            proc = subprocess.Popen(
-                command,
-                cwd=self.ctx.plan.workdir,
-                env={**_step_environment(), **self.ctx.plan.environment},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            started = self.ctx.starter.start(
+                _step_start(self.ctx, name, command), lambda: bool(self.ctx.interrupts.count)
             )
         except OSError as exc:
             self._set(name, "running", started=_now(), attempts=attempt)
             self._failed(name, StepError(f"the step process cannot start: {exc}", None, None, log))
             return
+        if started is None:
+            return  # interrupted while the imports cell ran: the run is being cancelled
+        proc, prelude_output = started
+        shown = self._prelude_output(log, prelude_output)
         timeout = _settings(self.ctx.plan.pipeline, name).timeout
         now = time.monotonic()
         process = _Process(name, proc, now, now + timeout if timeout else None, attempt)
@@ -838,6 +869,8 @@ class _Scheduler:
             daemon=True,
             name=f"kale_py-{kfp}",
         )
+        for line in shown:
+            self.ctx.console.step_output(name, line)
         process.reader.start()
         self.running[name] = process
         record = self.records[name]
@@ -877,6 +910,7 @@ class _Scheduler:
             return
         record = self.records[name]
         record.exit_code = code
+        record.timings = (result or {}).get("timings") or None
         if failure is None:
             record.metrics = dict((result or {}).get("metrics") or {})
             if record.cache_key is not None:
@@ -1088,6 +1122,18 @@ def _step_command(ctx: _Context, name: str) -> list[str]:
     return command
 
 
+def _step_start(ctx: _Context, name: str, command: Sequence[str]) -> StepStart:
+    program, kfp = ctx.programs[name], ctx.programs[name].kfp_name
+    params = {p: json.dumps(ctx.plan.params[p]) for p in program.spec.get("parameters", {})}
+    return StepStart(
+        tuple(command[len(ctx.runtime) :]),
+        ctx.run.program(kfp),
+        ctx.run.spec(kfp),
+        ctx.plan.workdir,
+        prelude_params(program.source, program.spec["cells"], params),
+    )
+
+
 def _step_environment() -> dict[str, str]:
     env = kale_py_environment()
     # Output must reach the log as it is printed, not when a buffer fills.
@@ -1146,6 +1192,7 @@ def run_local(
     run = RunDirectory.create(plan.run_root / "runs", options.run_id)
     manifest = _new_manifest(plan, run, options, programs)
     console = _Console(out, options.progress)
+    starter = _starter(plan, options)
     with _Interrupts() as interrupts:
         try:
             _write_programs(run, programs)
@@ -1163,6 +1210,7 @@ def run_local(
                 options.jobs or os.cpu_count() or 1,
                 options.runtime_command or (sys.executable, "-m", RUNTIME_MODULE),
                 options.grace_seconds,
+                starter,
             )
             _Scheduler(ctx).run()
             manifest.status = _final_status(manifest)
@@ -1170,12 +1218,29 @@ def run_local(
             _abandon(manifest, exc)
             raise
         finally:
+            starter.close()
+            manifest.start = _start_record(starter)
             manifest.ended = _now()
             manifest.write()
             console.close()
     result = _result(manifest, run)
     console.summary(_summary(result, manifest, console.symbols, pipeline))
     return result
+
+
+def _starter(plan: RunPlan, options: RunOptions) -> StepStarter:
+    isolation = options.isolation or plan.pipeline.settings.local_isolation
+    env = {**_step_environment(), **plan.environment}
+    return StepStarter(isolation, sys.executable, options.runtime_command, plan.workdir, env)
+
+
+def _start_record(starter: StepStarter) -> dict[str, Any]:
+    """run.json's ``step_start``: how the steps started, and why not forked."""
+    return {
+        "isolation": starter.isolation,
+        "notes": list(starter.notes),
+        "prelude_seconds": starter.prelude_seconds,
+    }
 
 
 def _new_manifest(
@@ -1295,9 +1360,27 @@ def _summary(
         if failure.cell is not None:  # file:line, which editors turn into a link
             yield f"    at {_failure_location(pipeline, failure)}"
         yield f"    log: {_display_path(failure.log)}"
+    yield from _start_summary(manifest)
     if result.metrics:
         yield "  metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items())
     yield f"  run directory: {_display_path(result.run_dir)}"
+
+
+def _start_summary(manifest: _RunManifest) -> Iterator[str]:
+    """How the steps started, once, then where each step's time went."""
+    for note in manifest.start.get("notes", []):
+        yield f"  {note}"
+    prelude = manifest.start.get("prelude_seconds")
+    if prelude is not None:
+        yield f"  imports and functions cells: {prelude:.2f}s, once (steps forked from them)"
+    for name, record in manifest.steps.items():
+        if record.timings:
+            phases = ", ".join(
+                f"{phase} {record.timings[phase]:.3f}s"
+                for phase in ("start", "load", "code", "save")
+                if phase in record.timings
+            )
+            yield f"  {name}: {phases}"
 
 
 def _failure_location(pipeline: Pipeline, failure: StepError) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from .diagnostics import Diagnostic, error, warning
 from .settings import NotebookSettings, StepSettings, Volume
@@ -43,6 +43,7 @@ _KALE_KEYS = {
     "snapshot_volumes",
     "autosnapshot",
     "install_packages",
+    "local_isolation",
     "step_image",
     "keep_volumes",
     "image_pull_secrets",
@@ -104,11 +105,23 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
         kfp_host=text("kfp_host"),
         namespace=text("namespace"),
         install_packages=install,
+        local_isolation=_isolation(raw.get("local_isolation"), problems),
         step_image=text("step_image"),
         keep_volumes=_flag(raw, "keep_volumes", False, problems),
         extra=tuple((k, v) for k, v in raw.items() if k not in _KALE_KEYS),
     )
     return settings, problems
+
+
+def _isolation(value: Any, problems: list[Diagnostic]) -> Literal["auto", "fork", "spawn"]:
+    if value in (None, "", "auto"):
+        return "auto"
+    if value in ("fork", "spawn"):
+        return "fork" if value == "fork" else "spawn"
+    problems.append(
+        error("NB004", f"metadata.{METADATA_KEY}.local_isolation must be auto, fork or spawn")
+    )
+    return "auto"
 
 
 def _flag(raw: dict[str, Any], key: str, default: bool, problems: list[Diagnostic]) -> bool:

@@ -56,6 +56,8 @@ class Blocks:
     steps: tuple[Step, ...]
     skipped: tuple[Cell, ...]
     diagnostics: tuple[Diagnostic, ...]
+    #: ``serve:VAR`` tags: (variable, cell)
+    serves: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -84,12 +86,14 @@ def split_notebook(notebook: Notebook) -> Blocks:
     """Group the notebook's cells; every problem found is in ``Blocks.diagnostics``."""
     settings, problems = read_settings(notebook.metadata)
     grouping = _Grouping(problems=problems)
+    serves: list[tuple[str, int]] = []
     for cell in notebook.cells:
         if cell.kind != "code":
             _check_tags_on_text_cell(cell, grouping.problems)
             continue
         tags, found = parse_cell_tags(cell)
         grouping.problems.extend(found)
+        serves += [(name, cell.index) for name in tags.serves]
         _place(cell, tags, grouping)
     steps = _finish_steps(grouping)
     parameters, metrics = _parameters_and_metrics(grouping)
@@ -113,6 +117,7 @@ def split_notebook(notebook: Notebook) -> Blocks:
         steps=steps,
         skipped=tuple(grouping.skipped),
         diagnostics=tuple(grouping.problems),
+        serves=tuple(serves),
     )
 
 

@@ -447,10 +447,14 @@ class StepRuntime:
                 "Out": {},
             }
         )
+        self.set_parameters()
+
+    def set_parameters(self, skip: frozenset[str] = frozenset()) -> None:
+        """Bind the step's parameters (but ``skip``) in its namespace."""
         rendered = _pairs(self.args.param_type, "--param-type")
         declared = self.spec.get("parameters", {})
         for name, text in _pairs(self.args.param, "--param").items():
-            if name in declared:
+            if name in declared and name not in skip:
                 self.namespace[name] = parse_parameter(name, text, declared[name], name in rendered)
 
     def load_inputs(self) -> None:
@@ -834,7 +838,31 @@ def _write_atomic(path: str | None, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _arguments(list(sys.argv[1:] if argv is None else argv))
+    step = begin(_arguments(list(sys.argv[1:] if argv is None else argv)))
+    return finish(step)
+
+
+@dataclass
+class StepRun:
+    """A step between its start-up (the imports and functions cells) and its own work.
+
+    :func:`begin` makes one; :func:`finish` completes it. The local runner's warm start
+    makes one in a long-lived process and finishes a forked copy of it per step.
+    """
+
+    args: argparse.Namespace
+    spec: dict[str, Any]
+    runtime: StepRuntime
+    real_stdout: TextIO
+    started: float  # perf_counter when the step's process (or fork) began
+    result: dict[str, Any]
+    failed: CellFailed | None = None
+    #: Seconds per phase: start (process start-up and prelude), load, code, save; cpu.
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def begin(args: argparse.Namespace) -> StepRun:
+    """Read the step, enter its working directory, run its imports and functions cells."""
     spec = json.loads(_read_payload(args.spec, ".json"))
     program = _read_payload(args.program, ".py")
     if args.workdir:
@@ -843,40 +871,35 @@ def main(argv: list[str] | None = None) -> int:
     runtime = StepRuntime(spec, program, args)
     real_stdout = sys.stdout
     sys.stdout = _Tee(real_stdout, runtime)
-    started = time.perf_counter()
     result: dict[str, Any] = {"step": spec["step"], "status": "succeeded", "error": None}
+    step = StepRun(args, spec, runtime, real_stdout, time.perf_counter(), result)
     try:
         runtime.prepare_namespace()
         runtime.run_cells(prelude=True)
+    except CellFailed as failed:
+        step.failed = failed
+    return step
+
+
+def finish(step: StepRun) -> int:
+    """Load the inputs, run the step's cells, save; write the report and result files."""
+    args, spec, runtime, result = step.args, step.spec, step.runtime, step.result
+    step.timings["start"] = _since_launch(step.started)
+    clock = time.perf_counter()
+    try:
+        if step.failed is not None:
+            raise step.failed
         runtime.shared = set(runtime.namespace)
         runtime.load_inputs()
+        clock = _lap(step.timings, "load", clock)
         runtime.run_cells(prelude=False)
+        clock = _lap(step.timings, "code", clock)
         result["metrics"] = runtime.metrics()
         result["saved"] = runtime.save_outputs()
         runtime.export_all()
         runtime.export_digests()
     except CellFailed as failed:
-        result.update(
-            status="failed",
-            error={
-                "type": type(failed.exc).__name__,
-                "message": str(failed.exc) or type(failed.exc).__name__,
-                "cell": failed.cell,
-                "line": failed.line,
-                "traceback": failed.text,
-            },
-        )
-        if runtime.reports:
-            runtime.reports[-1].error = failed.text
-        sys.stdout.flush()
-        print(failed.text, file=sys.stderr, end="")
-        print(
-            f"step {spec['step']!r} failed in cell {failed.cell}"
-            + (f", line {failed.line}" if failed.line else "")
-            + f": {type(failed.exc).__name__}: "
-            f"{failed.exc}",
-            file=sys.stderr,
-        )
+        _record_cell_failure(step, failed)
     except (marshal.StateError, NameError) as exc:
         result.update(
             status="failed",
@@ -890,8 +913,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"step {spec['step']!r} failed: {exc}", file=sys.stderr)
     finally:
-        sys.stdout = real_stdout
-    result["seconds"] = time.perf_counter() - started
+        sys.stdout = step.real_stdout
+    result["seconds"] = time.perf_counter() - step.started
     result["notices"] = runtime.notices
     error_text = result["error"]["traceback"] if result["error"] and not runtime.reports else None
     if spec.get("report", True):
@@ -902,8 +925,56 @@ def main(argv: list[str] | None = None) -> int:
     if result["status"] == "succeeded":
         _write_atomic(args.metrics_out, json.dumps(result.get("metrics", {}), indent=2))
         _write_executor_output(args, result.get("metrics", {}))
+    if "code" in step.timings:
+        _lap(step.timings, "save", clock)
+    # CPU seconds of this process (of the fork: fork resets the counters), which the
+    # machine's load does not change the way it changes the wall-clock phases.
+    step.timings["cpu"] = time.process_time()
+    result["timings"] = {k: round(v, 4) for k, v in step.timings.items()}
     _write_atomic(args.result_out, json.dumps(result, indent=2, default=str))
     return 0 if result["status"] == "succeeded" else 1
+
+
+#: Set by the local runner: the wall-clock time at which it asked for the step's process.
+LAUNCHED_ENV = "KALE_PY_LAUNCHED_AT"
+
+
+def _since_launch(started: float) -> float:
+    """Seconds from the runner's request to now (else from this process's own start)."""
+    try:
+        return max(0.0, time.time() - float(os.environ[LAUNCHED_ENV]))
+    except (KeyError, ValueError):
+        return time.perf_counter() - started
+
+
+def _lap(timings: dict[str, float], phase: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[phase] = now - since
+    return now
+
+
+def _record_cell_failure(step: StepRun, failed: CellFailed) -> None:
+    step.result.update(
+        status="failed",
+        error={
+            "type": type(failed.exc).__name__,
+            "message": str(failed.exc) or type(failed.exc).__name__,
+            "cell": failed.cell,
+            "line": failed.line,
+            "traceback": failed.text,
+        },
+    )
+    if step.runtime.reports:
+        step.runtime.reports[-1].error = failed.text
+    sys.stdout.flush()
+    print(failed.text, file=sys.stderr, end="")
+    print(
+        f"step {step.spec['step']!r} failed in cell {failed.cell}"
+        + (f", line {failed.line}" if failed.line else "")
+        + f": {type(failed.exc).__name__}: "
+        f"{failed.exc}",
+        file=sys.stderr,
+    )
 
 
 # On Kubeflow the metrics also go to the step's log in one line, where a Katib trial reads

@@ -7,7 +7,7 @@ from ``metadata.kubeflow_notebook``. Both are plain frozen data that every backe
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,8 @@ class NotebookSettings:
     kfp_host: str | None = None
     namespace: str | None = None
     install_packages: bool = False
+    #: How ``nb2pipe run`` starts steps: auto | fork | spawn (see kale_py.warm).
+    local_isolation: Literal["auto", "fork", "spawn"] = "auto"
     #: REGISTRY/REPOSITORY: build a step image with the steps' distributions and push it there
     step_image: str | None = None
     #: keep the claims and snapshots made for a run after it ends

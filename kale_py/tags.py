@@ -57,6 +57,8 @@ class CellTags:
     prev: tuple[str, ...] = ()
     settings: StepSettings = field(default_factory=StepSettings)
     has_settings: bool = False
+    #: variables marked ``serve:VAR``: the model to serve (KServe) is their final value
+    serves: tuple[str, ...] = ()
 
 
 def normalize_step_name(name: str) -> str:
@@ -71,6 +73,7 @@ def parse_cell_tags(cell: Cell) -> tuple[CellTags, list[Diagnostic]]:
     roles: list[str] = []
     steps: list[str] = []
     prev: list[str] = []
+    serves: list[str] = []
     settings = StepSettings()
     has_settings = False
     for tag in cell.tags:
@@ -104,6 +107,18 @@ def parse_cell_tags(cell: Cell) -> tuple[CellTags, list[Diagnostic]]:
                     error(
                         "NB202",
                         f"prev:{value} does not name a step (use prev:STEP)",
+                        cell=cell.index,
+                    )
+                )
+        elif kind == "serve":
+            if value.isidentifier():
+                serves.append(value)
+            else:
+                problems.append(
+                    error(
+                        "NB202",
+                        f"serve:{value} does not name a variable (use serve:VARIABLE, the "
+                        "model to serve)",
                         cell=cell.index,
                     )
                 )
@@ -144,7 +159,8 @@ def parse_cell_tags(cell: Cell) -> tuple[CellTags, list[Diagnostic]]:
             )
         )
     return CellTags(
-        cell.index, role, step, tuple(dict.fromkeys(prev)), settings, has_settings
+        cell.index, role, step, tuple(dict.fromkeys(prev)), settings, has_settings,
+        tuple(dict.fromkeys(serves)),
     ), problems
 
 

@@ -192,6 +192,8 @@ class FakeKubernetes:
     snapshots: dict[tuple[str, str], Json] = field(default_factory=dict)
     poddefaults: dict[tuple[str, str], Json] = field(default_factory=dict)
     secrets: dict[tuple[str, str], Json] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], Json] = field(default_factory=dict)
+    experiments: dict[tuple[str, str], Json] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
     _polls: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -208,6 +210,9 @@ class FakeKubernetes:
                 fake._handle(self)
 
             def do_DELETE(self) -> None:
+                fake._handle(self)
+
+            def do_PUT(self) -> None:
                 fake._handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -237,7 +242,9 @@ class FakeKubernetes:
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
-        recorded = Recorded(h.command, h.path, dict(h.headers.items()), h.rfile.read(length))
+        # header names are case-insensitive: the official client sends "authorization"
+        headers = {k.title(): v for k, v in h.headers.items()}
+        recorded = Recorded(h.command, h.path, headers, h.rfile.read(length))
         self.requests.append(recorded)
         status, answer = self._answer(recorded)
         text = answer if isinstance(answer, str) else None
@@ -257,6 +264,9 @@ class FakeKubernetes:
         listed = self._list_or_delete(r.method, parts, urllib.parse.parse_qs(query))
         if listed is not None:
             return listed
+        created = self._create(r, parts)
+        if created is not None:
+            return created
         if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and r.method == "GET":
             store = {"pods": self.pods, "persistentvolumeclaims": self.claims,
                      "secrets": self.secrets}.get(parts[4])
@@ -274,6 +284,32 @@ class FakeKubernetes:
                     return found  # a snapshot seeded by a test stays as it was given
                 return 200, self._advance(parts[4], parts[6])
         return 404, "404 page not found\n"
+
+    def _create(self, r: Recorded, parts: list[str]) -> tuple[int, Json] | None:
+        """ConfigMaps (create, replace) and Katib Experiments (create)."""
+        if parts[:3] == ["api", "v1", "namespaces"] and parts[4:5] == ["configmaps"]:
+            store, namespace, kind, group = self.config_maps, parts[3], "configmaps", ""
+            name = parts[5] if len(parts) == 6 else None
+        elif parts[:4] == ["apis", "kubeflow.org", "v1beta1", "namespaces"] \
+                and parts[5:] == ["experiments"]:
+            store, namespace, kind, group = self.experiments, parts[4], "experiments", \
+                "kubeflow.org"
+            name = None
+        else:
+            return None
+        if ("create", kind) in self.forbidden:
+            return 403, _forbidden("create", kind, group, namespace, None)
+        body = r.json()
+        key = (namespace, body["metadata"]["name"])
+        if r.method == "POST" and name is None:
+            if key in store:
+                return 409, _status(409, "AlreadyExists", f'{kind} "{key[1]}" already exists')
+            store[key] = body
+            return 201, body
+        if r.method == "PUT" and name == key[1] and key in store:
+            store[key] = body
+            return 200, body
+        return None
 
     def _list_or_delete(self, method: str, parts: list[str],
                         query: dict[str, list[str]]) -> tuple[int, Json] | None:

@@ -6,7 +6,7 @@ pipeline locally until it succeeds, opens a step's log and compiles the pipeline
 Screenshots go to the test's tmp folder.
 
 Needs the built extension (``pip install -e .`` or ``jlpm build``) and /usr/bin/chromium
-(``.ci/install_chromium.sh``); Playwright never downloads a browser here. Playwright's async
+(``.ci/install_system.sh``); Playwright never downloads a browser here. Playwright's async
 API runs on pytest-jupyter's event loop (tests/conftest.py): its sync API would start a second
 loop.
 """
@@ -14,6 +14,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ TOKEN = "kale-py-e2e-token"
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium: run .ci/install_chromium.sh"
+    not CHROMIUM.exists(), reason="needs Debian's chromium: run .ci/install_system.sh"
 )
 
 
@@ -69,6 +70,31 @@ NOTEBOOK = {
     "nbformat": 4,
     "nbformat_minor": 5,
 }
+
+
+@contextlib.asynccontextmanager
+async def _lab_page(tmp_path: Path, page_errors: list[str]) -> AsyncIterator[Any]:
+    """A page of headless Debian chromium; the page's script errors go to ``page_errors``."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1440, "height": 900})
+        try:
+            page = await context.new_page()
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
+            yield page
+        finally:
+            await context.close()
+
+
+async def _open_panel(page: Any) -> Any:
+    """The Pipeline side panel (its tab toggles it; the layout restorer may have opened it)."""
+    tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="kale-py-panel"]')
+    if "lm-mod-current" not in (await tab.get_attribute("class") or ""):
+        await tab.click()
+    return page.locator("#kale-py-panel")
 
 
 def _free_port() -> int:
@@ -162,145 +188,133 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 async def test_tag_see_graph_and_diagnostics_and_run_locally(
     lab: tuple[str, Path], tmp_path: Path, kfp: Any
 ) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     url, root = lab
     page_errors: list[str] = []
-    async with async_playwright() as p:
-        context = await p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1440, "height": 900})
-        try:
-            page = await context.new_page()
-            page.on("pageerror", lambda error: page_errors.append(str(error)))
-            await page.goto(f"{url}/lab/tree/mean.ipynb?token={TOKEN}")
-            cells = page.locator(".jp-NotebookPanel .jp-Cell")
-            await expect(cells).to_have_count(6, timeout=60_000)
+    async with _lab_page(tmp_path, page_errors) as page:
+        await page.goto(f"{url}/lab/tree/mean.ipynb?token={TOKEN}")
+        cells = page.locator(".jp-NotebookPanel .jp-Cell")
+        await expect(cells).to_have_count(6, timeout=60_000)
 
-            # The tab toggles the panel; the layout restorer may have opened it already.
-            tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="kale-py-panel"]')
-            if "lm-mod-current" not in (await tab.get_attribute("class") or ""):
-                await tab.click()
-            panel = page.locator("#kale-py-panel")
-            await expect(panel.locator("#kale-py-notebook")).to_have_text("mean.ipynb")
+        panel = await _open_panel(page)
+        await expect(panel.locator("#kale-py-notebook")).to_have_text("mean.ipynb")
 
-            # Enable the pipeline: writes Kale's metadata key.
-            await panel.locator("#kale-py-enable").click()
-            await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
-                "step(s)", timeout=30_000)
+        # Enable the pipeline: writes Kale's metadata key.
+        await panel.locator("#kale-py-enable").click()
+        await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
+            "step(s)", timeout=30_000)
 
-            # Make cell 5 a step named "train", without typing any tag.
-            await cells.nth(4).locator(".jp-InputPrompt").click()
-            await expect(panel.locator("#kale-py-cell > summary")).to_have_text("Cell 5")
-            await panel.locator("#kale-py-role").select_option("step")
-            await panel.locator("#kale-py-step-name").fill("train")
-            await expect(panel.locator("#kale-py-cell-tags")).to_have_text("step:train")
+        # Make cell 5 a step named "train", without typing any tag.
+        await cells.nth(4).locator(".jp-InputPrompt").click()
+        await expect(panel.locator("#kale-py-cell > summary")).to_have_text("Cell 5")
+        await panel.locator("#kale-py-role").select_option("step")
+        await panel.locator("#kale-py-step-name").fill("train")
+        await expect(panel.locator("#kale-py-cell-tags")).to_have_text("step:train")
 
-            # Every code cell shows its step or role at its edge, updated without saving.
-            label = cells.nth(4).locator(".kale-py-cell-step")
-            await expect(label).to_have_text("train", timeout=15_000)
-            await expect(label).to_have_attribute("title", re.compile(r"loads .*total.* from load"))
-            await expect(cells.nth(1).locator(".kale-py-cell-step")).to_have_text("imports")
-            await expect(cells.nth(3).locator(".kale-py-cell-step")).to_have_text("load")
-            assert (await cells.nth(2).locator(".kale-py-cell-step").get_attribute("style")
-                    == await cells.nth(3).locator(".kale-py-cell-step").get_attribute("style"))
-            assert json.loads((root / "mean.ipynb").read_text())["cells"][4]["metadata"] == {}
-            # A click on a label selects its cell in the panel's tag editor.
-            await cells.nth(2).locator(".kale-py-cell-step").click()
-            await expect(panel.locator("#kale-py-cell > summary")).to_have_text("Cell 3")
-            await expect(panel.locator("#kale-py-step-name")).to_have_value("load")
+        # Every code cell shows its step or role at its edge, updated without saving.
+        label = cells.nth(4).locator(".kale-py-cell-step")
+        await expect(label).to_have_text("train", timeout=15_000)
+        await expect(label).to_have_attribute("title", re.compile(r"loads .*total.* from load"))
+        await expect(cells.nth(1).locator(".kale-py-cell-step")).to_have_text("imports")
+        await expect(cells.nth(3).locator(".kale-py-cell-step")).to_have_text("load")
+        assert (await cells.nth(2).locator(".kale-py-cell-step").get_attribute("style")
+                == await cells.nth(3).locator(".kale-py-cell-step").get_attribute("style"))
+        assert json.loads((root / "mean.ipynb").read_text())["cells"][4]["metadata"] == {}
+        # A click on a label selects its cell in the panel's tag editor.
+        await cells.nth(2).locator(".kale-py-cell-step").click()
+        await expect(panel.locator("#kale-py-cell > summary")).to_have_text("Cell 3")
+        await expect(panel.locator("#kale-py-step-name")).to_have_value("load")
 
-            # The graph: load -> train -> report, the edge into train carrying its variables.
-            graph = panel.locator("#kale-py-graph")
-            for step in ("load", "train", "report"):
-                await expect(graph.locator(f'.kale-py-node[data-step="{step}"]')).to_be_visible()
-            edge = graph.locator('.kale-py-edge[data-source="load"][data-target="train"]')
-            await expect(edge.locator(".kale-py-edge-label")).to_contain_text("total")
+        # The graph: load -> train -> report, the edge into train carrying its variables.
+        graph = panel.locator("#kale-py-graph")
+        for step in ("load", "train", "report"):
+            await expect(graph.locator(f'.kale-py-node[data-step="{step}"]')).to_be_visible()
+        edge = graph.locator('.kale-py-edge[data-source="load"][data-target="train"]')
+        await expect(edge.locator(".kale-py-edge-label")).to_contain_text("total")
 
-            # The undefined name is shown on its cell (cell 6) and in the panel's list.
-            await expect(cells.nth(5)).to_have_class(re.compile(r"\bkale-py-cell-error\b"))
-            await expect(cells.nth(5).locator(".kale-py-cell-diagnostics")).to_contain_text(
-                "n_missing")
-            await expect(panel.locator('#kale-py-diagnostics [data-code="NB103"]')).to_have_count(1)
-            await page.screenshot(path=str(tmp_path / "panel-diagnostic.png"))
+        # The undefined name is shown on its cell (cell 6) and in the panel's list.
+        await expect(cells.nth(5)).to_have_class(re.compile(r"\bkale-py-cell-error\b"))
+        await expect(cells.nth(5).locator(".kale-py-cell-diagnostics")).to_contain_text(
+            "n_missing")
+        await expect(panel.locator('#kale-py-diagnostics [data-code="NB103"]')).to_have_count(1)
+        await page.screenshot(path=str(tmp_path / "panel-diagnostic.png"))
 
-            # Fix the cell in the editor (unsaved): the live notebook is re-analysed.
-            await cells.nth(5).locator(".cm-content").click()
-            await page.keyboard.press("Control+a")
-            await page.keyboard.insert_text("print(json.dumps({'mean': mean}))")
-            await expect(cells.nth(5)).not_to_have_class(re.compile(r"\bkale-py-cell-error\b"),
-                                                         timeout=15_000)
-            await expect(panel.locator('[data-code="NB103"]')).to_have_count(0)
+        # Fix the cell in the editor (unsaved): the live notebook is re-analysed.
+        await cells.nth(5).locator(".cm-content").click()
+        await page.keyboard.press("Control+a")
+        await page.keyboard.insert_text("print(json.dumps({'mean': mean}))")
+        await expect(cells.nth(5)).not_to_have_class(re.compile(r"\bkale-py-cell-error\b"),
+                                                     timeout=15_000)
+        await expect(panel.locator('[data-code="NB103"]')).to_have_count(0)
 
-            # Run locally: the panel saves the notebook, starts the run and follows it.
-            await panel.locator("#kale-py-run").click()
-            status = panel.locator("#kale-py-run-status")
-            finished = panel.locator('#kale-py-run-status:not([data-status="running"])').or_(
-                panel.locator("#kale-py-run-section .kale-py-action-error"))
-            await expect(finished.first).to_be_visible(timeout=180_000)
-            if (not await status.count()
-                    or await status.get_attribute("data-status") != "succeeded"):
-                await page.screenshot(path=str(tmp_path / "panel-run-failed.png"))
-                pytest.fail("the run did not succeed; the panel shows:\n"
-                            + await panel.inner_text())
-            for step in ("load", "train", "report"):
-                await expect(panel.locator(
-                    f'.kale-py-run-step[data-step="{step}"]')).to_have_attribute(
-                    "data-status", "succeeded")
-                await expect(graph.locator(f'.kale-py-node[data-step="{step}"]')).to_have_class(
-                    re.compile(r"\bkale-py-status-succeeded\b"))
-
-            # A step's log opens in the main area.
-            await panel.locator('.kale-py-run-step[data-step="train"] .kale-py-open-log').click()
-            await expect(page.locator(".kale-py-log")).to_contain_text("mean 2.5",
-                                                                        timeout=15_000)
-            shot = tmp_path / "panel-run.png"
-            await page.screenshot(path=str(shot))
-            print(f"screenshots: {tmp_path}")
-
-            # The step's HTML report opens in a tab, in a sandbox without the page's origin.
-            await panel.locator(
-                '.kale-py-run-step[data-step="train"] .kale-py-open-report').click()
-            frame = page.locator("iframe.kale-py-report")
-            await expect(frame).to_have_attribute("sandbox", "allow-scripts allow-popups")
-            report = page.frame_locator("iframe.kale-py-report").locator("body")
-            await expect(report).to_contain_text("mean 2.5", timeout=15_000)
-            await page.screenshot(path=str(tmp_path / "panel-report.png"))
-
-            # A second run; the history lists both, and the first can be reopened.
-            first_run = (await status.inner_text()).split()[1].rstrip(":")
-            await panel.locator("#kale-py-run").click()
-            await expect(panel.locator("#kale-py-run-status")).not_to_contain_text(first_run)
-            succeeded = panel.locator('#kale-py-run-status[data-status="succeeded"]')
-            await expect(succeeded).to_be_visible(timeout=180_000)
-            history = panel.locator("#kale-py-history .kale-py-history-run")
-            await expect(history).to_have_count(2, timeout=15_000)
-            await expect(history.first).to_have_attribute("data-status", "succeeded")
-            await panel.locator(f'.kale-py-history-run[data-run="{first_run}"]').click()
-            await expect(panel.locator("#kale-py-run-status")).to_contain_text(first_run)
-            await expect(graph.locator('.kale-py-node[data-step="report"]')).to_have_class(
+        # Run locally: the panel saves the notebook, starts the run and follows it.
+        await panel.locator("#kale-py-run").click()
+        status = panel.locator("#kale-py-run-status")
+        finished = panel.locator('#kale-py-run-status:not([data-status="running"])').or_(
+            panel.locator("#kale-py-run-section .kale-py-action-error"))
+        await expect(finished.first).to_be_visible(timeout=180_000)
+        if (not await status.count()
+                or await status.get_attribute("data-status") != "succeeded"):
+            await page.screenshot(path=str(tmp_path / "panel-run-failed.png"))
+            pytest.fail("the run did not succeed; the panel shows:\n"
+                        + await panel.inner_text())
+        for step in ("load", "train", "report"):
+            await expect(panel.locator(
+                f'.kale-py-run-step[data-step="{step}"]')).to_have_attribute(
+                "data-status", "succeeded")
+            await expect(graph.locator(f'.kale-py-node[data-step="{step}"]')).to_have_class(
                 re.compile(r"\bkale-py-status-succeeded\b"))
 
-            # Compile for Kubeflow: the YAML is written beside the notebook.
-            await panel.locator("#kale-py-compile-section > summary").click()
-            await panel.locator("#kale-py-compile").click()
-            await expect(panel.locator("#kale-py-compile-result")).to_contain_text(
-                "mean.yaml", timeout=60_000)
+        # A step's log opens in the main area.
+        await panel.locator('.kale-py-run-step[data-step="train"] .kale-py-open-log').click()
+        await expect(page.locator(".kale-py-log")).to_contain_text("mean 2.5",
+                                                                    timeout=15_000)
+        shot = tmp_path / "panel-run.png"
+        await page.screenshot(path=str(shot))
+        print(f"screenshots: {tmp_path}")
 
-            # Submit to a KFP API (the fake backend: no KFP can run here); the panel then
-            # follows the run's state and names the step that failed.
-            kfp.run_states = ("RUNNING", "FAILED")
-            await panel.locator("#kale-py-submit-section > summary").click()
-            await panel.locator("#kale-py-host").fill(kfp.url)
-            await panel.locator("#kale-py-submit").click()
-            await expect(panel.locator("#kale-py-submit-result")).to_contain_text(
-                "started", timeout=60_000)
-            kfp_status = panel.locator("#kale-py-kfp-status")
-            await expect(kfp_status).to_have_attribute("data-state", "FAILED", timeout=30_000)
-            await expect(panel.locator("#kale-py-kfp-failed-step")).to_contain_text("step-1")
-            await page.screenshot(path=str(tmp_path / "panel-submitted.png"))
-        finally:
-            await context.close()
+        # The step's HTML report opens in a tab, in a sandbox without the page's origin.
+        await panel.locator(
+            '.kale-py-run-step[data-step="train"] .kale-py-open-report').click()
+        frame = page.locator("iframe.kale-py-report")
+        await expect(frame).to_have_attribute("sandbox", "allow-scripts allow-popups")
+        report = page.frame_locator("iframe.kale-py-report").locator("body")
+        await expect(report).to_contain_text("mean 2.5", timeout=15_000)
+        await page.screenshot(path=str(tmp_path / "panel-report.png"))
+
+        # A second run; the history lists both, and the first can be reopened.
+        first_run = (await status.inner_text()).split()[1].rstrip(":")
+        await panel.locator("#kale-py-run").click()
+        await expect(panel.locator("#kale-py-run-status")).not_to_contain_text(first_run)
+        succeeded = panel.locator('#kale-py-run-status[data-status="succeeded"]')
+        await expect(succeeded).to_be_visible(timeout=180_000)
+        history = panel.locator("#kale-py-history .kale-py-history-run")
+        await expect(history).to_have_count(2, timeout=15_000)
+        await expect(history.first).to_have_attribute("data-status", "succeeded")
+        await panel.locator(f'.kale-py-history-run[data-run="{first_run}"]').click()
+        await expect(panel.locator("#kale-py-run-status")).to_contain_text(first_run)
+        await expect(graph.locator('.kale-py-node[data-step="report"]')).to_have_class(
+            re.compile(r"\bkale-py-status-succeeded\b"))
+
+        # Compile for Kubeflow: the YAML is written beside the notebook.
+        await panel.locator("#kale-py-compile-section > summary").click()
+        await panel.locator("#kale-py-compile").click()
+        await expect(panel.locator("#kale-py-compile-result")).to_contain_text(
+            "mean.yaml", timeout=60_000)
+
+        # Submit to a KFP API (the fake backend: no KFP can run here); the panel then
+        # follows the run's state and names the step that failed.
+        kfp.run_states = ("RUNNING", "FAILED")
+        await panel.locator("#kale-py-submit-section > summary").click()
+        await panel.locator("#kale-py-host").fill(kfp.url)
+        await panel.locator("#kale-py-submit").click()
+        await expect(panel.locator("#kale-py-submit-result")).to_contain_text(
+            "started", timeout=60_000)
+        kfp_status = panel.locator("#kale-py-kfp-status")
+        await expect(kfp_status).to_have_attribute("data-state", "FAILED", timeout=30_000)
+        await expect(panel.locator("#kale-py-kfp-failed-step")).to_contain_text("step-1")
+        await page.screenshot(path=str(tmp_path / "panel-submitted.png"))
 
     # What the panel wrote is in the saved notebook: Kale's metadata and the new step tag.
     saved = json.loads((root / "mean.ipynb").read_text())
@@ -350,80 +364,69 @@ def _wide_notebook() -> dict[str, Any]:
 async def test_graph_tab_highlights_cells_and_a_run_can_be_cancelled(
     lab: tuple[str, Path], tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     url, root = lab
     (root / "wide.ipynb").write_text(json.dumps(_wide_notebook(), indent=1))
     page_errors: list[str] = []
-    async with async_playwright() as p:
-        context = await p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1440, "height": 900})
-        try:
-            page = await context.new_page()
-            page.on("pageerror", lambda error: page_errors.append(str(error)))
-            await page.goto(f"{url}/lab/tree/wide.ipynb?token={TOKEN}")
-            cells = page.locator(".jp-NotebookPanel .jp-Cell")
-            await expect(cells).to_have_count(31, timeout=60_000)
-            tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="kale-py-panel"]')
-            if "lm-mod-current" not in (await tab.get_attribute("class") or ""):
-                await tab.click()
-            panel = page.locator("#kale-py-panel")
-            await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
-                "30 step(s)", timeout=30_000)
+    async with _lab_page(tmp_path, page_errors) as page:
+        await page.goto(f"{url}/lab/tree/wide.ipynb?token={TOKEN}")
+        cells = page.locator(".jp-NotebookPanel .jp-Cell")
+        await expect(cells).to_have_count(31, timeout=60_000)
+        panel = await _open_panel(page)
+        await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
+            "30 step(s)", timeout=30_000)
 
-            # The small graph fits the panel's width: no node is cut off.
-            small = panel.locator("#kale-py-graph")
-            box = await panel.bounding_box()
-            graph_box = await small.bounding_box()
-            assert box is not None and graph_box is not None
-            assert graph_box["width"] <= box["width"]
+        # The small graph fits the panel's width: no node is cut off.
+        small = panel.locator("#kale-py-graph")
+        box = await panel.bounding_box()
+        graph_box = await small.bounding_box()
+        assert box is not None and graph_box is not None
+        assert graph_box["width"] <= box["width"]
 
-            # The graph tab: all 30 steps laid out. Too wide to fit readably, it opens at a
-            # readable scale from the top; Fit then shows all of it.
-            await panel.locator("#kale-py-open-graph").click()
-            main = page.locator("#kale-py-graph-main")
-            await expect(main.locator(".kale-py-node")).to_have_count(30, timeout=15_000)
-            zoom = page.locator(".kale-py-graph-zoom")
-            await expect(zoom).to_have_text("75%")
-            await page.screenshot(path=str(tmp_path / "graph-tab-readable.png"))
-            await page.locator(".kale-py-graph-fit").click()
-            await expect(zoom).not_to_have_text("75%")
-            await _wait_all_inside(page.locator(".kale-py-graph-viewport"),
-                                   main.locator(".kale-py-node"))
-            edge = main.locator('.kale-py-edge[data-source="branch3_fit"]'
-                                '[data-target="branch3_score"]')
-            await expect(edge.locator(".kale-py-edge-label")).to_have_text("a3")
-            await page.screenshot(path=str(tmp_path / "graph-tab-30-steps.png"))
+        # The graph tab: all 30 steps laid out. Too wide to fit readably, it opens at a
+        # readable scale from the top; Fit then shows all of it.
+        await panel.locator("#kale-py-open-graph").click()
+        main = page.locator("#kale-py-graph-main")
+        await expect(main.locator(".kale-py-node")).to_have_count(30, timeout=15_000)
+        zoom = page.locator(".kale-py-graph-zoom")
+        await expect(zoom).to_have_text("75%")
+        await page.screenshot(path=str(tmp_path / "graph-tab-readable.png"))
+        await page.locator(".kale-py-graph-fit").click()
+        await expect(zoom).not_to_have_text("75%")
+        await _wait_all_inside(page.locator(".kale-py-graph-viewport"),
+                               main.locator(".kale-py-node"))
+        edge = main.locator('.kale-py-edge[data-source="branch3_fit"]'
+                            '[data-target="branch3_score"]')
+        await expect(edge.locator(".kale-py-edge-label")).to_have_text("a3")
+        await page.screenshot(path=str(tmp_path / "graph-tab-30-steps.png"))
 
-            # Zoom in, then fit again.
-            fitted = await zoom.inner_text()
-            await page.locator('.kale-py-graph-toolbar button[title="Zoom in"]').click()
-            await expect(zoom).not_to_have_text(fitted)
-            await page.locator(".kale-py-graph-fit").click()
-            await expect(zoom).to_have_text(fitted)
+        # Zoom in, then fit again.
+        fitted = await zoom.inner_text()
+        await page.locator('.kale-py-graph-toolbar button[title="Zoom in"]').click()
+        await expect(zoom).not_to_have_text(fitted)
+        await page.locator(".kale-py-graph-fit").click()
+        await expect(zoom).to_have_text(fitted)
 
-            # A click on a step highlights its cell in the notebook.
-            await main.locator('.kale-py-node[data-step="branch4_score"]').click()
-            highlighted = page.locator(".jp-NotebookPanel .jp-Cell.kale-py-cell-highlight")
-            await expect(highlighted).to_have_count(1)
-            await expect(highlighted.locator(".kale-py-cell-step")).to_have_text("branch4_score")
+        # A click on a step highlights its cell in the notebook.
+        await main.locator('.kale-py-node[data-step="branch4_score"]').click()
+        highlighted = page.locator(".jp-NotebookPanel .jp-Cell.kale-py-cell-highlight")
+        await expect(highlighted).to_have_count(1)
+        await expect(highlighted.locator(".kale-py-cell-step")).to_have_text("branch4_score")
 
-            # Run, then cancel while the last step sleeps; the graph shows the states live.
-            await panel.locator("#kale-py-run").click()
-            await expect(main.locator('.kale-py-node[data-step="slow"]')).to_have_attribute(
-                "data-status", "running", timeout=180_000)
-            await expect(main.locator('.kale-py-node[data-step="join"]')).to_have_attribute(
-                "data-status", "succeeded")
-            await page.screenshot(path=str(tmp_path / "graph-tab-running.png"))
-            await panel.locator("#kale-py-cancel").click()
-            await expect(panel.locator("#kale-py-run-status")).to_have_attribute(
-                "data-status", "cancelled", timeout=30_000)
-            await expect(main.locator('.kale-py-node[data-step="slow"]')).to_have_attribute(
-                "data-status", "cancelled")
-            await expect(panel.locator("#kale-py-cancel")).to_have_count(0)
-        finally:
-            await context.close()
+        # Run, then cancel while the last step sleeps; the graph shows the states live.
+        await panel.locator("#kale-py-run").click()
+        await expect(main.locator('.kale-py-node[data-step="slow"]')).to_have_attribute(
+            "data-status", "running", timeout=180_000)
+        await expect(main.locator('.kale-py-node[data-step="join"]')).to_have_attribute(
+            "data-status", "succeeded")
+        await page.screenshot(path=str(tmp_path / "graph-tab-running.png"))
+        await panel.locator("#kale-py-cancel").click()
+        await expect(panel.locator("#kale-py-run-status")).to_have_attribute(
+            "data-status", "cancelled", timeout=30_000)
+        await expect(main.locator('.kale-py-node[data-step="slow"]')).to_have_attribute(
+            "data-status", "cancelled")
+        await expect(panel.locator("#kale-py-cancel")).to_have_count(0)
 
     assert (root / "slow.pid").exists()
     runs_dir = root / ".nb2pipe" / "runs"
@@ -450,49 +453,38 @@ QUADRATIC = {
 async def test_tune_from_the_panel(lab: tuple[str, Path], tmp_path: Path) -> None:
     """The Tune section: tick a parameter, give its range, run the trials, see them ranked
     and open the tuning's report."""
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     url, root = lab
     (root / "quadratic.ipynb").write_text(json.dumps(QUADRATIC, indent=1))
     page_errors: list[str] = []
-    async with async_playwright() as p:
-        context = await p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1440, "height": 900})
-        try:
-            page = await context.new_page()
-            page.on("pageerror", lambda error: page_errors.append(str(error)))
-            await page.goto(f"{url}/lab/tree/quadratic.ipynb?token={TOKEN}")
-            await expect(page.locator(".jp-NotebookPanel .jp-Cell")).to_have_count(
-                4, timeout=60_000)
-            tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="kale-py-panel"]')
-            if "lm-mod-current" not in (await tab.get_attribute("class") or ""):
-                await tab.click()
-            panel = page.locator("#kale-py-panel")
-            await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
-                "2 step(s)", timeout=30_000)
+    async with _lab_page(tmp_path, page_errors) as page:
+        await page.goto(f"{url}/lab/tree/quadratic.ipynb?token={TOKEN}")
+        await expect(page.locator(".jp-NotebookPanel .jp-Cell")).to_have_count(
+            4, timeout=60_000)
+        panel = await _open_panel(page)
+        await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
+            "2 step(s)", timeout=30_000)
 
-            await panel.locator("#kale-py-tune-section > summary").click()
-            x = panel.locator('.kale-py-tune-param[data-param="X"]')
-            await x.locator(".kale-py-tune-enable").check()
-            await x.locator(".kale-py-tune-spec").fill("1..5")
-            await panel.locator("#kale-py-tune-algorithm").select_option("grid")
-            await panel.locator("#kale-py-tune-trials").fill("5")
-            await panel.locator("#kale-py-tune").click()
+        await panel.locator("#kale-py-tune-section > summary").click()
+        x = panel.locator('.kale-py-tune-param[data-param="X"]')
+        await x.locator(".kale-py-tune-enable").check()
+        await x.locator(".kale-py-tune-spec").fill("1..5")
+        await panel.locator("#kale-py-tune-algorithm").select_option("grid")
+        await panel.locator("#kale-py-tune-trials").fill("5")
+        await panel.locator("#kale-py-tune").click()
 
-            result = panel.locator("#kale-py-tune-result")
-            await expect(result).to_have_attribute("data-status", "succeeded", timeout=180_000)
-            rows = result.locator(".kale-py-tune-trial")
-            await expect(rows).to_have_count(5)
-            # best first: X=3 gives 10
-            await expect(rows.first.locator("td").nth(1)).to_have_text("10")
-            await expect(rows.first.locator("td").nth(2)).to_have_text("X=3")
-            await page.screenshot(path=str(tmp_path / "panel-tune.png"))
+        result = panel.locator("#kale-py-tune-result")
+        await expect(result).to_have_attribute("data-status", "succeeded", timeout=180_000)
+        rows = result.locator(".kale-py-tune-trial")
+        await expect(rows).to_have_count(5)
+        # best first: X=3 gives 10
+        await expect(rows.first.locator("td").nth(1)).to_have_text("10")
+        await expect(rows.first.locator("td").nth(2)).to_have_text("X=3")
+        await page.screenshot(path=str(tmp_path / "panel-tune.png"))
 
-            await result.locator(".kale-py-open-tune-report").click()
-            report = page.frame_locator("iframe.kale-py-report").locator("#trials")
-            await expect(report).to_contain_text("10", timeout=15_000)
-            await page.screenshot(path=str(tmp_path / "panel-tune-report.png"))
-        finally:
-            await context.close()
+        await result.locator(".kale-py-open-tune-report").click()
+        report = page.frame_locator("iframe.kale-py-report").locator("#trials")
+        await expect(report).to_contain_text("10", timeout=15_000)
+        await page.screenshot(path=str(tmp_path / "panel-tune-report.png"))
     assert page_errors == []

@@ -351,3 +351,69 @@ def test_background_tuning_is_followed_and_listed(tmp_path: Path) -> None:
     with pytest.raises(CheckError, match="no pipeline parameter"):
         api.start_tune(nb, ["Z=1..2"], objective="score")
     assert len(api.list_tunes(nb)) == 1  # nothing started for the bad search
+
+
+# --- submit --tune: the manifests created through the Kubernetes API ------------------------
+
+
+@pytest.fixture
+def apiserver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A local server speaking the Kubernetes API's paths (tests/fake_kubernetes.py: no API
+    server can run here), reached through a kubeconfig as a user's laptop reaches a cluster."""
+    from fake_kubernetes import TOKEN, FakeKubernetes
+
+    fake = FakeKubernetes().start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kf",
+        "clusters": [{"name": "c", "cluster": {"server": fake.url}}],
+        "users": [{"name": "u", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "kf", "context": {"cluster": "c", "user": "u",
+                                                "namespace": "team-a"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    yield fake
+    fake.stop()
+
+
+TUNE_FLAGS = ["--tune", "--search", "X=1..5", "--objective", "score", "--maximize",
+              "--trials", "4"]
+
+
+def test_submit_tune_creates_the_experiment_and_its_config_map(
+    tmp_path: Path, apiserver: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubeflow_katib_api.models import V1beta1Experiment
+
+    nb = write(tmp_path / "q.ipynb", QUADRATIC)
+    assert main(["submit", str(nb), *TUNE_FLAGS]) == 0, capsys.readouterr().err
+    assert "Katib Experiment 'q' created in team-a: 4 trials (tpe)" in capsys.readouterr().out
+    experiment = apiserver.experiments[("team-a", "q")]
+    assert V1beta1Experiment.from_dict(experiment).to_dict() == experiment
+    assert experiment["spec"]["maxTrialCount"] == 4
+    config_map = apiserver.config_maps[("team-a", "q-pipeline")]
+    assert "pipeline.json" in config_map["data"] and "trial.py" in config_map["data"]
+    # a second submit replaces the ConfigMap, and refuses to change the running experiment
+    assert main(["submit", str(nb), *TUNE_FLAGS]) == 1
+    err = capsys.readouterr().err
+    assert "KF210" in err and "kubectl delete experiment q -n team-a" in err
+    assert len(apiserver.calls("PUT", "/api/v1/namespaces/team-a/configmaps/q-pipeline")) == 1
+
+
+def test_submit_tune_refused_by_the_cluster_is_one_line(
+    tmp_path: Path, apiserver: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apiserver.forbidden.add(("create", "experiments"))
+    nb = write(tmp_path / "q.ipynb", QUADRATIC)
+    assert main(["submit", str(nb), *TUNE_FLAGS]) == 1
+    err = capsys.readouterr().err
+    assert "KF202" in err and "refused to create the Katib Experiment in team-a" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_submit_tune_does_not_go_with_a_schedule(
+    tmp_path: Path, apiserver: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nb = write(tmp_path / "q.ipynb", QUADRATIC)
+    assert main(["submit", str(nb), *TUNE_FLAGS, "--schedule", "0 0 * * *"]) == 2
+    assert apiserver.requests == []

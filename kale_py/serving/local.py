@@ -1,0 +1,96 @@
+"""``nb2pipe serve``: the model a local run saved, served with KServe's model server.
+
+The model is the variable tagged ``serve:VAR``; a local run saved it in the state of the
+step that last computed it. It is loaded like any step input (its bytes checked against the
+run's records) and served under ``/v2/models/NAME/infer`` on this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kale_py.diagnostics import RunError, error
+from kale_py.graph import Pipeline
+from kale_py.local import STATE_DIR_NAME, RunDirectory, read_json, read_runs
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What is served: the variable, its value, the run and step it comes from."""
+
+    name: str
+    variable: str
+    step: str
+    run_id: str
+    value: Any
+
+
+def served_variable(pipeline: Pipeline, variable: str | None) -> tuple[str, str]:
+    """The ``serve:VAR`` variable (the only one, or the one asked for) and its step."""
+    if not pipeline.served:
+        raise RunError(error("NB801", "no variable is tagged serve:VAR: tag the cell that "
+                             "trains the model, e.g. serve:model"))
+    if variable is None:
+        if len(pipeline.served) > 1:
+            raise RunError(error("NB801", "several variables are tagged serve:VAR ("
+                                 + ", ".join(sorted(pipeline.served)) + "): pass --variable"))
+        variable = next(iter(pipeline.served))
+    if variable not in pipeline.served:
+        raise RunError(error("NB801", f"{variable!r} is not tagged serve:{variable}"))
+    return variable, pipeline.served[variable]
+
+
+def load_served(pipeline: Pipeline, variable: str | None = None, run_id: str | None = None,
+                name: str | None = None) -> ServedModel:
+    """The served variable as the run (default: the latest that saved it) left it."""
+    from kale_py import marshal
+
+    variable, step = served_variable(pipeline, variable)
+    kfp_name = pipeline.step(step).kfp_name
+    path = (pipeline.notebook.path or Path("notebook.ipynb")).resolve()
+    runs_dir = path.parent / STATE_DIR_NAME / "runs"
+    for run in read_runs(runs_dir, path):
+        if run_id is not None and run["run_id"] != run_id:
+            continue
+        record = (run.get("steps") or {}).get(step) or {}
+        if record.get("status") not in ("succeeded", "cached"):
+            continue
+        directory = RunDirectory(runs_dir / run["run_id"]).state(kfp_name)
+        manifest = read_json(directory / "manifest.json")
+        saved = (manifest or {}).get("variables", {}).get(variable) if isinstance(
+            manifest, dict) else None
+        if saved is None:
+            continue
+        value = marshal.load_variable(saved["file"], directory, allowed_root=runs_dir)
+        if not callable(getattr(value, "predict", None)):
+            raise RunError(error("NB804", f"{variable!r} is a {type(value).__name__}, which "
+                                 "has no predict method: tag the trained model",
+                                 step=step))
+        return ServedModel(name or _model_name(variable), variable, step, run["run_id"], value)
+    which = f"run {run_id}" if run_id else "no local run"
+    raise RunError(error("NB802", f"{which} has saved {variable!r} (step {step!r}): run "
+                         "the notebook first with nb2pipe run", step=step))
+
+
+def serve_local(model: ServedModel, port: int = 8080,
+                announce: Callable[[str], object] = print) -> None:
+    """Serve until interrupted (KServe's model server, V2 REST on ``port``)."""
+    try:
+        import kserve
+    except ImportError:
+        raise RunError(error("NB803", "serving needs KServe: pip install 'kale_py[serve]'"))\
+            from None
+    from kale_py.serving.model import model_class
+
+    served = model_class()(model.name, model.value)
+    served.load()
+    announce(f"Serving {model.variable} (step {model.step}, run {model.run_id}) as "
+             f"http://127.0.0.1:{port}/v2/models/{model.name}/infer")
+    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start([served])
+
+
+def _model_name(variable: str) -> str:
+    return variable.lower().replace("_", "-")
