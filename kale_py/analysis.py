@@ -26,7 +26,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import string_reads
@@ -118,6 +118,9 @@ class CodeAnalysis:
     ``partial_binds``: the names in ``binds`` that some path leaves as they were before
     the source ran (or unbound). A step providing such a name must start from the
     earlier value to save the right one.
+    ``shares``: sets of module-level names whose objects may be shared once the source ran
+    (``clf_list = [(lr, "lr")]``); ``returns``: for the functions it defines, the
+    parameters their result may hold; see :mod:`kale_py.sharing`.
     ``callback_free``: names read by code that *may* run from a point on (a function or
     lambda handed on or stored, a class, a value holding such code) and not bound before
     that point. Not in ``free``: a provider supplies them if there is one, and no
@@ -138,6 +141,9 @@ class CodeAnalysis:
     magics: tuple[MagicLine, ...]
     maybe_free: frozenset[str] = frozenset()
     partial_binds: frozenset[str] = frozenset()
+    shares: tuple[frozenset[str], ...] = ()  # module-level names that may share objects
+    rebound: frozenset[str] = frozenset()  # names whose earlier sharing ends here
+    returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None
     callback_free: tuple[NameUse, ...] = ()
     deferred_via: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     code_held: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -373,6 +379,7 @@ def analyse_source(
     source: str,
     functions: Mapping[str, FunctionInfo] | None = None,
     code_held: Mapping[str, frozenset[str]] | None = None,
+    returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None,
 ) -> CodeAnalysis:
     """Parse one cell (IPython syntax allowed) and analyse it.
 
@@ -382,11 +389,18 @@ def analyse_source(
     count where this source calls them (``free``) or hands them on (``callback_free``).
     ``code_held``: the ``code_held`` of earlier cells: reading such a name may run the code
     it holds, so that code's reads count from there on (``callback_free``).
+    ``returns``: what functions of earlier cells return (``CodeAnalysis.returns``), for
+    the names that may share objects.
     Raises :class:`CodeSyntaxError` with the cell-relative line when it is not Python.
     """
     tree, text, magics = _parse_cell(source)
+    from .sharing import function_returns, module_shares  # noqa: PLC0415 (builds on this)
+
     try:
-        return _Analyser(text, functions or {}, code_held or {}).run(tree, magics)
+        analysis = _Analyser(text, functions or {}, code_held or {}).run(tree, magics)
+        shares, rebound = module_shares(tree, returns, text)
+        return replace(analysis, shares=shares, rebound=rebound,
+                       returns=function_returns(tree, text) or None)
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 

@@ -60,6 +60,7 @@ def generate_programs(pipeline: Pipeline) -> dict[str, StepProgram]:
             "kfp_names": {p: kfp_names[p] for p in sorted(set(io.loads.values()))},
             "parameters": {p.name: p.type for p in blocks.parameters if p.name in io.parameters},
             "outputs": list(io.saves),
+            "groups": [list(g) for g in io.groups],
             "writes": list(io.writes),
             "metrics": [{"name": m.name, "variable": m.variable} for m in io.metrics],
             "report": settings.report is not False,
@@ -81,6 +82,7 @@ def _program_text(
         f"#   loads:      {_describe_loads(io.loads) or '-'}",
         f"#   parameters: {', '.join(io.parameters) or '-'}",
         f"#   saves:      {', '.join(io.saves) or '-'}",
+        *(f"#   together:   {', '.join(g)} (may share objects)" for g in io.groups),
         f"#   metrics:    {', '.join(f'{m.name} <- {m.variable}' for m in io.metrics) or '-'}",
     ]
     specs = []

@@ -38,6 +38,7 @@ from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
 from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, is_settings, rng_name, settings_name
 from .settings import NotebookSettings
+from .sharing import Returns, ShareGroups
 
 # Names a step can use without any provider: builtins and what Jupyter's kernel defines.
 AMBIENT_NAMES = frozenset(dir(builtins)) | {
@@ -68,6 +69,8 @@ class StepIO:
     saves: tuple[str, ...]  # variables later steps load from it
     metrics: tuple[Metric, ...]  # metrics it reports
     writes: tuple[str, ...] = ()  # every variable it binds or may mutate
+    # saved variables that may share objects, saved (and loaded) together, one file each
+    groups: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ def _analyse_cells(
     problems: list[Diagnostic],
     functions: Mapping[str, FunctionInfo] | None = None,
     code_held: Mapping[str, frozenset[str]] | None = None,
+    returns: Mapping[str, Returns] | None = None,
 ) -> _Located | None:
     """Analyse cells as one program, so flow across cells is exact; None on syntax errors."""
     sources: list[str] = []
@@ -184,7 +188,7 @@ def _analyse_cells(
         starts.append((line, cell.index))
         line += text.count("\n")
     try:
-        analysis = analyse_source("".join(sources), functions, code_held)
+        analysis = analyse_source("".join(sources), functions, code_held, returns=returns)
         return _Located(analysis, tuple(starts), tuple(magics))
     except CodeSyntaxError:
         pass
@@ -230,6 +234,11 @@ class _StepState:
     # names the step binds only on some paths, with their provider when the step ran:
     # if the step provides such a name, it must start from the earlier value
     partial: dict[str, str | None] = field(default_factory=dict)
+    # may-share group tokens (see ShareGroups) of the names it loads, as they were when
+    # the step started, and of the names it writes, when it ended (names in a group only)
+    start_groups: dict[str, int] = field(default_factory=dict)
+    clock: int = 0  # the groups' clock when it started (ShareGroups.token_at)
+    end_groups: dict[str, int] = field(default_factory=dict)
 
 
 class _GraphBuilder:
@@ -243,6 +252,9 @@ class _GraphBuilder:
         self.served: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
+        self.groups = ShareGroups()
+        self.returns: dict[str, Returns] = {}
+        self.parameter_names = frozenset(p.name for p in blocks.parameters)
         # Deferred reads: where each function was defined (for the line of a read in its
         # body), the values holding notebook code with the globals it reads, every name
         # some step binds, and reads of handed-on code that found no provider (an error
@@ -274,6 +286,8 @@ class _GraphBuilder:
                 self._metrics_cell(item)
         self._serve()
         self._load_partial_bindings()
+        while self._unify_shared_loads():  # new loads may start from earlier values in turn
+            self._load_partial_bindings()
         self._check_unprovided()
         _check_split_steps(self.blocks.steps, self.state, self.problems)
         _check_hazards(self.blocks, self.state, self.edges, self.problems)
@@ -293,6 +307,7 @@ class _GraphBuilder:
         _string_notes(located, None, self.problems)
         self.prelude_names = a.binds
         self._learn_code(a, located)
+        self.returns.update(a.returns or {})
         self.function_touches = _function_touches(cells)
         self.star_prelude = bool(a.star_imports)
         for use in a.star_imports:
@@ -309,7 +324,8 @@ class _GraphBuilder:
 
     def _step(self, step: Step) -> None:
         located = _analyse_cells(
-            list(step.cells), step.name, self.problems, self.functions, self.code_held
+            list(step.cells), step.name, self.problems, self.functions, self.code_held,
+            self.returns,
         )
         if located is None:
             return
@@ -351,6 +367,7 @@ class _GraphBuilder:
         # does not change it (its global writes are counted separately): no data to pass.
         mutated = {n for n in a.mutates if not self._is_code(n)}
         writes = a.binds | mutated | function_writes(called, self.functions)
+        writes |= self._shared_writes(state, a, mutated, writes, needed)
         state.writes = writes
         state.reads = frozenset(needed).union(use.name for use in a.callback_free)
         for name in writes:
@@ -360,6 +377,7 @@ class _GraphBuilder:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self._learn_code(a, located)
+        self.returns.update(a.returns or {})
         self.undisplayed.append(step)
         for name in writes:
             self.carried.pop(name, None)
@@ -447,6 +465,72 @@ class _GraphBuilder:
                 elif provider is not None and name not in state.loads:
                     state.loads[name] = provider
                     self.state[provider].saves.add(name)
+
+    def _shared_writes(self, state: _StepState, a: CodeAnalysis, mutated: set[str],
+                       writes: frozenset[str], needed: Mapping[str, int]) -> set[str]:
+        """Names the step may change through another name of their may-share group.
+
+        The step provides them too, so it starts from their earlier values (loaded with
+        the names it changes them through). Then the step's own sharing is recorded.
+        """
+        groups = self.groups
+        state.clock = groups.clock
+        shares = [g - self.parameter_names for g in a.shares]
+        shares = [g for g in shares if len(g) > 1 and not any(self._is_code(n) for n in g)]
+        extra: set[str] = set()
+        if mutated and (shares or any(groups.token(n) is not None for n in mutated)):
+            for name in groups.closure(mutated, shares) - writes:
+                provider = self.last_writer.get(name)
+                if provider is not None and provider != PARAMETER and not self._is_code(name):
+                    extra.add(name)
+                    state.partial.setdefault(name, provider)
+        for name in (*needed, *extra, *a.partial_binds):
+            token = groups.token(name)
+            if token is not None:
+                state.start_groups[name] = token
+        groups.update(a.rebound, shares)  # ``x += 1`` keeps x's object: not a rebinding
+        for name in writes | extra:
+            token = groups.token(name)
+            if token is not None:
+                state.end_groups[name] = token
+        return extra
+
+    def _unify_shared_loads(self) -> bool:
+        """Names that may share objects come from one step, so they arrive sharing them.
+
+        When a step would load names of one group from several providers, it loads them
+        all from the latest one, which loads (if it does not already) and saves the
+        others. Walking backwards lets that step's loads be unified in turn. Returns
+        whether a step now saves something it did not.
+        """
+        order = {s.name: i for i, s in enumerate(self.blocks.steps)}
+        saves = sum(len(s.saves) for s in self.state.values())
+        for step in reversed(self.blocks.steps):
+            state = self.state[step.name]
+            by_group: dict[int, list[str]] = {}
+            for name, token in state.start_groups.items():
+                if name in state.loads:
+                    by_group.setdefault(token, []).append(name)
+            for names in by_group.values():
+                if len({state.loads[n] for n in names}) > 1:
+                    latest = max((state.loads[n] for n in names), key=order.__getitem__)
+                    self._load_from(state, names, latest)
+        return sum(len(s.saves) for s in self.state.values()) > saves
+
+    def _load_from(self, state: _StepState, names: list[str], latest: str) -> None:
+        provider = self.state[latest]
+        for name in names:
+            earlier = state.loads[name]
+            if earlier == latest:
+                continue
+            state.loads[name] = latest
+            provider.saves.add(name)
+            if name not in provider.loads and name not in provider.writes:
+                provider.loads[name] = earlier
+                token = self.groups.token_at(name, provider.clock)
+                if token is not None:  # it must come with its group there too
+                    provider.start_groups[name] = token
+                self.state[earlier].saves.add(name)
 
     def _check_magics(self, located: _Located, step: str | None) -> None:
         for magic in located.magics:
@@ -657,6 +741,7 @@ class _GraphBuilder:
             self.state[provider].saves.add(name)
 
     def io(self) -> dict[str, StepIO]:
+        groups = self._save_groups()
         return {
             name: StepIO(
                 loads=dict(sorted(s.loads.items())),
@@ -664,9 +749,34 @@ class _GraphBuilder:
                 saves=tuple(sorted(s.saves)),
                 metrics=tuple(s.metrics),
                 writes=tuple(sorted(s.writes)),
+                groups=groups[name],
             )
             for name, s in self.state.items()
         }
+
+    def _save_groups(self) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """Each step's saved names that may share objects: each group is saved as one file.
+
+        Names share a file when they were in one may-share group as the step ended, or
+        when a later step loads them from it as one group.
+        """
+        together: dict[str, list[list[str]]] = {name: [] for name in self.state}
+        for consumer in self.state.values():
+            by_group: dict[tuple[str, int], list[str]] = {}
+            for name, token in consumer.start_groups.items():
+                provider = consumer.loads.get(name)
+                if provider is not None and provider in together:
+                    by_group.setdefault((provider, token), []).append(name)
+            for (provider, _), names in by_group.items():
+                together[provider].append(names)
+        result = {}
+        for step, state in self.state.items():
+            by_token: dict[int, list[str]] = {}
+            for name, token in state.end_groups.items():
+                if name in state.saves:
+                    by_token.setdefault(token, []).append(name)
+            result[step] = _partition(state.saves, [*by_token.values(), *together[step]])
+        return result
 
     def edges(self) -> tuple[Edge, ...]:
         data: dict[tuple[str, str], list[str]] = {}
@@ -682,6 +792,28 @@ class _GraphBuilder:
         return tuple(sorted(edges, key=lambda e: (order[e.target], order[e.source])))
 
 
+def _partition(names: set[str], joined: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    """The groups of two or more of ``names`` that the ``joined`` lists connect."""
+    parent = {name: name for name in names}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for listed in joined:
+        members = [m for m in listed if m in parent]
+        if len(members) < 2:
+            continue
+        first = find(members[0])
+        for other in members[1:]:
+            parent[find(other)] = first
+            first = find(first)
+    found: dict[str, list[str]] = {}
+    for name in sorted(names):
+        found.setdefault(find(name), []).append(name)
+    return tuple(tuple(g) for g in found.values() if len(g) > 1)
 def _string_notes(located: _Located, step: str | None, problems: list[Diagnostic]) -> None:
     """A formula or pandas expression whose names cannot be read (built at run time, or
     its library is not installed here)."""

@@ -28,6 +28,7 @@ arrays and DataFrames, see notes/state-passing-and-analysis.md). Each step write
 from __future__ import annotations
 
 import builtins
+import copyreg
 import functools
 import gc
 import hashlib
@@ -43,6 +44,7 @@ import sys
 import threading
 import traceback
 import types
+from collections import ChainMap
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
@@ -59,6 +61,7 @@ __all__ = [
     "digest_buffer",
     "hash_file",
     "load_variable",
+    "load_variables",
     "manifest_digest",
     "manifest_mac",
     "read_key",
@@ -140,6 +143,8 @@ class VariableRecord:
     bytes: int  # file size
     hash: str  # "<HASH_ALGORITHM>:<hex>" of the file's bytes, see hash_file()
     file: str  # file name relative to the state directory
+    # the names saved together in ``file`` (they may share objects); empty: alone
+    group: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariableRecord:
@@ -151,7 +156,17 @@ class VariableRecord:
             bytes=int(data["bytes"]),
             hash=str(data["hash"]),
             file=str(data["file"]),
+            group=tuple(str(n) for n in data.get("group", ())),
         )
+
+    @property
+    def stored_name(self) -> str:
+        """The name in the file's header: the variable's, or its group's."""
+        return group_key(self.group) if self.group else self.name
+
+
+def group_key(names: Sequence[str]) -> str:
+    return "+".join(names)
 
 
 def _type_name(obj: object) -> str:
@@ -362,7 +377,8 @@ class _Encoded:
         return any(isinstance(c, bytes) and _MAIN_MARKER in c for c in self.main)
 
 
-def _dump(obj: object, pickler: Callable[..., Any], name: str, **options: Any) -> _Encoded:
+def _dump(obj: object, pickler: Callable[..., Any], name: str,
+          views: Callable[[Any], Any] | None = None, **options: Any) -> _Encoded:
     sink = _ChunkSink()
     buffers: list[memoryview] = []
 
@@ -376,7 +392,10 @@ def _dump(obj: object, pickler: Callable[..., Any], name: str, **options: Any) -
         buffers.append(raw)
         return False
 
-    pickler(sink, protocol=5, buffer_callback=keep_out_of_band, **options).dump(obj)
+    instance = pickler(sink, protocol=5, buffer_callback=keep_out_of_band, **options)
+    if views is not None:
+        _add_view_reducer(instance, views)
+    instance.dump(obj)
     return _Encoded(name, sink.chunks, sink.size, buffers)
 
 
@@ -385,12 +404,16 @@ _REFUSALS = (pickle.PicklingError, TypeError, AttributeError)
 
 
 def _encode(name: str, obj: object, step: str | None,
-            shared: Collection[str] | None = None) -> _Encoded:
-    """Pickle `obj` with plain pickle, or by value when plain pickle cannot carry it."""
+            shared: Collection[str] | None = None,
+            views: Callable[[Any], Any] | None = None) -> _Encoded:
+    """Pickle `obj` with plain pickle, or by value when plain pickle cannot carry it.
+
+    ``views``: the reducer that keeps numpy views of arrays saved in the same file views.
+    """
     try:
-        plain = _dump(obj, pickle.Pickler, "pickle5")
+        plain = _dump(obj, pickle.Pickler, "pickle5", views)
     except _REFUSALS as refusal:
-        return _encode_refused(name, obj, step, refusal)
+        return _encode_refused(name, obj, step, refusal, views)
     except Exception as exc:
         raise _pickling_failed(name, obj, step, exc) from exc
     if not plain.mentions_notebook_module():
@@ -398,9 +421,9 @@ def _encode(name: str, obj: object, step: str | None,
     # Something from __main__ is in there: instances of notebook classes are fine by
     # reference, functions and classes themselves are not (see _NotebookCodePickler).
     try:
-        return _dump(obj, _NotebookCodePickler, "pickle5", shared=shared)
+        return _dump(obj, _NotebookCodePickler, "pickle5", views, shared=shared)
     except _NeedsByValue:
-        by_value, _ = _dump_by_value(obj)
+        by_value, _ = _dump_by_value(obj, views)
         # By name still works when the consumer defines it (a cell tagged functions), and
         # it is the only way when by value fails (a function using a database connection).
         return by_value or plain
@@ -408,12 +431,13 @@ def _encode(name: str, obj: object, step: str | None,
         raise _pickling_failed(name, obj, step, exc) from exc
 
 
-def _dump_by_value(obj: object) -> tuple[_Encoded | None, Exception | None]:
+def _dump_by_value(obj: object, views: Callable[[Any], Any] | None = None
+                   ) -> tuple[_Encoded | None, Exception | None]:
     """The first by-value pickle that succeeds, or else the first failure."""
     first_failure: Exception | None = None
     for pickler_name, pickler, options in _by_value_picklers():
         try:
-            return _dump(obj, pickler, pickler_name, **options), None
+            return _dump(obj, pickler, pickler_name, views, **options), None
         except _Unsavable as unsavable:
             return None, unsavable  # every pickler refuses resources alike
         except Exception as exc:
@@ -421,8 +445,9 @@ def _dump_by_value(obj: object) -> tuple[_Encoded | None, Exception | None]:
     return None, first_failure
 
 
-def _encode_refused(name: str, obj: object, step: str | None, refusal: Exception) -> _Encoded:
-    encoded, failure = _dump_by_value(obj)
+def _encode_refused(name: str, obj: object, step: str | None, refusal: Exception,
+                    views: Callable[[Any], Any] | None = None) -> _Encoded:
+    encoded, failure = _dump_by_value(obj, views)
     if encoded is not None:
         return encoded
     if isinstance(failure, _Unsavable):
@@ -486,6 +511,116 @@ def _pickling_failed(name: str, obj: object, step: str | None, exc: BaseExceptio
         "make the object picklable (its __reduce__/__getstate__ raised), create it in the step "
         "that uses it, or mark the cell skip",
     )
+
+
+# --- groups: variables that share objects, in one pickle ------------------------------------
+#
+# One pickle keeps identity (pickle's memo): ``clf_list[0][0] is lr`` still holds after
+# loading. numpy views are not objects pickle follows (a view pickles as a copy of its
+# data), so a view of an array saved in the same file is saved as "this array's memory at
+# this offset, with these strides", and comes back a view again.
+
+_WALK_LIMIT = 10_000  # objects visited to find the arrays of a group: stays cheap
+
+
+@dataclass(frozen=True)
+class _ArrayInfo:
+    array: Any
+    owner: int  # id of the object at the end of the ``.base`` chain: who owns the memory
+    low: int  # byte extent [low, high) of its elements
+    high: int
+    rank: tuple[int, int]  # larger extent first, then the first one found
+
+
+def _view_reducer(values: Iterable[object]) -> Callable[[Any], Any] | None:
+    """A reducer for numpy arrays that keeps views of the group's arrays views, or None."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    ndarray = numpy.ndarray
+    infos: dict[int, _ArrayInfo] = {}
+    owners: dict[int, list[_ArrayInfo]] = {}
+    for index, array in enumerate(_arrays_in(values, ndarray).values()):
+        if array.dtype.hasobject or array.size == 0:
+            continue
+        owner: Any = array
+        while isinstance(owner, ndarray) and owner.base is not None:
+            owner = owner.base
+        low, high = _extent(array)
+        info = _ArrayInfo(array, id(owner), low, high, (high - low, -index))
+        infos[id(array)] = info
+        owners.setdefault(info.owner, []).append(info)
+    if all(len(arrays) < 2 for arrays in owners.values()):
+        return None
+
+    def reduce(array: Any) -> Any:
+        info = infos.get(id(array))
+        holder = None if info is None else _holder(info, owners[info.owner])
+        if info is None or holder is None:
+            return array.__reduce_ex__(5)
+        offset = _address(array) - holder.low
+        return ndarray, (array.shape, array.dtype, holder.array, offset, array.strides)
+
+    return reduce
+
+
+def _holder(info: _ArrayInfo, candidates: list[_ArrayInfo]) -> _ArrayInfo | None:
+    """The largest other saved array whose memory holds ``info``'s (and can be rebuilt on)."""
+    best = None
+    for other in candidates:
+        flags = other.array.flags
+        if (other.rank > info.rank and other.low <= info.low and info.high <= other.high
+                and (flags.c_contiguous or flags.f_contiguous)
+                and (best is None or other.rank > best.rank)):
+            best = other
+    return best
+
+
+def _extent(array: Any) -> tuple[int, int]:
+    low = high = _address(array)
+    for length, stride in zip(array.shape, array.strides, strict=True):
+        if stride < 0:
+            low += (length - 1) * stride
+        else:
+            high += (length - 1) * stride
+    return low, high + array.itemsize
+
+
+def _arrays_in(values: Iterable[object], ndarray: type) -> dict[int, Any]:
+    """The numpy arrays among the values, their containers' items and their attributes."""
+    found: dict[int, Any] = {}
+    seen: set[int] = set()
+    pending = [(v, 0) for v in values]
+    while pending and len(seen) < _WALK_LIMIT:
+        obj, depth = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, ndarray):
+            found[id(obj)] = obj
+            continue
+        if depth >= 4 or type(obj).__module__.partition(".")[0] == "pandas":
+            continue
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            pending += [(item, depth + 1) for item in obj]
+        elif isinstance(obj, dict):
+            pending += [(item, depth + 1) for item in obj.values()]
+        elif not isinstance(obj, (type, types.ModuleType)):
+            attributes = getattr(obj, "__dict__", None)
+            if isinstance(attributes, dict):
+                pending += [(item, depth + 1) for item in attributes.values()]
+    return found
+
+
+def _address(array: Any) -> int:
+    address: int = array.__array_interface__["data"][0]
+    return address
+
+
+def _add_view_reducer(pickler: Any, reduce: Callable[[Any], Any]) -> None:
+    numpy = sys.modules["numpy"]
+    table = getattr(pickler, "dispatch_table", None) or copyreg.dispatch_table
+    pickler.dispatch_table = ChainMap({numpy.ndarray: reduce}, table)
 
 
 # --- file layout and hashing ----------------------------------------------------------------
@@ -743,11 +878,15 @@ def save_variable(name: str, obj: object, state_dir: PathLike, *, step: str | No
 
 def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
                    step: str | None = None, shared: Collection[str] | None = None,
-                   content_hash: bool = True, namespace: dict[str, Any] | None = None
+                   content_hash: bool = True, namespace: dict[str, Any] | None = None,
+                   groups: Iterable[Sequence[str]] = ()
                    ) -> list[VariableRecord]:
     """Save several variables; all files appear only when every one of them was saved.
 
     Writing everything before the first fsync lets the disk flush all files at once.
+    ``groups``: names that may share objects; each group present in ``names_values`` is
+    saved as one file (``<first name>.group.kpk``), so that loading it gives back objects
+    shared as they were, numpy views included. Every member gets its own record.
     """
     directory = Path(state_dir)
     try:
@@ -757,15 +896,31 @@ def save_variables(names_values: Mapping[str, object], state_dir: PathLike, *,
                          "that the state volume is mounted and writable", step=step,
                          path=str(directory)) from exc
     pending: list[tuple[_PendingFile, VariableRecord]] = []
+    members: dict[str, tuple[str, ...]] = {}
+    for group in groups:
+        present = tuple(n for n in group if n in names_values)
+        if len(present) > 1:
+            members.update((n, present) for n in present)
     try:
         for name, obj in names_values.items():
-            pending.append(_write_variable(name, obj, directory, step, shared, content_hash,
-                                           namespace))
+            together = members.get(name)
+            if together is None:
+                pending.append(_write_variable(name, obj, directory, step, shared,
+                                               content_hash, namespace))
+            elif together[0] == name:
+                values = {n: names_values[n] for n in together}
+                pending.append(_write_group(values, directory, step, shared, content_hash,
+                                            namespace))
         records = []
         for file, record in pending:
             with _io_errors(record, step, file.final):
                 file.sync()
-                records.append(replace(record, hash=file.commit()))
+                digest = file.commit()
+            if record.group:
+                records += [replace(record, name=n, type=_type_name(names_values[n]),
+                                    hash=digest) for n in record.group]
+            else:
+                records.append(replace(record, hash=digest))
     except BaseException:
         for file, _ in pending:
             file.abort()
@@ -798,6 +953,40 @@ def _write_variable(name: str, obj: object, directory: Path, step: str | None,
     return file, record
 
 
+def _write_group(values: Mapping[str, object], directory: Path, step: str | None,
+                 shared: Collection[str] | None, content_hash: bool,
+                 namespace: dict[str, Any] | None = None
+                 ) -> tuple[_PendingFile, VariableRecord]:
+    names = tuple(values)
+    key = group_key(names)
+    for name in names:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise _save_error(name, values[name], step, "the name is not a Python identifier",
+                              "only variables (valid Python names) are passed between steps")
+    try:
+        encoded = _encode(key, dict(values), step, shared, _view_reducer(values.values()))
+    except StateError:
+        for name, obj in values.items():  # name the variable that cannot be saved
+            _encode(name, obj, step, shared)
+        raise
+    if namespace is not None:  # restore the group once if a member needs the check
+        for name, obj in values.items():
+            if _round_trip_needed(obj):
+                _check_round_trip(name, obj, step, encoded, namespace)
+                break
+    segments, size = _layout(encoded, key, "dict")
+    file_name = names[0] + ".group" + SUFFIX
+    record = VariableRecord(key, "dict", encoded.pickler, size, "", file_name, names)
+    file = _PendingFile(directory, file_name, segments, size, hashed=content_hash)
+    try:
+        with _io_errors(record, step, file.final):
+            file.write()
+    except BaseException:
+        file.abort()
+        raise
+    return file, record
+
+
 # Types whose pickles always restore: no round trip for them.
 _NO_ROUND_TRIP = frozenset({"builtins", "numpy", "pandas", "collections", "datetime",
                             "decimal", "fractions", "pathlib", "uuid", "re"})
@@ -807,8 +996,8 @@ _ROUND_TRIP_MAX = 16 * 1024 * 1024  # main pickle stream bytes; arrays stay out 
 def _check_round_trip(name: str, obj: object, step: str | None, encoded: _Encoded,
                       namespace: dict[str, Any]) -> None:
     """Restore a library object once, so that a failure names the producing step."""
-    top = str(getattr(type(obj), "__module__", "") or "").partition(".")[0]
-    if top in _NO_ROUND_TRIP or encoded.main_size > _ROUND_TRIP_MAX or encoded.pickler == "dill":
+    if (not _round_trip_needed(obj) or encoded.main_size > _ROUND_TRIP_MAX
+            or encoded.pickler == "dill"):
         return
     main = b"".join(encoded.main)
     try:
@@ -819,6 +1008,11 @@ def _check_round_trip(name: str, obj: object, step: str | None, encoded: _Encode
         raise _save_error(
             name, obj, step, f"it can be saved but not restored in another step: restoring it "
             f"raised {type(exc).__name__}: {exc} (in {where})", _restore_hint(exc)) from exc
+
+
+def _round_trip_needed(obj: object) -> bool:
+    top = str(getattr(type(obj), "__module__", "") or "").partition(".")[0]
+    return top not in _NO_ROUND_TRIP
 
 
 @contextmanager
@@ -896,12 +1090,58 @@ def load_variable(
         >>> df = load_variable(manifest["variables"]["df"], "state/load", allowed_root="state")
     """
     target = _locate(record_or_path, Path(state_dir), step, producer)
+    value = _load_file(target, allowed_root, namespace)
+    if target.record is not None and target.record.group:
+        return _member(target, value)
+    return value
+
+
+def load_variables(
+    records: Iterable[VariableRecord | Mapping[str, Any]],
+    state_dir: PathLike,
+    *,
+    allowed_root: PathLike,
+    step: str | None = None,
+    producer: str | None = None,
+    namespace: dict[str, Any] | None = None,
+) -> dict[str, object]:
+    """Load several variables of one state directory, each file once.
+
+    Variables saved as one group come from one load, so they share objects as they did
+    when saved, also when only some of the group's names are asked for. The arguments
+    are load_variable's.
+    """
+    loaded: dict[str, object] = {}
+    files: dict[str, object] = {}
+    for entry in records:
+        target = _locate(entry, Path(state_dir), step, producer)
+        record = target.record
+        if record is None or not record.group:
+            loaded[target.name] = _load_file(target, allowed_root, namespace)
+            continue
+        if record.file not in files:
+            files[record.file] = _load_file(target, allowed_root, namespace)
+        loaded[record.name] = _member(target, files[record.file])
+    return loaded
+
+
+def _member(target: _Target, value: object) -> object:
+    record = target.record
+    assert record is not None
+    if not isinstance(value, dict) or record.name not in value:
+        raise target.error(f"its group file does not hold {record.name!r}", target.rerun())
+    return value[record.name]
+
+
+def _load_file(target: _Target, allowed_root: PathLike, namespace: dict[str, Any] | None
+               ) -> object:
     path = _inside_root(target, allowed_root)
     data = _map_file(target, path)
     if target.record is not None:
         _check_record(target, path, data)
     header = _read_header(target, path, data)
-    if target.record is not None and target.record.name != header.name:
+    # the size was checked with the digest; a group file holds its group's stored name
+    if target.record is not None and target.record.stored_name != header.name:
         raise target.error("the file holds another variable than its manifest entry "
                            f"({header.name!r})", target.rerun(), path)
     view = memoryview(data)
@@ -1283,7 +1523,7 @@ def write_manifest(state_dir: PathLike, step: str, records: Iterable[VariableRec
     manifest: dict[str, Any] = {
         "step": step,
         "format_version": FORMAT_VERSION,
-        "variables": {record.name: asdict(record) for record in records},
+        "variables": {record.name: _entry(record) for record in records},
         **extra,
     }
     if key is not None:
@@ -1300,6 +1540,13 @@ def write_manifest(state_dir: PathLike, step: str, records: Iterable[VariableRec
         raise
     _fsync_directory(directory)
     return path
+
+
+def _entry(record: VariableRecord) -> dict[str, Any]:
+    entry = asdict(record)
+    if not record.group:
+        del entry["group"]  # a variable alone in its file: the entry of format 1 as it was
+    return entry
 
 
 def manifest_mac(manifest: Mapping[str, Any], key: bytes) -> str:

@@ -473,52 +473,64 @@ class StepRuntime:
                 self.namespace[name] = parse_parameter(name, text, declared[name], name in rendered)
 
     def load_inputs(self) -> None:
+        # Names saved as one group (they may share objects) load from one file, together.
         # An object whose restore code reads the namespace (a formula model) may need a
         # variable that comes later in the list: what fails is tried again after the rest.
+        # Nothing is loaded from a manifest before it is proven to be its producer's.
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
         roots = self.args.allowed_root or list(dirs.values())
         pseudo: dict[str, tuple[str, str]] = {}
-        failed = []
+        units: dict[tuple[str, str], tuple[str, list[dict[str, Any]]]] = {}
         for var, producer in self.spec.get("inputs", {}).items():
-            directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
-            if process_state.is_pseudo(var) and directory is not None:
-                pseudo[var] = (producer, directory)
+            known = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
+            if process_state.is_pseudo(var) and known is not None:
+                pseudo[var] = (producer, known)
                 continue
+            directory = self._input_directory(var, producer)
+            if producer not in self.manifests:
+                self.manifests[producer] = self._input_manifest(producer, directory)
+            record = self.manifests[producer]["variables"].get(var)
+            if record is None:
+                raise NameError(
+                    f"name {var!r} is not defined: step {producer!r} did not define it "
+                    "when it ran (was it bound only on some paths?)"
+                )
+            units.setdefault((directory, record["file"]), (producer, []))[1].append(record)
+        failed = []
+        for (directory, _), (producer, records) in units.items():
             try:
-                self._load_input(var, producer)
+                self._load_records(directory, producer, records)
             except marshal.StateError:
-                failed.append((var, producer))
-        for var, producer in failed:
-            self._load_input(var, producer)
+                failed.append((directory, producer, records))
+        for directory, producer, records in failed:
+            self._load_records(directory, producer, records)
         self._restore_process_state(pseudo, roots)
 
-    def _load_input(self, var: str, producer: str) -> None:
+    def _input_directory(self, var: str, producer: str) -> str:
         dirs = _pairs(self.args.state_in, "--state-in")
         kfp_names = self.spec.get("kfp_names", {})
-        roots = self.args.allowed_root or list(dirs.values())
         directory = dirs.get(producer) or dirs.get(kfp_names.get(producer, ""))
         if directory is None:
             raise SystemExit(
                 f"kale_py runtime: no --state-in for step {producer!r} (needed for {var!r})"
             )
-        if producer not in self.manifests:
-            self.manifests[producer] = self._input_manifest(producer, directory)
-        record = self.manifests[producer]["variables"].get(var)
-        if record is None:
-            raise NameError(
-                f"name {var!r} is not defined: step {producer!r} did not define it "
-                "when it ran (was it bound only on some paths?)"
-            )
-        value = marshal.load_variable(
-            record,
+        return directory
+
+    def _load_records(self, directory: str, producer: str,
+                      records: list[dict[str, Any]]) -> None:
+        dirs = _pairs(self.args.state_in, "--state-in")
+        roots = self.args.allowed_root or list(dirs.values())
+        values = marshal.load_variables(
+            records,
             directory,
             allowed_root=_common_root(roots, directory),
             step=self.spec.get("step"),
             producer=producer,
             namespace=self.namespace,
         )
-        self.namespace[var] = self._rebind(value)
+        for var, value in values.items():
+            self.namespace[var] = self._rebind(value)
 
     def _input_manifest(self, producer: str, directory: str) -> dict[str, Any]:
         """An input step's manifest, proven to be its producer's before anything is loaded:
@@ -702,6 +714,7 @@ class StepRuntime:
         out = Path(self.args.state_out)
         out.mkdir(parents=True, exist_ok=True)
         records, missing = [], []
+        values: dict[str, Any] = {}
         outputs = self.spec.get("outputs", [])
         pseudo = [n for n in outputs if process_state.is_pseudo(n)]
         if pseudo:
@@ -719,16 +732,16 @@ class StepRuntime:
             if name not in self.namespace:
                 missing.append(name)
                 continue
-            records.append(
-                marshal.save_variable(
-                    name,
-                    self.namespace[name],
-                    out,
-                    step=self.spec["step"],
-                    shared=self.shared,
-                    namespace=self.namespace,
-                )
-            )
+            values[name] = self.namespace[name]
+        records += marshal.save_variables(
+            values,
+            out,
+            step=self.spec["step"],
+            shared=self.shared,
+            namespace=self.namespace,
+            # Names that may share objects travel in one file, still sharing them.
+            groups=self.spec.get("groups", []),
+        )
         if missing:
             self.notice(f"not defined at the end of the step, so not saved: {', '.join(missing)}")
         manifest = marshal.write_manifest(out, self.spec["step"], records, key=self.key())

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -675,3 +676,99 @@ def test_content_hash_can_be_skipped(tmp_path: Path) -> None:
         marshal.load_variable(plain, tmp_path / "p", allowed_root=tmp_path)
     loaded = marshal.load_variable(hashed, tmp_path / "h", allowed_root=tmp_path)
     assert np.array_equal(loaded, data)
+
+
+# --- groups: names that share objects, saved as one file --------------------------------------
+
+
+def save_group(tmp_path: Path, values: dict[str, object], *groups: tuple[str, ...]
+               ) -> tuple[Path, list[VariableRecord]]:
+    state = tmp_path / "state"
+    records = marshal.save_variables(values, state, step="producer", groups=groups)
+    marshal.write_manifest(state, "producer", records)
+    return state, records
+
+
+def test_a_group_keeps_object_identity(tmp_path: Path) -> None:
+    model = RandomForestClassifier(n_estimators=2, random_state=0)
+    other = {"k": [1, 2]}
+    values = {"lr": model, "clf_list": [(model, "rf"), (other, "d")], "other": other,
+              "alone": [1]}
+    state, records = save_group(tmp_path, values, ("clf_list", "lr", "other"))
+    assert files_in(state) == ["alone.kpk", "clf_list.group.kpk", "manifest.json"]
+    assert {r.name: r.group for r in records} == {
+        "alone": (), "clf_list": ("clf_list", "lr", "other"),
+        "lr": ("clf_list", "lr", "other"), "other": ("clf_list", "lr", "other")}
+    assert {r.name: r.type for r in records}["lr"].endswith("RandomForestClassifier")
+    loaded = marshal.load_variables(records, state, allowed_root=tmp_path)
+    assert loaded["clf_list"][0][0] is loaded["lr"]  # type: ignore[index]
+    assert loaded["clf_list"][1][0] is loaded["other"]  # type: ignore[index]
+    assert loaded["alone"] == [1]
+
+
+def test_part_of_a_group_still_shares_with_the_rest_loaded(tmp_path: Path) -> None:
+    """A consumer needing some names of a group gets them from one load of the file."""
+    shared = [0]
+    state, _ = save_group(tmp_path, {"a": shared, "b": {"x": shared}, "c": [shared]},
+                          ("a", "b", "c"))
+    manifest = marshal.read_manifest(state)["variables"]
+    loaded = marshal.load_variables([manifest["a"], manifest["c"]], state, allowed_root=tmp_path)
+    assert sorted(loaded) == ["a", "c"]
+    assert loaded["c"][0] is loaded["a"]  # type: ignore[index]
+    # One member alone loads too (the file is the group's).
+    assert marshal.load_variable(manifest["b"], state, allowed_root=tmp_path) == {"x": [0]}
+
+
+def test_a_group_keeps_numpy_views_views(tmp_path: Path) -> None:
+    arr = np.arange(100_000.0)  # out-of-band: the view is rebuilt on the mapped file
+    head = arr[:10]
+    grid = np.arange(12.0).reshape(3, 4)  # itself a view of an array nobody saves
+    column = grid[:, 1]
+    flipped = grid[::-1, ::-2]
+    fortran = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+    row = fortran[1]
+    values = {"arr": arr, "head": head, "grid": grid, "column": column, "flipped": flipped,
+              "fortran": fortran, "row": row}
+    state, records = save_group(tmp_path, values, tuple(values))
+    loaded: dict[str, Any] = marshal.load_variables(records, state, allowed_root=tmp_path)
+    for name, value in values.items():
+        assert np.array_equal(loaded[name], value), name
+    loaded["head"][:] = -1
+    loaded["column"] *= 10
+    loaded["row"][:] = 7
+    assert loaded["arr"][:10].tolist() == [-1] * 10 and loaded["arr"][10] == 10
+    assert loaded["grid"][:, 1].tolist() == [10, 50, 90]
+    assert loaded["flipped"].tolist() == [[11, 90], [7, 50], [3, 10]]
+    assert loaded["fortran"].tolist() == [[0, 1, 2], [7, 7, 7]]
+    assert memory_owner(loaded["arr"]) is memory_owner(loaded["head"])
+
+
+def test_views_of_arrays_outside_the_group_are_copies(tmp_path: Path) -> None:
+    base = np.arange(10.0)
+    state, records = save_group(tmp_path, {"a": base[2:5], "b": [1]}, ("a", "b"))
+    loaded: dict[str, Any] = marshal.load_variables(records, state, allowed_root=tmp_path)
+    assert loaded["a"].tolist() == [2, 3, 4] and loaded["a"].base is not None
+    assert loaded["a"].size == 3 and memory_owner(loaded["a"]) is not base
+
+
+def test_a_group_member_that_cannot_be_saved_is_named(tmp_path: Path) -> None:
+    lock = threading.Lock()
+    with pytest.raises(StateError) as raised:
+        marshal.save_variables({"ok": [1], "bad": [lock]}, tmp_path / "s", step="p",
+                               groups=[("bad", "ok")])
+    assert raised.value.variable == "bad"
+    assert "'bad'" in str(raised.value) and "step 'p'" in str(raised.value)
+    assert files_in(tmp_path / "s") == []
+
+
+def test_a_group_file_without_the_member_is_a_state_error(tmp_path: Path) -> None:
+    state, records = save_group(tmp_path, {"a": [1], "b": [2]}, ("a", "b"))
+    forged = replace(records[0], name="c")
+    with pytest.raises(StateError, match="its group file does not hold 'c'"):
+        marshal.load_variable(forged, state, allowed_root=tmp_path)
+
+
+def test_groups_of_one_present_name_are_plain_files(tmp_path: Path) -> None:
+    state, records = save_group(tmp_path, {"a": [1], "b": [2]}, ("a", "missing"))
+    assert files_in(state) == ["a.kpk", "b.kpk", "manifest.json"]
+    assert "group" not in marshal.read_manifest(state)["variables"]["a"]
