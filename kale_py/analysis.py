@@ -398,9 +398,9 @@ def analyse_source(
 
     try:
         analysis = _Analyser(text, functions or {}, code_held or {}).run(tree, magics)
-        shares, rebound = module_shares(tree, returns, text)
-        return replace(analysis, shares=shares, rebound=rebound,
-                       returns=function_returns(tree, text) or None)
+        own = function_returns(tree, text)
+        shares, rebound = module_shares(tree, returns, text, own)
+        return replace(analysis, shares=shares, rebound=rebound, returns=own or None)
     except RecursionError:
         raise CodeSyntaxError("code is nested too deeply", 1, 0) from None
 

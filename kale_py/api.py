@@ -146,6 +146,7 @@ def submit(
     image: str | None = None,
     watch: bool = False,
     install_packages: bool = False,
+    step_image: str | None = None,
     schedule: str | None = None,
     max_concurrency: int = 1,
     catchup: bool = True,
@@ -175,7 +176,8 @@ def submit(
 
         pipeline = _checked(path)
         typed = parse_param_overrides(pipeline.parameters, _texts(params))
-        compiled = compile_pipeline(pipeline, image=image, install_packages=install_packages)
+        compiled = compile_pipeline(pipeline, image=image, install_packages=install_packages,
+                                    step_image=step_image)
         text, default_name = compiled.yaml, compiled.name
         s = pipeline.settings
         description, settings_host = s.pipeline_description, s.kfp_host

@@ -443,6 +443,10 @@ def _submit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     submit.add_argument("--version", help="pipeline version name (default: a timestamp)")
     submit.add_argument("--image", help="the default image of the steps")
     submit.add_argument(
+        "--step-image", metavar="REGISTRY/REPO",
+        help="as for compile: build and push a step image and run the steps in it",
+    )
+    submit.add_argument(
         "--watch",
         action="store_true",
         help="follow the run to its end; exit 0 only if it succeeded",
@@ -627,6 +631,7 @@ def _submit(args: argparse.Namespace) -> int:
         image=args.image,
         watch=args.watch,
         install_packages=args.install_packages,
+        step_image=args.step_image,
         schedule=args.schedule,
         max_concurrency=args.max_concurrency,
         catchup=not args.no_catchup,

@@ -91,7 +91,7 @@ _NEW_OBJECT_BUILTINS = _PURE_FUNCTIONS - _PASS_THROUGH - {"iter", "next", "getat
 
 
 def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None,
-                  source: str | None = None
+                  source: str | None = None, own: Mapping[str, Returns] | None = None
                   ) -> tuple[tuple[frozenset[str], ...], frozenset[str]]:
     """Sets of module-level names that may share objects after ``tree`` ran, and the
     names rebound by a statement at the top of the module (``x = ...``, ``for x in``).
@@ -106,12 +106,15 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None,
 
     ``known``: functions defined earlier (:func:`function_returns`); a call to one of
     them shares only the arguments its result may hold. ``source``: the text parsed, if
-    at hand (it lets statements without a storing call skip looking for one).
+    at hand (it lets statements without a storing call skip looking for one). ``own``:
+    :func:`function_returns` of ``tree`` when the caller has it already.
     """
     found: list[set[str]] = []
     rebound: set[str] = set()
     storing = _storing_lines(source)
-    context = _KNOWN.set({**(known or {}), **function_returns(tree, source)})
+    if own is None:
+        own = function_returns(tree, source)
+    context = _KNOWN.set({**(known or {}), **own})
     try:
         for statement, top in _module_statements(tree.body):
             fresh: set[str] = set()

@@ -248,6 +248,21 @@ def test_compile_runs_the_steps_in_the_step_image_by_digest(
     assert spec["deploymentSpec"]["executors"]["exec-load"]["container"]["image"] == reference
 
 
+def test_submit_runs_the_steps_in_the_step_image(
+        registry: OciRegistry, base: str, tmp_path: Path, no_docker_login: None,
+        kfp: Any, clean_kfp_environment: None) -> None:
+    """Submitted to the fake KFP API (tests/fake_kfp.py: no KFP backend can run here)."""
+    from kale_py.cli import main
+
+    nb = notebook(tmp_path / "nb.ipynb", {"base_image": base})
+    target = f"{registry.host}/team/submitted"
+    assert main(["submit", str(nb), "--host", kfp.url, "--step-image", target]) == 0
+    [upload] = kfp.calls("POST", "/pipelines/upload")
+    spec = next(yaml.safe_load_all(upload.upload()[1].decode()))
+    image = spec["deploymentSpec"]["executors"]["exec-load"]["container"]["image"]
+    assert image.startswith(f"{target}@sha256:")
+
+
 def test_compile_with_an_unreachable_registry_writes_nothing(
         base: str, tmp_path: Path, no_docker_login: None,
         capsys: pytest.CaptureFixture[str]) -> None:
