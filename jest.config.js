@@ -35,7 +35,8 @@ module.exports = {
   modulePathIgnorePatterns: [
     '<rootDir>/kale_py/labextension',
     '<rootDir>/lib',
-    '<rootDir>/.venv'
+    '<rootDir>/.venv',
+    '<rootDir>/.venv-plain'
   ],
   testRegex: 'labextension/src/.*/.*.spec.ts[x]?$',
   transformIgnorePatterns: [`/node_modules/(?!${esModules}).+`]

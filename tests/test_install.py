@@ -1,10 +1,12 @@
 """What ``pip install kale_py`` alone gives: the wheel, installed with no extras into a fresh
 virtual environment, checks, draws, runs and compiles a notebook from outside the source tree.
 
-The wheel is built from this checkout (``SKIP_JUPYTER_BUILDER=1``: the JupyterLab bundle plays
-no part in the command line); pip resolves the base dependencies from the package registry, as a
-user's ``pip install`` does. Nothing in the fresh environment can import the checkout: the
-commands run in a temporary directory with a clean ``PYTHONPATH``.
+The environment is prepared at install time by ``.ci/plain_install.sh`` (part of the README's
+test command): the wheel built from this checkout (``SKIP_JUPYTER_BUILDER=1``: the JupyterLab
+bundle plays no part in the command line), installed with pip resolving the base dependencies
+from the package registry as a user's ``pip install`` does, so that these tests download
+nothing. Nothing in the fresh environment can import the checkout: the commands run in a
+temporary directory with a clean ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -45,19 +46,13 @@ NOTEBOOK = {
 
 
 @pytest.fixture(scope="module")
-def plain_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with the kale_py wheel and its base dependencies only."""
-    tmp = tmp_path_factory.mktemp("install")
-    env = {**os.environ, "SKIP_JUPYTER_BUILDER": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    env.pop("PYTHONPATH", None)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--wheel-dir", str(tmp / "dist"), str(ROOT)],
-                   check=True, env=env, capture_output=True)
-    wheel = next((tmp / "dist").glob("kale_py-*.whl"))
-    venv.EnvBuilder(with_pip=True).create(tmp / "venv")
-    subprocess.run([str(tmp / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                    str(wheel)], check=True, env=env, capture_output=True)
-    return tmp / "venv"
+def plain_install() -> Path:
+    """The fresh virtual environment with the kale_py wheel and its base dependencies only."""
+    venv_dir = ROOT / ".venv-plain"
+    if not (venv_dir / "bin" / "nb2pipe").exists():
+        pytest.fail("no plain install to test: run `bash .ci/plain_install.sh` first (the "
+                    "README's test command does)")
+    return venv_dir
 
 
 def _clean_env(venv_dir: Path) -> dict[str, str]:
