@@ -63,6 +63,7 @@ CODES: dict[str, str] = {
     "NB802": "no local run has saved the model to serve",
     "NB803": "serving needs the serve extra (KServe)",
     "NB804": "the served object cannot predict (no predict method)",
+    "NB805": "the saved model cannot be loaded (damaged, foreign or unloadable)",
     "KF001": "a step setting cannot be expressed in Kubeflow Pipelines",
     "KF002": "the compiled pipeline is not valid KFP IR",
     "KF003": "a step imports a module not installed here: its version cannot be pinned",

@@ -169,3 +169,20 @@ def test_without_kserve_one_line_names_the_extra(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "NB803" in done.stderr and "pip install 'kale_py[serve]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_damaged_model_file_is_refused_before_it_is_unpickled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nb = write(tmp_path / "iris.ipynb", IRIS)
+    assert main(["run", str(nb), "--progress", "quiet"]) == 0
+    capsys.readouterr()
+    [saved] = [p for p in (tmp_path / ".nb2pipe" / "runs").rglob("model*.kpk")
+               if "/state/" in str(p)]
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    assert main(["serve", str(nb)]) == 1
+    err = capsys.readouterr().err
+    assert "NB805" in err and "damaged or was replaced" in err and "'model'" in err
+    assert "Traceback" not in err

@@ -1,8 +1,9 @@
 """``nb2pipe serve``: the model a local run saved, served with KServe's model server.
 
 The model is the variable tagged ``serve:VAR``; a local run saved it in the state of the
-step that last computed it. It is loaded like any step input (its bytes checked against the
-run's records) and served under ``/v2/models/NAME/infer`` on this machine.
+step that last computed it. It is loaded like any step input (the manifest authenticated with
+the user's key, the file's bytes checked against it) and served under
+``/v2/models/NAME/infer`` on this machine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from kale_py.diagnostics import RunError, error
 from kale_py.graph import Pipeline
-from kale_py.local import STATE_DIR_NAME, RunDirectory, read_json, read_runs
+from kale_py.integrity import user_key
+from kale_py.local import STATE_DIR_NAME, RunDirectory, read_runs
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,19 @@ def load_served(pipeline: Pipeline, variable: str | None = None, run_id: str | N
         if record.get("status") not in ("succeeded", "cached"):
             continue
         directory = RunDirectory(runs_dir / run["run_id"]).state(kfp_name)
-        manifest = read_json(directory / "manifest.json")
-        saved = (manifest or {}).get("variables", {}).get(variable) if isinstance(
-            manifest, dict) else None
-        if saved is None:
+        if not (directory / marshal.MANIFEST_NAME).is_file():
             continue
-        value = marshal.load_variable(saved["file"], directory, allowed_root=runs_dir)
+        # as a step loads its inputs: the manifest signed with this user's key, every byte
+        # checked against it, before anything is unpickled
+        try:
+            manifest = marshal.read_manifest(directory, key=user_key(), producer=step)
+            saved = manifest["variables"].get(variable)
+            if saved is None:
+                continue
+            value = marshal.load_variable(saved, directory, allowed_root=runs_dir,
+                                          producer=step)
+        except marshal.StateError as exc:
+            raise RunError(error("NB805", str(exc), step=step)) from None
         if not callable(getattr(value, "predict", None)):
             raise RunError(error("NB804", f"{variable!r} is a {type(value).__name__}, which "
                                  "has no predict method: tag the trained model",
