@@ -195,9 +195,13 @@ def settle_lost(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     ended = datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="milliseconds")
     lost = dict(manifest, status="failed", ended=ended.replace("+00:00", "Z"))
     lost["error"] = "driver lost: the process running it ended before the run finished"
+    # nothing is left waiting: a step that was running failed with the driver; one that was
+    # still pending never ran
     lost["steps"] = {
         name: dict(step, status="failed", error={"message": "driver lost"})
-        if step.get("status") == "running" else step
+        if step.get("status") == "running"
+        else dict(step, status="skipped", reason="driver lost")
+        if step.get("status") == "pending" else step
         for name, step in manifest.get("steps", {}).items()
     }
     with contextlib.suppress(OSError):

@@ -111,6 +111,7 @@ def test_a_killed_runner_takes_its_steps_with_it_and_reads_failed(
             (["step:slow"], "child = subprocess.Popen(['sleep', '120'])\n"
                             "open('pids.txt', 'w').write(f'{os.getpid()} {child.pid}')\n"
                             "sleep(120)\ny = 1"),
+            (["step:after"], "z = y"),
         ],
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -121,6 +122,11 @@ def test_a_killed_runner_takes_its_steps_with_it_and_reads_failed(
     )
     try:
         pids = _wait_for(tmp_path / "pids.txt")  # the step, and a process it started
+        # the runner records the step as running a moment after starting it
+        deadline = time.monotonic() + 30
+        while (last_run(notebook).get("steps", {}).get("slow", {}).get("status") != "running"
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
         deadline = time.monotonic() + 10
@@ -139,6 +145,9 @@ def test_a_killed_runner_takes_its_steps_with_it_and_reads_failed(
     assert manifest["error"].startswith("driver lost")
     assert manifest["ended"] is not None
     assert manifest["steps"]["slow"]["status"] == "failed"
+    # a step still waiting when the driver died never ran: nothing is left pending
+    assert (manifest["steps"]["after"]["status"], manifest["steps"]["after"]["reason"]) == (
+        "skipped", "driver lost")
     code, out = run(capsys, "runs", "show", notebook, manifest["run_id"])
     assert "driver lost" in out and f"at {manifest['ended']}" in out
 
