@@ -101,6 +101,20 @@ FAN: list[Cell | str] = [
 ]
 
 
+# first -> slow -> after; slow starts a child process, writes both pids, then sleeps
+LONG: list[Cell | str] = [
+    (["imports"], "import os\nimport subprocess\nfrom time import sleep"),
+    (["step:first"], "x = 1"),
+    (
+        ["step:slow"],
+        "child = subprocess.Popen(['sleep', '120'])\n"
+        "open('pids.txt', 'w').write(f'{os.getpid()} {child.pid}')\n"
+        "sleep(120)\ny = x",
+    ),
+    (["step:after"], "z = y"),
+]
+
+
 # --- a whole run -------------------------------------------------------------------------
 
 
@@ -412,20 +426,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_cancels_the_run_and_its_processes(tmp_path: Path, sig: signal.Signals) -> None:
-    notebook = write_notebook(
-        tmp_path / "long.ipynb",
-        [
-            (["imports"], "import os\nimport subprocess\nfrom time import sleep"),
-            (["step:first"], "x = 1"),
-            (
-                ["step:slow"],
-                "child = subprocess.Popen(['sleep', '120'])\n"
-                "open('pids.txt', 'w').write(f'{os.getpid()} {child.pid}')\n"
-                "sleep(120)\ny = x",
-            ),
-            (["step:after"], "z = y"),
-        ],
-    )
+    notebook = write_notebook(tmp_path / "long.ipynb", LONG)
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -600,20 +601,7 @@ def test_background_run_lists_its_duration_parameters_and_metrics(tmp_path: Path
 
 
 def test_background_run_can_be_cancelled(tmp_path: Path) -> None:
-    notebook = write_notebook(
-        tmp_path / "long.ipynb",
-        [
-            (["imports"], "import os\nimport subprocess\nfrom time import sleep"),
-            (["step:first"], "x = 1"),
-            (
-                ["step:slow"],
-                "child = subprocess.Popen(['sleep', '120'])\n"
-                "open('pids.txt', 'w').write(f'{os.getpid()} {child.pid}')\n"
-                "sleep(120)\ny = x",
-            ),
-            (["step:after"], "z = y"),
-        ],
-    )
+    notebook = write_notebook(tmp_path / "long.ipynb", LONG)
     started = runs.start_local_run(notebook, {}, [], None)
     pids = _wait_for(tmp_path / "pids.txt")
 
