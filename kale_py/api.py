@@ -96,7 +96,29 @@ def compile_notebook(
         "steps": compiled.steps,
         "name": compiled.name,
         "diagnostics": [d.to_dict() for d in compiled.diagnostics],
+        "served": _served(pipeline),
     }
+
+
+def _served(pipeline: Pipeline) -> list[dict[str, str]]:
+    """The ``serve:VAR`` models and the InferenceServices the pipeline deploys them as."""
+    if not pipeline.served:
+        return []
+    from .serving.cluster import served_services
+
+    return served_services(pipeline)
+
+
+def serving_status(path: str | Path, namespace: str | None = None) -> dict[str, Any]:
+    """The InferenceServices of the notebook's ``serve:VAR`` models on the cluster: for each,
+    its state (ready, not ready, not deployed, foreign), its V2 ``infer`` URL and why it is
+    not ready. Needs the Kubernetes API (the pod's service account, else the kubeconfig)."""
+    from .serving.cluster import service_status
+    from .serving.local import served_variable
+
+    pipeline = _checked(Path(path))
+    served_variable(pipeline, next(iter(pipeline.served), None))  # NB801 when there is none
+    return service_status(pipeline, namespace)
 
 
 def build_image(path: str | Path, target: str | None = None,
@@ -167,6 +189,7 @@ def submit(
     recurring = (Schedule(kfp_cron(schedule), max_concurrency, catchup)
                  if schedule is not None else None)
     path = Path(path)
+    served: list[dict[str, str]] = []
     if path.suffix in (".yaml", ".yml"):
         text, default_name, typed = _read_compiled(path, _texts(params))
         description, settings_host, settings_experiment, settings_ns = None, None, None, None
@@ -179,6 +202,7 @@ def submit(
         compiled = compile_pipeline(pipeline, image=image, install_packages=install_packages,
                                     step_image=step_image)
         text, default_name = compiled.yaml, compiled.name
+        served = _served(pipeline)
         s = pipeline.settings
         description, settings_host = s.pipeline_description, s.kfp_host
         settings_experiment, settings_ns = s.experiment_name, s.namespace
@@ -205,6 +229,7 @@ def submit(
         "run_url": result.run_url,
         "state": result.final_state,
         "recurring_run_id": result.recurring_run_id,
+        "served": served,
     }
 
 

@@ -545,9 +545,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="serve the model tagged serve:VAR from a local run (KServe, V2 protocol)",
         description="Load the variable tagged serve:VAR as the latest local run (or --run) "
         "saved it and serve it with KServe's model server: POST "
-        "/v2/models/NAME/infer. Needs the serve extra.",
+        "/v2/models/NAME/infer. Needs the serve extra. With --cluster, show instead the "
+        "InferenceServices that the pipeline's runs made on the cluster, and their URLs.",
     )
     _notebook_arg(serve)
+    serve.add_argument("--cluster", action="store_true",
+                       help="show the cluster's InferenceServices of the notebook's models")
+    serve.add_argument("--namespace", help="with --cluster: the namespace (default: the "
+                       "metadata's, else the pod's or the kubeconfig's)")
     serve.add_argument("--run", metavar="ID", help="the local run (default: the latest)")
     serve.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (8080)")
     serve.add_argument("--name", help="the model's name in URLs (default: the variable's)")
@@ -556,6 +561,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _serve_status(args)
+    if args.namespace:
+        raise UsageError("--namespace goes with --cluster")
     from .serving.local import load_served, serve_local
 
     pipeline = _load_checked(args.notebook)
@@ -564,6 +573,26 @@ def _serve(args: argparse.Namespace) -> int:
     model = load_served(pipeline, args.variable, args.run, args.name)
     serve_local(model, args.port, lambda line: print(line, flush=True))
     return 0
+
+
+def _serve_status(args: argparse.Namespace) -> int:
+    from .api import serving_status
+
+    if args.run or args.variable or args.name:
+        raise UsageError("--cluster shows every served model: it does not go with --run, "
+                         "--variable or --name")
+    answer = serving_status(args.notebook, args.namespace)
+    for s in answer["services"]:
+        where = f"InferenceService {s['name']} in {answer['namespace']}"
+        detail = s["url"] if s["state"] == "ready" else s["message"]
+        print(f"{s['variable']}: {where}: {s['state']}" + (f": {detail}" if detail else ""))
+    return 0
+
+
+def _print_served(served: list[dict[str, str]], when: str, notebook: Path) -> None:
+    for s in served:
+        print(f"{s['variable']} is served as the KServe InferenceService {s['name']!r} {when}; "
+              f"its URL: nb2pipe serve {notebook} --cluster")
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -581,6 +610,7 @@ def _compile(args: argparse.Namespace) -> int:
     for d in result["diagnostics"]:
         print(f"{args.notebook}: {d['severity']} {d['code']}: {d['message']}", file=sys.stderr)
     print(f"{result['path']}: {result['steps']} steps, {result['bytes']} bytes")
+    _print_served(result["served"], "when a run of this pipeline ends", args.notebook)
     if args.tune:
         from .api import compile_katib
 
@@ -637,6 +667,8 @@ def _submit(args: argparse.Namespace) -> int:
         catchup=not args.no_catchup,
         username=args.username,
     )
+    _print_served(result["served"], "when the run ends" if not args.schedule
+                  else "when each run ends", args.notebook)
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1
     return 0

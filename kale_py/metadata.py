@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from .diagnostics import Diagnostic, error, warning
-from .settings import NotebookSettings, StepSettings, Volume
+from .settings import NotebookSettings, ServingSettings, StepSettings, Volume
 from .tags import parse_settings_tags
 
 METADATA_KEY = "kubeflow_notebook"
@@ -49,6 +49,7 @@ _KALE_KEYS = {
     "keep_volumes",
     "image_pull_secrets",
     "poddefaults",
+    "serving",
 }
 _VOLUME_TYPES = ("pvc", "new_pvc", "pv", "clone")
 
@@ -109,9 +110,42 @@ def read_settings(metadata: Mapping[str, Any]) -> tuple[NotebookSettings, list[D
         local_isolation=_isolation(raw.get("local_isolation"), problems),
         step_image=text("step_image"),
         keep_volumes=_flag(raw, "keep_volumes", False, problems),
+        serving=_serving(raw.get("serving"), problems),
         extra=tuple((k, v) for k, v in raw.items() if k not in _KALE_KEYS),
     )
     return settings, problems
+
+
+_SERVING_TEXT = ("name", "image", "service_account", "s3_endpoint")
+
+
+def _serving(value: Any, problems: list[Diagnostic]) -> ServingSettings:
+    """``serving``: {name, image, service_account, s3_endpoint, timeout, predictor}."""
+    where = f"metadata.{METADATA_KEY}.serving"
+    if value in (None, ""):
+        return ServingSettings()
+    if not isinstance(value, dict):
+        problems.append(error("NB004", f"{where} must be an object"))
+        return ServingSettings()
+    texts: dict[str, str] = {}
+    for key, item in value.items():
+        if key in _SERVING_TEXT:
+            if isinstance(item, str) and item:
+                texts[key] = item
+            elif item not in (None, ""):
+                problems.append(error("NB004", f"{where}.{key} must be a string"))
+        elif key not in ("timeout", "predictor"):
+            problems.append(warning("NB003", f"unknown key {key!r} in {where}; ignored"))
+    timeout = value.get("timeout", 600)
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+        problems.append(error("NB004", f"{where}.timeout must be a positive number of seconds"))
+        timeout = 600
+    predictor = value.get("predictor", "auto")
+    if predictor not in ("auto", "python"):
+        problems.append(error("NB004", f"{where}.predictor must be auto or python"))
+        predictor = "auto"
+    return ServingSettings(timeout=timeout, predictor="python" if predictor == "python"
+                           else "auto", **texts)
 
 
 def _isolation(value: Any, problems: list[Diagnostic]) -> Literal["auto", "fork", "spawn"]:

@@ -884,7 +884,17 @@ def main(argv: list[str] | None = None) -> int:
         from kale_py.resources import die_with_parent
 
         die_with_parent()
-    step = begin(_arguments(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the tasks that serve a serve:VAR model run from the same runtime
+    if argv[:1] == ["--export-model"]:
+        from kale_py.serving.export import main as export
+
+        return export(argv[1:])
+    if argv[:1] == ["--deploy-model"]:
+        from kale_py.serving.deploy import main as deploy
+
+        return deploy(argv[1:])
+    step = begin(_arguments(argv))
     return finish(step)
 
 
@@ -1059,11 +1069,13 @@ def _write_executor_output(args: argparse.Namespace, metrics: dict[str, Any]) ->
     ):
         if path:
             meta: dict[str, Any] = dict(metrics) if name == "metrics" else {}
-            artifacts[name] = {"artifacts": [{"name": name, "uri": _uri(path), "metadata": meta}]}
+            artifacts[name] = {"artifacts": [{"name": name, "uri": artifact_uri(path),
+                                               "metadata": meta}]}
     _write_atomic(args.executor_output, json.dumps({"artifacts": artifacts}))
 
 
-def _uri(path: str) -> str:
+def artifact_uri(path: str) -> str:
+    """An output path as the artifact's URI (the launcher's mount prefix back to a scheme)."""
     for local, scheme in (("/gcs/", "gs://"), ("/minio/", "minio://"), ("/s3/", "s3://")):
         if path.startswith(local):
             return scheme + path[len(local) :]

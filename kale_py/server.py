@@ -364,6 +364,32 @@ class VerifyHandler(KalePyHandler):
             self.finish_json(result)
 
 
+class ServingHandler(KalePyHandler):
+    """``GET <base>/kale-py/serving?path=NB[&namespace=NS]``: the InferenceServices of the
+    notebook's ``serve:VAR`` models on the cluster (see ``nb2pipe serve --cluster``).
+
+    Answer (200)::
+
+        {"namespace": "team-a",
+         "services": [{"variable": "model", "name": "model",
+                       "state": "ready",      # ready | not ready | not deployed | foreign
+                       "url": "http://model.team-a.example.com/v2/models/model/infer",
+                       "message": ""}]}      # why it is not ready, or not deployed
+
+    422 with diagnostics when no variable is tagged serve:VAR (NB801) or the Kubernetes API
+    cannot be used (KF105: no credentials or namespace, KF201-KF203).
+    """
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        from kale_py import api
+
+        namespace = self.get_query_argument("namespace", None) or None
+        result = await self.call_api(api.serving_status, self.query_path(), namespace)
+        if result is not None:
+            self.finish_json(result)
+
+
 class ExperimentsHandler(KalePyHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -410,6 +436,7 @@ ROUTES: list[tuple[str, type[KalePyHandler]]] = [
     (f"tunes/{TUNE_ID}/report", TuneReportHandler),
     ("submit", SubmitHandler),
     ("verify", VerifyHandler),
+    ("serving", ServingHandler),
     (f"kfp-runs/{RUN_ID}", KfpRunHandler),
     ("experiments", ExperimentsHandler),
     ("volumes", VolumesHandler),

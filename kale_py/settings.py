@@ -110,6 +110,24 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    """``serving`` in the notebook metadata: how a ``serve:VAR`` model is served on the cluster."""
+
+    #: the InferenceService's name (default: the variable's, lowercase, ``_`` as ``-``)
+    name: str | None = None
+    #: the image of kale_py's Python predictor (default: the image of the model's step)
+    image: str | None = None
+    #: the predictor's service account, which must be able to read the model's storage
+    service_account: str | None = None
+    #: KFP's S3 endpoint, for the service account the deploy task makes (host:port)
+    s3_endpoint: str | None = None
+    #: seconds the deploy task waits for the InferenceService to be ready
+    timeout: int = 600
+    #: auto: a built-in KServe runtime where one fits; python: always kale_py's predictor
+    predictor: Literal["auto", "python"] = "auto"
+
+
+@dataclass(frozen=True)
 class NotebookSettings:
     """``metadata.kubeflow_notebook``, read leniently (unknown keys are kept in ``extra``)."""
 
@@ -129,4 +147,5 @@ class NotebookSettings:
     step_image: str | None = None
     #: keep the claims and snapshots made for a run after it ends
     keep_volumes: bool = False
+    serving: ServingSettings = field(default_factory=ServingSettings)
     extra: tuple[tuple[str, Any], ...] = ()

@@ -12,6 +12,13 @@ discovery makes:
 * ``GET /api/v1/namespaces/{ns}/pods?labelSelector=KEY=VALUE`` (a list, one equality selector)
 * ``DELETE`` of a claim or a snapshot (answers the deleted object, as the API server does)
 * ``GET /apis/kubeflow.org/v1alpha1/namespaces/{ns}/poddefaults`` (Kubeflow's PodDefault list)
+* KServe ``InferenceService``s (``/apis/serving.kserve.io/v1beta1/namespaces/{ns}/
+  inferenceservices``), ``Secret``s and ``ServiceAccount``s: create (``POST``, 409 when the name
+  is taken), read, replace (``PUT``, 409 when ``metadata.resourceVersion`` is stale); each write
+  sets ``resourceVersion``, and an InferenceService's spec change bumps its ``generation``. An
+  InferenceService reads Ready (``status.url``, ``observedGeneration``) from its
+  ``isvc_ready_after``-th read after a write on, as KServe's controller would report it; with
+  ``isvc_failure`` set it stays Ready=False with that message.
 
 It is seeded with a Kubeflow notebook as the notebook controller creates it: the StatefulSet pod
 ``my-notebook-0`` (label ``notebook-name``, container ``my-notebook``, an istio-proxy sidecar), a
@@ -194,6 +201,11 @@ class FakeKubernetes:
     secrets: dict[tuple[str, str], Json] = field(default_factory=dict)
     config_maps: dict[tuple[str, str], Json] = field(default_factory=dict)
     experiments: dict[tuple[str, str], Json] = field(default_factory=dict)
+    inference_services: dict[tuple[str, str], Json] = field(default_factory=dict)
+    service_accounts: dict[tuple[str, str], Json] = field(default_factory=dict)
+    isvc_ready_after: int = 1
+    isvc_failure: str | None = None
+    ingress_domain: str = "kubeflow.example.com"
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
     _polls: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -267,6 +279,9 @@ class FakeKubernetes:
         created = self._create(r, parts)
         if created is not None:
             return created
+        written = self._write_object(r, parts)
+        if written is not None:
+            return written
         if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 6 and r.method == "GET":
             store = {"pods": self.pods, "persistentvolumeclaims": self.claims,
                      "secrets": self.secrets}.get(parts[4])
@@ -310,6 +325,81 @@ class FakeKubernetes:
             store[key] = body
             return 200, body
         return None
+
+    def _write_object(self, r: Recorded, parts: list[str]) -> tuple[int, Json] | None:
+        """InferenceServices, Secrets and ServiceAccounts: create, read, replace."""
+        if parts[:4] == ["apis", "serving.kserve.io", "v1beta1", "namespaces"] \
+                and parts[5:6] == ["inferenceservices"]:
+            store, namespace, kind, group = (self.inference_services, parts[4],
+                                             "inferenceservices", "serving.kserve.io")
+            name = parts[6] if len(parts) == 7 else None
+        elif parts[:3] == ["api", "v1", "namespaces"] and parts[4:5] in (["secrets"],
+                                                                         ["serviceaccounts"]):
+            kind, namespace, group = parts[4], parts[3], ""
+            store = self.secrets if kind == "secrets" else self.service_accounts
+            name = parts[5] if len(parts) == 6 else None
+            if r.method == "GET" and name is None:
+                return None
+        else:
+            return None
+        verb = {"GET": "get", "POST": "create", "PUT": "update"}.get(r.method)
+        if verb is None:
+            return None
+        if (verb, kind) in self.forbidden:
+            return 403, _forbidden(verb, kind, group, namespace, name)
+        if r.method == "GET" and name is not None:
+            found = self._get(store, namespace, kind, name, group)
+            if found[0] == 200 and kind == "inferenceservices":
+                return 200, self._reconcile(namespace, name)
+            return found
+        body = r.json()
+        meta = body.setdefault("metadata", {})
+        key = (namespace, meta.get("name", ""))
+        current = store.get(key)
+        if r.method == "POST" and name is None:
+            if current is not None:
+                return 409, _status(409, "AlreadyExists", f'{kind} "{key[1]}" already exists')
+            meta.update(namespace=namespace, uid=str(uuid.uuid4()), generation=1,
+                        resourceVersion=str(random.randint(1000, 99999)))
+        elif r.method == "PUT" and name == key[1]:
+            if current is None:
+                return 404, _status(404, "NotFound", f'{kind} "{name}" not found')
+            if meta.get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                return 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {kind} '
+                                    f'"{name}": the object has been modified')
+            changed = body.get("spec") != current.get("spec")
+            meta.update(uid=current["metadata"]["uid"],
+                        generation=current["metadata"]["generation"] + int(changed),
+                        resourceVersion=str(int(current["metadata"]["resourceVersion"]) + 1))
+            body["status"] = current.get("status", {})
+        else:
+            return None
+        store[key] = body
+        if kind == "inferenceservices":
+            self._polls[key] = 0
+        return (201 if r.method == "POST" else 200), body
+
+    def _reconcile(self, namespace: str, name: str) -> Json:
+        """The InferenceService as KServe's controller reports it after one more read."""
+        key = (namespace, name)
+        service = self.inference_services[key]
+        self._polls[key] = self._polls.get(key, 0) + 1
+        generation = service["metadata"]["generation"]
+        if self.isvc_failure is not None:
+            service["status"] = {"conditions": [{"type": "Ready", "status": "False",
+                                                 "reason": "RevisionFailed",
+                                                 "message": self.isvc_failure}]}
+        elif self._polls[key] >= self.isvc_ready_after:
+            url = f"http://{name}.{namespace}.{self.ingress_domain}"
+            service["status"] = {
+                "observedGeneration": generation, "url": url,
+                "address": {"url": f"http://{name}-predictor.{namespace}.svc.cluster.local"},
+                "conditions": [{"type": "PredictorReady", "status": "True"},
+                               {"type": "Ready", "status": "True"}]}
+        else:
+            service.setdefault("status", {})["conditions"] = [
+                {"type": "Ready", "status": "False", "reason": "PredictorNotReady"}]
+        return service
 
     def _list_or_delete(self, method: str, parts: list[str],
                         query: dict[str, list[str]]) -> tuple[int, Json] | None:

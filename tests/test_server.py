@@ -81,6 +81,7 @@ class FakeAPI:
                                                   "labels": {"access-ml-pipeline": "true"}}]},
             "verify": {"ok": True, "differences": [], "unstable": [], "compared": 0,
                        "steps": []},
+            "serving_status": {"namespace": "ns", "services": []},
         }
         module = types.ModuleType("kale_py.api")
         for name, result in results.items():
@@ -126,6 +127,7 @@ ROUTES = [
     ("GET", "experiments", None),
     ("GET", "volumes", None),
     ("GET", "poddefaults", None),
+    ("GET", "serving", None),
 ]
 ROUTE_IDS = [f"{method} {route}" for method, route, _ in ROUTES]
 

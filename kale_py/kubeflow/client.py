@@ -314,9 +314,30 @@ def _kubeconfig_endpoint(explicit: Auth | None, namespace: str | None) -> Endpoi
         key_file=None if explicit else config.key_file)
 
 
+def kubernetes_configuration(purpose: str) -> tuple[Any, str | None]:
+    """The official client's Configuration for the Kubernetes API, and the default namespace:
+    the pod's service account inside the cluster, else the kubeconfig's current context.
+    ``purpose`` ("create the Katib Experiment in") completes the error when there is neither."""
+    from kubernetes import client as k8s_client  # type: ignore[import-untyped]
+    from kubernetes import config as k8s_config
+
+    configuration = k8s_client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        namespace = namespace_file.read_text().strip() if namespace_file.is_file() else None
+        return configuration, namespace
+    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    if not any(Path(p).is_file() for p in paths.split(os.pathsep) if p):
+        raise _error("KF105", f"no Kubernetes API to {purpose}: no kubeconfig found and not "
+                     "in a pod")
+    configuration, context = _load_kubeconfig(paths)
+    return configuration, context.get("namespace")
+
+
 def _load_kubeconfig(paths: str) -> tuple[Any, Json]:
     """The ``kubernetes`` client's Configuration for the current context, and that context."""
-    from kubernetes import client as k8s_client  # type: ignore[import-untyped]
+    from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
 
     configuration = k8s_client.Configuration()

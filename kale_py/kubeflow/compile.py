@@ -29,7 +29,7 @@ from ..diagnostics import CompileError, Diagnostic, error, warning
 from ..graph import Pipeline
 from ..parameters import type_of
 from ..pipeline import Step
-from .ir import PipelineDef, PipelineParam, TaskDef, build_ir, ir_to_yaml
+from .ir import PipelineDef, PipelineParam, ServeDef, TaskDef, build_ir, ir_to_yaml
 from .validate import validate_ir
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ if TYPE_CHECKING:
     from .poddefaults import PodDefaultLabels
 
 DEFAULT_IMAGE = "python:3.11"
-RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py", "process_state.py", "digest.py")
+RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py", "process_state.py", "digest.py",
+                   # the tasks that serve a serve:VAR model, and kale_py's Python predictor
+                   "serving/__init__.py", "serving/export.py", "serving/deploy.py",
+                   "serving/predictor.py", "serving/model.py")
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 
@@ -250,7 +253,25 @@ def pipeline_to_definition(
         working_dir=_working_dir(pipeline),
         enable_caching=settings.enable_caching,
         runtime=runtime_zip(),
+        serves=_serves(pipeline, kfp),
     )
+
+
+def _serves(pipeline: Pipeline, kfp_names: Mapping[str, str]) -> tuple[ServeDef, ...]:
+    """The ``serve:VAR`` models, each named after its variable unless the metadata names it."""
+    from ..serving import service_name
+
+    serving = pipeline.settings.serving
+    if serving.name and len(pipeline.served) > 1:
+        raise CompileError(error("NB801", "serving.name names one InferenceService, but "
+                                 "several variables are tagged serve:VAR ("
+                                 + ", ".join(sorted(pipeline.served)) + ")"))
+    return tuple(
+        ServeDef(variable=variable, producer=kfp_names[step],
+                 name=serving.name or service_name(variable), image=serving.image,
+                 service_account=serving.service_account, s3_endpoint=serving.s3_endpoint,
+                 timeout=serving.timeout, predictor=serving.predictor)
+        for variable, step in sorted(pipeline.served.items()))
 
 
 def _packages(pipeline: Pipeline, step: Step, problems: list[Diagnostic] | None) -> tuple[str, ...]:

@@ -196,6 +196,26 @@ class TaskDef:
 
 
 @dataclass(frozen=True)
+class ServeDef:
+    """A ``serve:VAR`` model: exported from its producer's state, then deployed with KServe
+    (see :mod:`kale_py.serving.export` and :mod:`kale_py.serving.deploy`)."""
+
+    variable: str
+    #: the KFP name of the step that saves the variable
+    producer: str
+    #: the InferenceService's name
+    name: str
+    #: kale_py's Python predictor's image (default: the producer's)
+    image: str | None = None
+    service_account: str | None = None
+    s3_endpoint: str | None = None
+    #: seconds the deploy task waits for the InferenceService to be ready
+    timeout: int = 600
+    #: auto (a built-in runtime where one fits) or python (always kale_py's predictor)
+    predictor: str = "auto"
+
+
+@dataclass(frozen=True)
 class PipelineDef:
     """A whole pipeline: parameters, tasks in notebook order, notebook volumes."""
 
@@ -208,6 +228,8 @@ class PipelineDef:
     enable_caching: bool
     #: The runtime zip, shipped once for all steps (then each payload holds only its step).
     runtime: bytes | None = None
+    #: ``serve:VAR`` models: each gets an export task and a deploy task after its producer
+    serves: tuple[ServeDef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,6 +249,8 @@ class _Plan:
     runtime_task: str | None
     #: the exit task deleting the run's claims and snapshots, when there are any to delete
     cleanup_task: str | None = None
+    #: per served model: (its export task, its deploy task)
+    serve_tasks: tuple[tuple[ServeDef, str, str], ...] = ()
 
 
 def build_ir(p: PipelineDef) -> tuple[Json, Json | None]:
@@ -252,6 +276,9 @@ def build_ir(p: PipelineDef) -> tuple[Json, Json | None]:
         _add_clone_tasks(plan.clones, components, executors, tasks)
     if plan.runtime_task:
         _add_runtime_task(plan.runtime_task, p, components, executors, tasks)
+    for serve, export, deploy in plan.serve_tasks:
+        _add_serve_tasks(serve, export, deploy, p, plan, components, executors, tasks,
+                         k8s_executors)
     if plan.cleanup_task:
         tasks = _exit_handler(plan.cleanup_task, p, plan.clones, tasks, components, executors)
     root: Json = {"dag": {"tasks": tasks}}
@@ -327,6 +354,25 @@ def _check_pipeline(p: PipelineDef) -> None:
             raise _fail(f"step {t.display_name!r} uses unknown pipeline parameters {unknown}",
                         t.display_name)
         seen[t.name] = t
+    for serve in p.serves:
+        _check_serve(serve, seen, p)
+
+
+#: a DNS-1035 label, as KServe requires of an InferenceService's name
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _check_serve(serve: ServeDef, tasks: dict[str, TaskDef], p: PipelineDef) -> None:
+    producer = tasks.get(serve.producer)
+    if producer is None or not producer.has_state_output:
+        raise _fail(f"serve:{serve.variable}: step {serve.producer!r} saves no state to serve "
+                    "it from")
+    if not _SERVICE_NAME.match(serve.name) or len(serve.name) > 45:
+        raise _fail(f"serve:{serve.variable}: {serve.name!r} is not a valid InferenceService "
+                    "name: use lowercase letters, digits and '-', starting with a letter, at "
+                    "most 45 characters (serving.name in the notebook metadata)")
+    if p.runtime is None:
+        raise _fail(f"serve:{serve.variable}: serving needs the shared step runtime")
 
 
 # --- PipelineSpec pieces ----------------------------------------------------------------------
@@ -611,7 +657,9 @@ def _plan(p: PipelineDef) -> _Plan:
             raise _fail(f"a step may not be named {EXIT_HANDLER!r}: the run's cleanup uses "
                         "that name", EXIT_HANDLER)
         cleanup = _unique("kale-cleanup", taken)
-    return _Plan(clones, runtime_task, cleanup)
+    serve_tasks = tuple((serve, _unique(f"export-{serve.name}", taken),
+                         _unique(f"deploy-{serve.name}", taken)) for serve in p.serves)
+    return _Plan(clones, runtime_task, cleanup, serve_tasks)
 
 
 def _add_runtime_task(name: str, p: PipelineDef, components: Json, executors: Json,
@@ -788,3 +836,107 @@ def _sorted_keys(value: object) -> object:
     if isinstance(value, list):
         return [_sorted_keys(v) for v in value]
     return value
+
+
+# --- serving: a served model's export and deploy tasks ------------------------------------------
+
+#: the payload of a task that runs the runtime's own code only (no step program)
+_NO_STEP = base64.b64decode(b"UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==")  # an empty zip
+
+
+def _add_serve_tasks(serve: ServeDef, export: str, deploy: str, p: PipelineDef, plan: _Plan,
+                     components: Json, executors: Json, tasks: Json, k8s: Json) -> None:
+    """The export task (the model in its runtime's format, as the artifact ``model``) and the
+    deploy task (the InferenceService from that artifact's URI), after the model's producer."""
+    producer = next(t for t in p.tasks if t.name == serve.producer)
+    runtime_sha = hashlib.sha256(p.runtime or b"").hexdigest()
+    shared = ["--runtime", "{{$.inputs.artifacts['runtime'].path}}", runtime_sha]
+    runtime_input = {"runtime": _artifact_type("system.Artifact")}
+    components[f"comp-{export}"] = {
+        "executorLabel": f"exec-{export}",
+        "inputDefinitions": {"artifacts": {"state": _artifact_type("system.Artifact"),
+                                           **runtime_input},
+                             "parameters": {DIGEST_OUTPUT: {"parameterType": "STRING"}}},
+        "outputDefinitions": {"artifacts": {"model": _artifact_type("system.Model")},
+                              "parameters": {"format": {"parameterType": "STRING"},
+                                             "model_digest": {"parameterType": "STRING"}}},
+    }
+    args = [*shared, *payload_args(producer.payload), "--export-model",
+            "--variable", serve.variable, "--producer", producer.display_name,
+            "--state-in", "{{$.inputs.artifacts['state'].path}}",
+            "--state-digest", f"{{{{$.inputs.parameters['{DIGEST_OUTPUT}']}}}}",
+            "--model-out", "{{$.outputs.artifacts['model'].path}}",
+            "--format-out", "{{$.outputs.parameters['format'].output_file}}",
+            "--digest-out", "{{$.outputs.parameters['model_digest'].output_file}}",
+            "--executor-output", "{{$.outputs.output_file}}"]
+    if serve.predictor == "python":
+        args += ["--predictor", "python"]
+    if serve.image:
+        args += ["--image", serve.image]
+    container: Json = {"args": args, "command": ["python3", "-c", BOOTSTRAP],
+                       "image": producer.image}
+    if producer.packages:  # the model's libraries, as its producer has them
+        container["env"] = [{"name": "KALE_PY_PACKAGES", "value": " ".join(producer.packages)}]
+        container["command"] = ["sh", "-c", INSTALL_THEN_RUN, BOOTSTRAP]
+    executors[f"exec-{export}"] = {"container": container}
+    tasks[export] = {
+        "cachingOptions": {"enableCache": True} if p.enable_caching else {},
+        "componentRef": {"name": f"comp-{export}"},
+        "dependentTasks": sorted({serve.producer, plan.runtime_task or ""} - {""}),
+        "inputs": {
+            "artifacts": {"state": _output_artifact(serve.producer, "state"),
+                          "runtime": _output_artifact(plan.runtime_task or "", "runtime")},
+            "parameters": {DIGEST_OUTPUT: _output_parameter(serve.producer, DIGEST_OUTPUT)}},
+        "taskInfo": {"name": export},
+    }
+    components[f"comp-{deploy}"] = {
+        "executorLabel": f"exec-{deploy}",
+        "inputDefinitions": {"artifacts": {"model": _artifact_type("system.Model"),
+                                           **runtime_input},
+                             "parameters": {name: {"parameterType": "STRING"} for name in
+                                            ("format", "model_digest", "run_id")}},
+        "outputDefinitions": {"parameters": {"url": {"parameterType": "STRING"}}},
+    }
+    args = [*shared, *payload_args(_NO_STEP), "--deploy-model",
+            "--name", serve.name, "--variable", serve.variable,
+            "--model-uri", "{{$.inputs.artifacts['model'].uri}}",
+            "--format", "{{$.inputs.parameters['format']}}",
+            "--model-digest", "{{$.inputs.parameters['model_digest']}}",
+            "--runtime-sha", runtime_sha,
+            "--image", serve.image or producer.image,
+            "--timeout", str(serve.timeout),
+            "--run-id", "{{$.inputs.parameters['run_id']}}",
+            "--url-out", "{{$.outputs.parameters['url'].output_file}}"]
+    if serve.service_account:
+        args += ["--service-account", serve.service_account]
+    if serve.s3_endpoint:
+        args += ["--s3-endpoint", serve.s3_endpoint]
+    executors[f"exec-{deploy}"] = {"container": {
+        "args": args, "command": ["python3", "-c", BOOTSTRAP], "image": producer.image}}
+    tasks[deploy] = {
+        "cachingOptions": {},  # a cached deploy would not remake a service deleted since
+        "componentRef": {"name": f"comp-{deploy}"},
+        "dependentTasks": sorted({export, plan.runtime_task or ""} - {""}),
+        "inputs": {
+            "artifacts": {"model": _output_artifact(export, "model"),
+                          "runtime": _output_artifact(plan.runtime_task or "", "runtime")},
+            "parameters": {
+                "format": _output_parameter(export, "format"),
+                "model_digest": _output_parameter(export, "model_digest"),
+                "run_id": {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}}},
+        "taskInfo": {"name": deploy},
+    }
+    pull = producer.settings.pull_secrets
+    if pull:
+        secrets = {"imagePullSecret": [{"secretName": n, "secretNameParameter": {
+            "runtimeValue": {"constant": n}}} for n in pull]}
+        k8s[f"exec-{export}"] = secrets
+        k8s[f"exec-{deploy}"] = dict(secrets)
+
+
+def _output_artifact(task: str, key: str) -> Json:
+    return {"taskOutputArtifact": {"outputArtifactKey": key, "producerTask": task}}
+
+
+def _output_parameter(task: str, key: str) -> Json:
+    return {"taskOutputParameter": {"outputParameterKey": key, "producerTask": task}}

@@ -17,6 +17,7 @@ from kale_py.diagnostics import RunError, error
 from kale_py.graph import Pipeline
 from kale_py.integrity import user_key
 from kale_py.local import STATE_DIR_NAME, RunDirectory, read_runs
+from kale_py.serving import service_name
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def load_served(pipeline: Pipeline, variable: str | None = None, run_id: str | N
             raise RunError(error("NB804", f"{variable!r} is a {type(value).__name__}, which "
                                  "has no predict method: tag the trained model",
                                  step=step))
-        return ServedModel(name or _model_name(variable), variable, step, run["run_id"], value)
+        return ServedModel(name or service_name(variable), variable, step, run["run_id"],
+                           value)
     which = f"run {run_id}" if run_id else "no local run"
     raise RunError(error("NB802", f"{which} has saved {variable!r} (step {step!r}): run "
                          "the notebook first with nb2pipe run", step=step))
@@ -99,7 +101,3 @@ def serve_local(model: ServedModel, port: int = 8080,
     announce(f"Serving {model.variable} (step {model.step}, run {model.run_id}) as "
              f"http://127.0.0.1:{port}/v2/models/{model.name}/infer")
     kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start([served])
-
-
-def _model_name(variable: str) -> str:
-    return variable.lower().replace("_", "-")

@@ -8,6 +8,7 @@ model's predictions (KServe's own scikit-learn server answers the same way).
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 
@@ -35,8 +36,9 @@ def model_class() -> type:
             output = InferOutput(name="predict", shape=list(predictions.shape),
                                  datatype=datatype(predictions))
             output.set_data_from_numpy(predictions, binary_data=False)
+            # V2: the request's id if it has one (the response needs one either way)
             return InferResponse(model_name=self.name, infer_outputs=[output],
-                                 response_id=payload.id)
+                                 response_id=payload.id or str(uuid.uuid4()))
 
     return NotebookModel
 

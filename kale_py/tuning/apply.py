@@ -8,11 +8,10 @@ is an error (Katib does not allow changing a running experiment's search).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from kale_py.diagnostics import SubmitError, error
+from kale_py.kubeflow.client import kubernetes_configuration
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1beta1", "experiments"
 
@@ -21,7 +20,7 @@ def create_katib(manifests: list[dict[str, Any]], namespace: str | None) -> dict
     """Create ``[ConfigMap, Experiment]``; ``{"name", "namespace"}`` of the Experiment."""
     from kubernetes import client  # type: ignore[import-untyped]
 
-    config, default_namespace = _configuration()
+    config, default_namespace = kubernetes_configuration("create the Katib Experiment in")
     namespace = namespace or default_namespace
     if not namespace:
         raise SubmitError(error("KF105", "no namespace for the Katib Experiment: pass "
@@ -47,25 +46,6 @@ def create_katib(manifests: list[dict[str, Any]], namespace: str | None) -> dict
         raise SubmitError(error("KF201", f"cannot reach the Kubernetes API at {config.host}: "
                                 f"{e}")) from None
     return {"name": name, "namespace": namespace}
-
-
-def _configuration() -> tuple[Any, str | None]:
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-        namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        namespace = namespace_file.read_text().strip() if namespace_file.is_file() else None
-        return configuration, namespace
-    from kale_py.kubeflow.client import _load_kubeconfig
-
-    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-    if not any(Path(p).is_file() for p in paths.split(os.pathsep) if p):
-        raise SubmitError(error("KF105", "no Kubernetes API to create the Katib Experiment "
-                                "in: no kubeconfig found and not in a pod"))
-    configuration, context = _load_kubeconfig(paths)
-    return configuration, context.get("namespace")
 
 
 def _api_error(e: Any, name: str, namespace: str, host: str) -> SubmitError:
