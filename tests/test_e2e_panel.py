@@ -503,3 +503,81 @@ async def test_tune_from_the_panel(lab: tuple[str, Path], tmp_path: Path) -> Non
         await expect(panel.locator("#kale-py-poddefaults")).to_contain_text(
             "not running in a Kubernetes pod")
     assert page_errors == []
+
+
+SERVED = {
+    "cells": [
+        code_cell("from sklearn.linear_model import Ridge", ["imports"]),
+        code_cell("X, y = [[0.0], [1.0], [2.0]], [0.0, 1.0, 2.0]", ["step:data"]),
+        code_cell("model = Ridge().fit(X, y)", ["step:train", "serve:model"]),
+    ],
+    "metadata": {"kernelspec": NOTEBOOK["metadata"]["kernelspec"],
+                 "kubeflow_notebook": {"pipeline_name": "served"}},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+@pytest.fixture
+def kube_lab(request: pytest.FixtureRequest, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path, Any]]:
+    """JupyterLab whose server reaches a Kubernetes API through a kubeconfig: the fake API
+    server of tests/fake_kubernetes.py (no cluster can run here), holding the
+    InferenceService a finished run's deploy task made."""
+    from fake_kubernetes import NAMESPACE, FakeKubernetes
+
+    fake = FakeKubernetes(isvc_ready_after=2).start()
+    fake.inference_services[(NAMESPACE, "model")] = {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "model", "namespace": NAMESPACE, "generation": 1, "uid": "u",
+                     "resourceVersion": "9",
+                     "labels": {"app.kubernetes.io/created-by": "kale-py"}},
+        "spec": {}}
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "kf",
+              "clusters": [{"name": "kf", "cluster": {"server": fake.url}}],
+              "users": [{"name": "me", "user": {"token": fake.token}}],
+              "contexts": [{"name": "kf", "context": {"cluster": "kf", "user": "me",
+                                                      "namespace": NAMESPACE}}]}
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    url, root = request.getfixturevalue("lab")
+    yield url, root, fake
+    fake.stop()
+
+
+async def test_a_submitted_run_shows_where_its_model_is_served(
+    kube_lab: tuple[str, Path, Any], tmp_path: Path, kfp: Any
+) -> None:
+    """Submit a notebook with a serve:VAR model (to the fake KFP backend); once the run has
+    succeeded the panel reads the model's InferenceService and links its V2 URL."""
+    from playwright.async_api import expect
+
+    url, root, fake = kube_lab
+    (root / "served.ipynb").write_text(json.dumps(SERVED, indent=1))
+    kfp.run_states = ("RUNNING", "SUCCEEDED")
+    page_errors: list[str] = []
+    async with _lab_page(tmp_path, page_errors) as page:
+        await page.goto(f"{url}/lab/tree/served.ipynb?token={TOKEN}")
+        await expect(page.locator(".jp-NotebookPanel .jp-Cell")).to_have_count(
+            3, timeout=60_000)
+        panel = await _open_panel(page)
+        await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
+            "2 step(s)", timeout=30_000)
+        await panel.locator("#kale-py-submit-section > summary").click()
+        await panel.locator("#kale-py-host").fill(kfp.url)
+        await panel.locator("#kale-py-submit").click()
+        served = panel.locator('.kale-py-served-model[data-variable="model"]')
+        await expect(served).to_contain_text("deployed when the run ends", timeout=60_000)
+        await expect(panel.locator("#kale-py-kfp-status")).to_have_attribute(
+            "data-state", "SUCCEEDED", timeout=30_000)
+        # KServe reports it not ready first, then ready: Refresh reads it again
+        await expect(served).to_have_attribute("data-state", "not ready", timeout=15_000)
+        await panel.locator("#kale-py-served-refresh").click()
+        await expect(served).to_have_attribute("data-state", "ready", timeout=15_000)
+        link = served.locator("a")
+        await expect(link).to_have_attribute(
+            "href", "http://model.kubeflow-user-example-com.kubeflow.example.com"
+            "/v2/models/model/infer")
+        await page.screenshot(path=str(tmp_path / "panel-served.png"))
+    assert page_errors == []

@@ -108,6 +108,25 @@ export interface ISubmitted {
   pipeline_id: string;
   version_id: string;
   experiment_id: string;
+  /** The `serve:VAR` models and the InferenceServices the run deploys them as. */
+  served?: { variable: string; name: string }[];
+}
+
+/** A served model's InferenceService on the cluster (see kale_py/server.py ServingHandler). */
+export interface IServedModel {
+  variable: string;
+  name: string;
+  /** ready | not ready | not deployed | foreign */
+  state: string;
+  /** The V2 `infer` URL, once KServe reports one. */
+  url: string;
+  /** Why it is not ready, or not deployed. */
+  message: string;
+}
+
+export interface IServingStatus {
+  namespace: string;
+  services: IServedModel[];
 }
 
 export interface IVolumes {
@@ -302,6 +321,10 @@ export class KalePyAPI {
     }
   ): Promise<ISubmitted> {
     return post('submit', { path, ...options }, this.settings);
+  }
+
+  getServing(path: string): Promise<IServingStatus> {
+    return requestAPI('serving' + query({ path }), {}, this.settings);
   }
 
   listExperiments(host?: string): Promise<{ id: string; name: string }[]> {

@@ -17,6 +17,7 @@ import {
   IKfpRunStatus,
   IRun,
   IRunSummary,
+  IServingStatus,
   ISubmitted,
   ITune,
   ITuneRequest,
@@ -70,6 +71,8 @@ interface INotebookState {
   tune: IActionState<ITune>;
   /** The last `nb2pipe verify` of the notebook: kernel against pipeline. */
   verify: IActionState<IVerifyResult>;
+  /** The served models' InferenceServices, read once a submitted run has ended. */
+  serving: IActionState<IServingStatus>;
 }
 
 function freshState(): INotebookState {
@@ -82,7 +85,8 @@ function freshState(): INotebookState {
     runs: [],
     kfpRun: null,
     tune: idle(),
-    verify: idle()
+    verify: idle(),
+    serving: idle()
   };
 }
 
@@ -453,6 +457,7 @@ export class PipelineModel {
   }): Promise<void> {
     const path = this.path;
     this._state(path).kfpRun = null;
+    this._state(path).serving = idle();
     await this._action('submit', async path => {
       await this._notebook?.context.save();
       return this.api.submit(path, {
@@ -466,7 +471,16 @@ export class PipelineModel {
     const submitted = this._state(path).submit.result;
     if (submitted && !submitted.recurring_run_id) {
       await this._followKfpRun(path, submitted.run_id, options);
+      const ended = this._state(path).kfpRun?.state === 'SUCCEEDED';
+      if (submitted.served?.length && ended && this.path === path) {
+        await this.refreshServing();
+      }
     }
+  }
+
+  /** Read the served models' InferenceServices (their state and URL) from the cluster. */
+  async refreshServing(): Promise<void> {
+    await this._action('serving', path => this.api.getServing(path));
   }
 
   /** Poll the submitted run on the KFP endpoint until it ends. */
@@ -547,7 +561,7 @@ export class PipelineModel {
     }
   }
 
-  private async _action<K extends 'compile' | 'submit' | 'verify'>(
+  private async _action<K extends 'compile' | 'submit' | 'verify' | 'serving'>(
     kind: K,
     call: (path: string) => Promise<NonNullable<INotebookState[K]['result']>>
   ): Promise<void> {

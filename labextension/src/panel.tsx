@@ -1225,8 +1225,65 @@ function SubmitSection(props: IActionProps): JSX.Element {
           )}
         </div>
       )}
+      {action.result?.served && action.result.served.length > 0 && (
+        <ServedModels model={model} served={action.result.served} />
+      )}
       <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
     </Section>
+  );
+}
+
+/** The submitted pipeline's served models: their InferenceServices' state and URL. */
+function ServedModels(props: {
+  model: PipelineModel;
+  served: { variable: string; name: string }[];
+}): JSX.Element {
+  const { model } = props;
+  const serving = model.state.serving;
+  const found = new Map((serving.result?.services ?? []).map(s => [s.variable, s]));
+  return (
+    <div id="kale-py-served" className="kale-py-result">
+      <div>Served models (KServe):</div>
+      <ul>
+        {props.served.map(s => {
+          const service = found.get(s.variable);
+          return (
+            <li
+              key={s.variable}
+              className="kale-py-served-model"
+              data-variable={s.variable}
+              data-state={service?.state ?? 'unknown'}
+            >
+              <b>{s.variable}</b> as <code>{s.name}</code>
+              {service?.state === 'ready' ? (
+                <>
+                  {': '}
+                  <a href={service.url} target="_blank" rel="noopener noreferrer">
+                    {service.url}
+                  </a>
+                </>
+              ) : (
+                <span>
+                  {': '}
+                  {service
+                    ? `${service.state}${service.message ? ` (${service.message})` : ''}`
+                    : 'deployed when the run ends'}
+                </span>
+              )}
+            </li>
+          );
+        })}
+      </ul>
+      <button
+        id="kale-py-served-refresh"
+        className="jp-mod-styled"
+        disabled={serving.busy}
+        onClick={() => void model.refreshServing()}
+      >
+        {serving.busy ? 'Reading…' : 'Refresh'}
+      </button>
+      <ActionError model={model} error={serving.error} diagnostics={serving.diagnostics} />
+    </div>
   );
 }
 

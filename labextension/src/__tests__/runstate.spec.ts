@@ -39,6 +39,7 @@ function summary(id: string, status: IRunSummary['status']): IRunSummary {
 
 class FakeAPI {
   calls: string[] = [];
+  served: { variable: string; name: string }[] | undefined = undefined;
   runs: IRunSummary[] = [summary('r2', 'succeeded'), summary('r1', 'failed')];
   states: IRun[] = [];
   kfpStates: string[] = [];
@@ -64,7 +65,12 @@ class FakeAPI {
   async submit(): Promise<unknown> {
     this.calls.push('submit');
     return { run_id: 'k1', run_url: 'http://kfp/#/runs/k1', pipeline_id: 'p', version_id: 'v',
-             experiment_id: 'e' };
+             experiment_id: 'e', served: this.served };
+  }
+  async getServing(path: string): Promise<unknown> {
+    this.calls.push(`serving ${path}`);
+    return { namespace: 'team-a', services: [{ variable: 'model', name: 'model', state: 'ready',
+             url: 'http://model.team-a.example.com/v2/models/model/infer', message: '' }] };
   }
   async getKfpRun(id: string, options: { host?: string }): Promise<IKfpRunStatus> {
     this.calls.push(`kfp ${id} ${options.host}`);
@@ -135,5 +141,26 @@ describe('PipelineModel runs', () => {
       'kfp k1 http://kfp'
     ]);
     expect(model.state.kfpRun).toMatchObject({ state: 'FAILED', failed_step: 'train' });
+    // a failed run deployed nothing: the served models are not looked up
+    expect(api.calls.filter(c => c.startsWith('serving'))).toEqual([]);
+  });
+
+  it('reads the served models once a submitted run has succeeded', async () => {
+    api.served = [{ variable: 'model', name: 'model' }];
+    api.kfpStates = ['RUNNING', 'SUCCEEDED'];
+    await model.submit({ host: 'http://kfp', experiment: '', token: '', params: {} });
+    expect(api.calls.filter(c => c.startsWith('serving'))).toEqual(['serving dir/nb.ipynb']);
+    expect(model.state.serving.result?.services[0]).toMatchObject({
+      state: 'ready',
+      url: 'http://model.team-a.example.com/v2/models/model/infer'
+    });
+    await model.refreshServing();
+    expect(api.calls.filter(c => c.startsWith('serving'))).toHaveLength(2);
+  });
+
+  it('does not look for served models when the pipeline serves none', async () => {
+    await model.submit({ host: 'http://kfp', experiment: '', token: '', params: {} });
+    expect(model.state.kfpRun?.state).toBe('SUCCEEDED');
+    expect(api.calls.filter(c => c.startsWith('serving'))).toEqual([]);
   });
 });
