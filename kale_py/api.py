@@ -362,7 +362,8 @@ def compile_katib(
     spec = build_search(pipeline, search or [], objective, maximize, algorithm, trials,
                         parallel)
     values = parse_param_overrides(pipeline.parameters, _texts(params))
-    compiled = compile_pipeline(pipeline, values, image=image)
+    # the trials run the pipeline without deploying its served models
+    compiled = compile_pipeline(pipeline, values, image=image, serve=False)
     name = katib_name(pipeline_name(pipeline))
     s = pipeline.settings
     manifests = katib_manifests(

@@ -689,3 +689,22 @@ async def test_the_panels_route_reads_the_services(
     assert answer == {"namespace": NAMESPACE, "services": [{
         "variable": "model", "name": "model", "state": "ready", "message": "",
         "url": f"http://model.{NAMESPACE}.kubeflow.example.com/v2/models/model/infer"}]}
+
+
+def test_tuning_trials_run_the_pipeline_without_deploying_the_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nb = notebook(tmp_path / "reg.ipynb", "sklearn")
+    data = json.loads(nb.read_text())
+    data["cells"].insert(1, code("ALPHA = 0.5", ["pipeline-parameters"]))
+    data["cells"][-1]["source"] = "model = Ridge(alpha=ALPHA).fit(X, y)\nscore = model.score(X, y)"
+    data["cells"].append(code("print(score)", ["pipeline-metrics"]))
+    nb.write_text(json.dumps(data))
+    assert main(["compile", str(nb), "-o", str(tmp_path / "p.yaml"), "--tune", "--search",
+                 "ALPHA=0.1..1", "--objective", "score", "--maximize"]) == 0, \
+        capsys.readouterr().err
+    # the pipeline itself deploys the model; the trials' copy of it does not
+    assert "deploy-model" in spec_of(tmp_path / "p.yaml")["root"]["dag"]["tasks"]
+    listing = json.loads((tmp_path / "p.katib.yaml").read_text())
+    config_map = listing["items"][0]
+    trial_spec = json.loads(config_map["data"]["pipeline.json"])["pipeline_spec"]
+    assert set(trial_spec["root"]["dag"]["tasks"]) == {"kale-runtime", "data", "train"}

@@ -61,8 +61,12 @@ def compile_pipeline(
     discover: bool = True,
     install_packages: bool = False,
     step_image: str | None = None,
+    serve: bool = True,
 ) -> CompiledPipeline:
     """Build, validate and render the pipeline; ``params`` override parameter defaults.
+
+    With ``serve`` (the default) each ``serve:VAR`` model gets its export and deploy tasks;
+    a tuning trial's pipeline goes without them (a trial must not redeploy the model).
 
     With ``discover``, inside a Kubeflow notebook pod the steps get the pod's image, volumes
     and PodDefault labels when the notebook's metadata names none (see :mod:`kale_py.cluster`).
@@ -85,6 +89,8 @@ def compile_pipeline(
     definition = pipeline_to_definition(pipeline, params or {}, image, install, found,
                                         python=built.python if built else None,
                                         poddefaults=poddefaults)
+    if not serve:
+        definition = replace(definition, serves=())
     spec, platform = build_ir(definition)
     validate_ir(spec, platform)
     text = ir_to_yaml(spec, platform)
