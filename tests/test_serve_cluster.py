@@ -708,3 +708,13 @@ def test_tuning_trials_run_the_pipeline_without_deploying_the_model(
     config_map = listing["items"][0]
     trial_spec = json.loads(config_map["data"]["pipeline.json"])["pipeline_spec"]
     assert set(trial_spec["root"]["dag"]["tasks"]) == {"kale-runtime", "data", "train"}
+
+
+def test_a_pipeline_account_that_may_not_make_secrets_is_told_what_to_name(
+        tmp_path: Path, cluster: FakeKubernetes, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster.forbidden.add(("create", "secrets"))
+    assert _deploy(tmp_path)[0] == 1
+    err = capsys.readouterr().err
+    assert "cannot write the Secret kale-py-serving-s3 that lets KServe read the model" in err
+    assert "HTTP 403" in err and "(serving.service_account)" in err
+    assert not cluster.inference_services

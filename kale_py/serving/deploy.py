@@ -202,8 +202,10 @@ def _create_or_replace(kube: Kube, collection: str, body: dict[str, Any]) -> Non
             body["metadata"]["resourceVersion"] = current["metadata"].get("resourceVersion")
             status, found = kube.request("PUT", f"{collection}/{name}", body)
     if status not in (200, 201):
-        raise DeployError(f"cannot write {body['kind']} {name} (HTTP {status}: "
-                          f"{_message(found)})")
+        raise DeployError(f"cannot write the {body['kind']} {name} that lets KServe read the "
+                          f"model (HTTP {status}: {_message(found)}): name a service account "
+                          "that can read the artifact store in the notebook metadata "
+                          "(serving.service_account)")
 
 
 def apply(kube: Kube, service: dict[str, Any]) -> int:
