@@ -109,6 +109,30 @@ def _served(pipeline: Pipeline) -> list[dict[str, str]]:
     return served_services(pipeline)
 
 
+def start_serving(path: str | Path, variable: str | None = None, run_id: str | None = None,
+                  port: int | None = None) -> dict[str, Any]:
+    """Serve the ``serve:VAR`` model a local run saved (``nb2pipe serve`` in the background,
+    on 127.0.0.1); once it is ready, where: ``{"url", "port", "pid", "name", "variable",
+    "step", "run_id", ...}``. A notebook has one model server: starting one stops the last."""
+    from .serving.background import start_serving as start
+
+    return start(path, variable, run_id, port)
+
+
+def local_serving(path: str | Path) -> dict[str, Any] | None:
+    """The notebook's running model server (as :func:`start_serving` answered), or None."""
+    from .serving.background import serving_state
+
+    return serving_state(path)
+
+
+def stop_serving(path: str | Path) -> dict[str, Any] | None:
+    """Stop the notebook's model server; what it served, or None if none was running."""
+    from .serving.background import stop_serving as stop
+
+    return stop(path)
+
+
 def serving_status(path: str | Path, namespace: str | None = None) -> dict[str, Any]:
     """The InferenceServices of the notebook's ``serve:VAR`` models on the cluster: for each,
     its state (ready, not ready, not deployed, foreign), its V2 ``infer`` URL and why it is

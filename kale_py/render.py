@@ -75,6 +75,8 @@ def pipeline_to_dict(p: Pipeline) -> dict[str, Any]:
             "description": p.settings.pipeline_description,
         },
         "steps": steps,
+        # serve:VAR models and the steps whose values of them are served
+        "served": [{"variable": v, "step": s} for v, s in sorted(p.served.items())],
         "edges": [
             {"source": e.source, "target": e.target, "variables": list(e.variables), "kind": e.kind}
             for e in p.edges

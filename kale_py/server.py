@@ -390,6 +390,50 @@ class ServingHandler(KalePyHandler):
             self.finish_json(result)
 
 
+class ServeHandler(KalePyHandler):
+    """The notebook's local model server (``nb2pipe serve`` in the background).
+
+    ``GET serve?path=NB``: ``{"serving": RECORD or null}``. ``POST serve`` with
+    ``{"path", "variable"?, "run"?}`` starts it and answers 201 with its record once the model
+    is ready: ``{"url": "http://127.0.0.1:P/v2/models/NAME/infer", "port", "pid", "name",
+    "variable", "step", "run_id", "started", "notebook"}``; 422 with NB801/NB802/NB803/NB805
+    when there is nothing to serve or it cannot be loaded. ``POST serve/stop`` with
+    ``{"path"}`` stops it: ``{"stopped": RECORD or null}``.
+    """
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        from kale_py import api
+
+        path = self.query_path()
+        result = await self.call_api(lambda: {"serving": api.local_serving(path)})
+        if result is not None:
+            self.finish_json(result)
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        from kale_py import api
+
+        body = self.json_body()
+        path = self.notebook_path(body.get("path"))
+        result = await self.call_api(api.start_serving, path, _expect(body, "variable", str),
+                                     _expect(body, "run", str))
+        if result is not None:
+            self.set_status(201)
+            self.finish_json(result)
+
+
+class ServeStopHandler(KalePyHandler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        from kale_py import api
+
+        path = self.notebook_path(self.json_body().get("path"))
+        result = await self.call_api(lambda: {"stopped": api.stop_serving(path)})
+        if result is not None:
+            self.finish_json(result)
+
+
 class ExperimentsHandler(KalePyHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
@@ -437,6 +481,8 @@ ROUTES: list[tuple[str, type[KalePyHandler]]] = [
     ("submit", SubmitHandler),
     ("verify", VerifyHandler),
     ("serving", ServingHandler),
+    ("serve", ServeHandler),
+    ("serve/stop", ServeStopHandler),
     (f"kfp-runs/{RUN_ID}", KfpRunHandler),
     ("experiments", ExperimentsHandler),
     ("volumes", VolumesHandler),

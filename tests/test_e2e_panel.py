@@ -544,13 +544,18 @@ def kube_lab(request: pytest.FixtureRequest, tmp_path: Path,
     url, root = request.getfixturevalue("lab")
     yield url, root, fake
     fake.stop()
+    # a model server the test started and did not get to stop (it has its own session)
+    for record in (root / ".nb2pipe" / "serving").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            os.killpg(int(json.loads(record.read_text())["pid"]), 9)
 
 
 async def test_a_submitted_run_shows_where_its_model_is_served(
     kube_lab: tuple[str, Path, Any], tmp_path: Path, kfp: Any
 ) -> None:
-    """Submit a notebook with a serve:VAR model (to the fake KFP backend); once the run has
-    succeeded the panel reads the model's InferenceService and links its V2 URL."""
+    """Run a notebook with a serve:VAR model, serve its model locally from the panel and ask
+    it for a prediction; submit it (to the fake KFP backend), and once the run has succeeded
+    the panel reads the model's InferenceService and links its V2 URL."""
     from playwright.async_api import expect
 
     url, root, fake = kube_lab
@@ -564,6 +569,29 @@ async def test_a_submitted_run_shows_where_its_model_is_served(
         panel = await _open_panel(page)
         await expect(panel.locator("#kale-py-analysis-status")).to_contain_text(
             "2 step(s)", timeout=30_000)
+        # Serve locally: run the pipeline, then serve the model its run saved, ask it for a
+        # prediction over V2 as a user's kernel would, and stop it
+        await panel.locator("#kale-py-run").click()
+        await expect(panel.locator("#kale-py-run-status")).to_have_attribute(
+            "data-status", "succeeded", timeout=120_000)
+        await panel.locator("#kale-py-serve-section > summary").click()
+        await panel.locator("#kale-py-serve").click()
+        serving = panel.locator("#kale-py-serve-result")
+        await expect(serving).to_contain_text("Serving model (step train", timeout=120_000)
+        infer = await serving.get_attribute("data-url")
+        assert infer is not None and infer.endswith("/v2/models/model/infer")
+        request = urllib.request.Request(infer, data=json.dumps({"inputs": [{
+            "name": "x", "shape": [1, 1], "datatype": "FP64", "data": [3.0]}]}).encode(),
+            headers={"Content-Type": "application/json"})
+        answer = await asyncio.to_thread(lambda: json.loads(
+            urllib.request.urlopen(request, timeout=30).read()))
+        [prediction] = answer["outputs"][0]["data"]
+        # Ridge(alpha=1) through (0, 0), (1, 1), (2, 2): slope 2/3, intercept 1/3
+        assert abs(prediction - 7 / 3) < 1e-9
+        await page.screenshot(path=str(tmp_path / "panel-serve.png"))
+        await panel.locator("#kale-py-serve-stop").click()
+        await expect(serving).to_have_count(0, timeout=30_000)
+
         await panel.locator("#kale-py-submit-section > summary").click()
         await panel.locator("#kale-py-host").fill(kfp.url)
         await panel.locator("#kale-py-submit").click()

@@ -186,3 +186,72 @@ def test_a_damaged_model_file_is_refused_before_it_is_unpickled(
     err = capsys.readouterr().err
     assert "NB805" in err and "damaged or was replaced" in err and "'model'" in err
     assert "Traceback" not in err
+
+
+# --- serving in the background, as the panel starts it ---------------------------------------
+
+
+def test_serving_in_the_background_answers_until_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kale_py import api
+
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
+    nb = write(tmp_path / "iris.ipynb", IRIS)
+    assert main(["run", str(nb), "--progress", "quiet"]) == 0, capsys.readouterr()
+    from sklearn.datasets import load_iris
+
+    rows, _ = load_iris(return_X_y=True, as_frame=True)
+    rows = rows.iloc[[0, 60, 120]]
+    record = api.start_serving(nb)
+    try:
+        assert record["url"] == f"http://127.0.0.1:{record['port']}/v2/models/model/infer"
+        assert (record["variable"], record["step"]) == ("model", "train")
+        assert api.local_serving(nb) == record
+        answer = _post(record["url"], {"inputs": [{
+            "name": "x", "shape": list(rows.shape), "datatype": "FP64",
+            "data": rows.to_numpy().ravel().tolist()}]})
+        assert answer["outputs"][0]["data"] == [0, 1, 2]
+        # a second start replaces the first server: one per notebook
+        again = api.start_serving(nb)
+        assert again["pid"] != record["pid"] and api.local_serving(nb) == again
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(record["url"].rsplit("/", 1)[0] + "/ready", timeout=2)
+    finally:
+        stopped = api.stop_serving(nb)
+    assert stopped is not None and stopped["pid"] == again["pid"]
+    assert api.local_serving(nb) is None and api.stop_serving(nb) is None
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(again["url"].rsplit("/", 1)[0] + "/ready", timeout=2)
+
+
+def test_serving_in_the_background_before_any_run_starts_nothing(tmp_path: Path) -> None:
+    from kale_py import api
+    from kale_py.diagnostics import RunError
+
+    nb = write(tmp_path / "iris.ipynb", IRIS)
+    with pytest.raises(RunError) as caught:
+        api.start_serving(nb)
+    assert caught.value.diagnostics[0].code == "NB802"
+    assert api.local_serving(nb) is None
+
+
+def test_a_model_the_server_refuses_is_its_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kale_py import api
+    from kale_py.diagnostics import RunError
+
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
+    nb = write(tmp_path / "iris.ipynb", IRIS)
+    assert main(["run", str(nb), "--progress", "quiet"]) == 0
+    [saved] = [p for p in (tmp_path / ".nb2pipe" / "runs").rglob("model*.kpk")
+               if "/state/" in str(p)]
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(RunError) as caught:
+        api.start_serving(nb)
+    [diagnostic] = caught.value.diagnostics
+    assert diagnostic.code == "NB805" and "damaged or was replaced" in diagnostic.message
+    assert api.local_serving(nb) is None

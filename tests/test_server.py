@@ -82,6 +82,9 @@ class FakeAPI:
             "verify": {"ok": True, "differences": [], "unstable": [], "compared": 0,
                        "steps": []},
             "serving_status": {"namespace": "ns", "services": []},
+            "start_serving": {"url": "http://127.0.0.1:9/v2/models/model/infer", "port": 9},
+            "local_serving": None,
+            "stop_serving": None,
         }
         module = types.ModuleType("kale_py.api")
         for name, result in results.items():
@@ -128,6 +131,9 @@ ROUTES = [
     ("GET", "volumes", None),
     ("GET", "poddefaults", None),
     ("GET", "serving", None),
+    ("GET", "serve", None),
+    ("POST", "serve", {"path": "nb.ipynb"}),
+    ("POST", "serve/stop", {"path": "nb.ipynb"}),
 ]
 ROUTE_IDS = [f"{method} {route}" for method, route, _ in ROUTES]
 

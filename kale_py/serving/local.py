@@ -46,9 +46,20 @@ def served_variable(pipeline: Pipeline, variable: str | None) -> tuple[str, str]
     return variable, pipeline.served[variable]
 
 
-def load_served(pipeline: Pipeline, variable: str | None = None, run_id: str | None = None,
-                name: str | None = None) -> ServedModel:
-    """The served variable as the run (default: the latest that saved it) left it."""
+@dataclass(frozen=True)
+class SavedModel:
+    """Where a local run saved the served variable: found, not loaded."""
+
+    variable: str
+    step: str
+    run_id: str
+    directory: Path
+    runs_dir: Path
+
+
+def find_served(pipeline: Pipeline, variable: str | None = None,
+                run_id: str | None = None) -> SavedModel:
+    """The local run (default: the latest) that saved the served variable, and where."""
     from kale_py import marshal
 
     variable, step = served_variable(pipeline, variable)
@@ -62,28 +73,38 @@ def load_served(pipeline: Pipeline, variable: str | None = None, run_id: str | N
         if record.get("status") not in ("succeeded", "cached"):
             continue
         directory = RunDirectory(runs_dir / run["run_id"]).state(kfp_name)
-        if not (directory / marshal.MANIFEST_NAME).is_file():
-            continue
-        # as a step loads its inputs: the manifest signed with this user's key, every byte
-        # checked against it, before anything is unpickled
-        try:
-            manifest = marshal.read_manifest(directory, key=user_key(), producer=step)
-            saved = manifest["variables"].get(variable)
-            if saved is None:
-                continue
-            value = marshal.load_variable(saved, directory, allowed_root=runs_dir,
-                                          producer=step)
-        except marshal.StateError as exc:
-            raise RunError(error("NB805", str(exc), step=step)) from None
-        if not callable(getattr(value, "predict", None)):
-            raise RunError(error("NB804", f"{variable!r} is a {type(value).__name__}, which "
-                                 "has no predict method: tag the trained model",
-                                 step=step))
-        return ServedModel(name or service_name(variable), variable, step, run["run_id"],
-                           value)
+        if (directory / marshal.MANIFEST_NAME).is_file():
+            return SavedModel(variable, step, run["run_id"], directory, runs_dir)
     which = f"run {run_id}" if run_id else "no local run"
     raise RunError(error("NB802", f"{which} has saved {variable!r} (step {step!r}): run "
                          "the notebook first with nb2pipe run", step=step))
+
+
+def load_served(pipeline: Pipeline, variable: str | None = None, run_id: str | None = None,
+                name: str | None = None) -> ServedModel:
+    """The served variable as the run (default: the latest that saved it) left it."""
+    from kale_py import marshal
+
+    saved = find_served(pipeline, variable, run_id)
+    step = saved.step
+    # as a step loads its inputs: the manifest signed with this user's key, every byte
+    # checked against it, before anything is unpickled
+    try:
+        manifest = marshal.read_manifest(saved.directory, key=user_key(), producer=step)
+        record = manifest["variables"].get(saved.variable)
+        if record is None:
+            raise RunError(error("NB802", f"run {saved.run_id} has not saved "
+                                 f"{saved.variable!r} (step {step!r}): run the notebook again "
+                                 "with nb2pipe run", step=step))
+        value = marshal.load_variable(record, saved.directory, allowed_root=saved.runs_dir,
+                                      producer=step)
+    except marshal.StateError as exc:
+        raise RunError(error("NB805", str(exc), step=step)) from None
+    if not callable(getattr(value, "predict", None)):
+        raise RunError(error("NB804", f"{saved.variable!r} is a {type(value).__name__}, which "
+                             "has no predict method: tag the trained model", step=step))
+    return ServedModel(name or service_name(saved.variable), saved.variable, step,
+                       saved.run_id, value)
 
 
 def serve_local(model: ServedModel, port: int = 8080,

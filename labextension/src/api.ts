@@ -49,6 +49,8 @@ export interface IAnalysis {
   parameters: IParameterInfo[];
   metrics: IMetricInfo[];
   diagnostics: IDiagnostic[];
+  /** `serve:VAR` models and the steps whose values of them are served. */
+  served?: { variable: string; step: string }[];
 }
 
 export type RunStatus = 'running' | 'succeeded' | 'failed' | 'cancelled';
@@ -122,6 +124,18 @@ export interface IServedModel {
   url: string;
   /** Why it is not ready, or not deployed. */
   message: string;
+}
+
+/** The notebook's local model server (`nb2pipe serve` started by the panel). */
+export interface ILocalServing {
+  url: string;
+  port: number;
+  pid: number;
+  name: string;
+  variable: string;
+  step: string;
+  run_id: string;
+  started: string;
 }
 
 export interface IServingStatus {
@@ -321,6 +335,18 @@ export class KalePyAPI {
     }
   ): Promise<ISubmitted> {
     return post('submit', { path, ...options }, this.settings);
+  }
+
+  startServing(path: string): Promise<ILocalServing> {
+    return post('serve', { path }, this.settings);
+  }
+
+  getLocalServing(path: string): Promise<{ serving: ILocalServing | null }> {
+    return requestAPI('serve' + query({ path }), {}, this.settings);
+  }
+
+  stopServing(path: string): Promise<{ stopped: ILocalServing | null }> {
+    return post('serve/stop', { path }, this.settings);
   }
 
   getServing(path: string): Promise<IServingStatus> {

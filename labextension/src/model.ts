@@ -15,6 +15,7 @@ import {
   ICompiled,
   IDiagnostic,
   IKfpRunStatus,
+  ILocalServing,
   IRun,
   IRunSummary,
   IServingStatus,
@@ -73,6 +74,8 @@ interface INotebookState {
   verify: IActionState<IVerifyResult>;
   /** The served models' InferenceServices, read once a submitted run has ended. */
   serving: IActionState<IServingStatus>;
+  /** The notebook's local model server, if the panel started one (result null: none). */
+  serve: IActionState<ILocalServing>;
 }
 
 function freshState(): INotebookState {
@@ -86,7 +89,8 @@ function freshState(): INotebookState {
     kfpRun: null,
     tune: idle(),
     verify: idle(),
-    serving: idle()
+    serving: idle(),
+    serve: idle()
   };
 }
 
@@ -478,6 +482,52 @@ export class PipelineModel {
     }
   }
 
+  /** Serve the model a local run saved, on this machine (one server per notebook). */
+  async serveLocally(): Promise<void> {
+    await this._action('serve', async path => {
+      await this._notebook?.context.save();
+      return this.api.startServing(path);
+    });
+  }
+
+  /** Stop the notebook's local model server. */
+  async stopServing(): Promise<void> {
+    const path = this.path;
+    const state = this._state(path);
+    if (!path || state.serve.busy) {
+      return;
+    }
+    const action: IActionState<ILocalServing> = { ...state.serve, busy: true, error: null };
+    state.serve = action;
+    this._emit();
+    try {
+      await this.api.stopServing(path);
+      state.serve = idle();
+    } catch (error) {
+      action.busy = false;
+      setFailure(action, error);
+    }
+    this._emit();
+  }
+
+  /** Whether a local model server of the notebook is running (one the panel started). */
+  async refreshLocalServing(): Promise<void> {
+    const path = this.path;
+    if (!path) {
+      return;
+    }
+    const state = this._state(path);
+    try {
+      const answer = await this.api.getLocalServing(path);
+      if (!state.serve.busy) {
+        state.serve = { ...idle(), result: answer.serving };
+      }
+    } catch {
+      // no server reachable: nothing to show
+    }
+    this._emit();
+  }
+
   /** Read the served models' InferenceServices (their state and URL) from the cluster. */
   async refreshServing(): Promise<void> {
     await this._action('serving', path => this.api.getServing(path));
@@ -561,7 +611,7 @@ export class PipelineModel {
     }
   }
 
-  private async _action<K extends 'compile' | 'submit' | 'verify' | 'serving'>(
+  private async _action<K extends 'compile' | 'submit' | 'verify' | 'serving' | 'serve'>(
     kind: K,
     call: (path: string) => Promise<NonNullable<INotebookState[K]['result']>>
   ): Promise<void> {
@@ -635,6 +685,7 @@ export class PipelineModel {
       this.markCells();
       void this.analyseNow();
       void this.refreshRuns();
+      void this.refreshLocalServing();
     });
   }
 

@@ -199,6 +199,7 @@ function PipelineView({ model, openOutput, openGraph }: IBodyProps): JSX.Element
       <CompileSection model={model} params={params} blocked={paramErrors.length > 0} />
       <VerifySection model={model} params={params} blocked={paramErrors.length > 0} />
       <TuneSection model={model} openOutput={openOutput} />
+      {(analysis?.served?.length ?? 0) > 0 && <ServeSection model={model} />}
       <SubmitSection model={model} params={params} blocked={paramErrors.length > 0} />
     </>
   );
@@ -835,6 +836,53 @@ function formatStart(r: IRunSummary): string {
   }
   const d = new Date(r.started);
   return isNaN(d.getTime()) ? r.started : d.toLocaleString();
+}
+
+/** Serve the model a local run saved (`nb2pipe serve`), and stop it. */
+function ServeSection(props: { model: PipelineModel }): JSX.Element {
+  const { model } = props;
+  const action = model.state.serve;
+  const served = model.state.analysis?.served ?? [];
+  const serving = action.result;
+  return (
+    <Section title="Serve locally" id="kale-py-serve-section" open={false}>
+      <div className="kale-py-hint">
+        {served.map(s => s.variable).join(', ')} from the latest local run, over the Open
+        Inference Protocol (V2) with KServe&apos;s model server, on this machine.
+      </div>
+      <div className="kale-py-buttons">
+        <button
+          id="kale-py-serve"
+          className="jp-mod-styled"
+          disabled={action.busy}
+          onClick={() => void model.serveLocally()}
+        >
+          {action.busy ? 'Starting…' : serving ? 'Restart' : 'Serve'}
+        </button>
+        {serving && (
+          <button
+            id="kale-py-serve-stop"
+            className="jp-mod-styled"
+            disabled={action.busy}
+            onClick={() => void model.stopServing()}
+          >
+            Stop
+          </button>
+        )}
+      </div>
+      {serving && (
+        <div id="kale-py-serve-result" className="kale-py-result" data-url={serving.url}>
+          Serving <b>{serving.variable}</b> (step {serving.step}, run {serving.run_id}) at{' '}
+          <code>{serving.url}</code>
+          <pre className="kale-py-serve-example">
+            {`curl -s ${serving.url} -d '{"inputs": [{"name": "x", ` +
+              `"shape": [1, N], "datatype": "FP64", "data": [...]}]}'`}
+          </pre>
+        </div>
+      )}
+      <ActionError model={model} error={action.error} diagnostics={action.diagnostics} />
+    </Section>
+  );
 }
 
 /** Does the pipeline compute what the notebook computes? A kernel run against a pipeline run. */

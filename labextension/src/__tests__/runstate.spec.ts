@@ -67,6 +67,24 @@ class FakeAPI {
     return { run_id: 'k1', run_url: 'http://kfp/#/runs/k1', pipeline_id: 'p', version_id: 'v',
              experiment_id: 'e', served: this.served };
   }
+  serving: unknown = null;
+  async startServing(path: string): Promise<unknown> {
+    this.calls.push(`serve ${path}`);
+    this.serving = { url: 'http://127.0.0.1:9/v2/models/model/infer', port: 9, pid: 7,
+                     name: 'model', variable: 'model', step: 'train', run_id: 'r2',
+                     started: 't' };
+    return this.serving;
+  }
+  async getLocalServing(path: string): Promise<unknown> {
+    this.calls.push(`local serving ${path}`);
+    return { serving: this.serving };
+  }
+  async stopServing(path: string): Promise<unknown> {
+    this.calls.push(`stop serving ${path}`);
+    const stopped = this.serving;
+    this.serving = null;
+    return { stopped };
+  }
   async getServing(path: string): Promise<unknown> {
     this.calls.push(`serving ${path}`);
     return { namespace: 'team-a', services: [{ variable: 'model', name: 'model', state: 'ready',
@@ -156,6 +174,20 @@ describe('PipelineModel runs', () => {
     });
     await model.refreshServing();
     expect(api.calls.filter(c => c.startsWith('serving'))).toHaveLength(2);
+  });
+
+  it('asks whether the notebook is being served when it opens', () => {
+    expect(api.calls).toContain('local serving dir/nb.ipynb');
+    expect(model.state.serve.result).toBeNull();
+  });
+
+  it('serves locally and stops serving', async () => {
+    await model.serveLocally();
+    expect(model.state.serve.result?.url).toBe('http://127.0.0.1:9/v2/models/model/infer');
+    expect(model.state.serve.busy).toBe(false);
+    await model.stopServing();
+    expect(api.calls).toContain('stop serving dir/nb.ipynb');
+    expect(model.state.serve.result).toBeNull();
   });
 
   it('does not look for served models when the pipeline serves none', async () => {
