@@ -168,10 +168,13 @@ def test_an_unknown_serving_key_is_a_warning(tmp_path: Path) -> None:
 # --- run on kfp.local: the export task, then the deploy task outside a cluster ---------------
 
 
+KfpLocal = Callable[..., dict[str, list[str]]]
+
+
 @pytest.fixture
-def kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-              ) -> Iterator[Callable[[Path], dict[str, list[str]]]]:
-    """Run a compiled notebook on kfp.local; each task's resolved command, by task name."""
+def kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KfpLocal]:
+    """Run a compiled notebook on kfp.local; the serving tasks' resolved commands. ``before``
+    is called with each task's command just before it runs."""
     from kfp import components
     from kfp.local import subprocess_task_handler as handler
     from kfp_local_shim import container_components_as_subprocesses
@@ -179,7 +182,8 @@ def kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     original = handler.SubprocessTaskHandler.run
 
-    def go(nb: Path) -> dict[str, list[str]]:
+    def go(nb: Path, before: Callable[[list[str]], None] = lambda command: None
+           ) -> dict[str, list[str]]:
         seen: dict[str, list[str]] = {}
 
         def run(self: handler.SubprocessTaskHandler) -> object:
@@ -187,6 +191,7 @@ def kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             for flag in ("--export-model", "--deploy-model"):
                 if flag in command:
                     seen[flag] = command
+            before(command)
             return original(self)
 
         monkeypatch.setattr(handler.SubprocessTaskHandler, "run", run)
@@ -227,7 +232,7 @@ def _arg(command: list[str], flag: str) -> str:
 
 @pytest.mark.parametrize("kind", ["sklearn", "xgboost", "lightgbm"])
 def test_built_in_runtimes_get_the_model_in_their_own_format(
-        tmp_path: Path, kind: str, kfp_local: Callable[[Path], dict[str, list[str]]],
+        tmp_path: Path, kind: str, kfp_local: KfpLocal,
         capfd: pytest.CaptureFixture[str]) -> None:
     import numpy as np
 
@@ -262,7 +267,7 @@ def test_built_in_runtimes_get_the_model_in_their_own_format(
 
 
 def test_other_models_are_served_by_kale_pys_predictor_over_v2(
-        tmp_path: Path, kfp_local: Callable[[Path], dict[str, list[str]]]) -> None:
+        tmp_path: Path, kfp_local: KfpLocal) -> None:
     import numpy as np
 
     seen = kfp_local(notebook(tmp_path / "scaled.ipynb", "kale-py"))
@@ -324,7 +329,7 @@ def _predictor(command: list[str], models: Path, rows: Any) -> Any:
             process.stdout.close()
 
 
-def _predictor_refuses(tmp_path: Path, kfp_local: Callable[[Path], dict[str, list[str]]],
+def _predictor_refuses(tmp_path: Path, kfp_local: KfpLocal,
                        damage: Callable[[Path], None]) -> str:
     seen = kfp_local(notebook(tmp_path / "scaled.ipynb", "kale-py"))
     command = seen["--deploy-model"]
@@ -340,7 +345,7 @@ def _predictor_refuses(tmp_path: Path, kfp_local: Callable[[Path], dict[str, lis
 
 
 def test_the_predictor_refuses_a_model_changed_in_storage(
-        tmp_path: Path, kfp_local: Callable[[Path], dict[str, list[str]]]) -> None:
+        tmp_path: Path, kfp_local: KfpLocal) -> None:
     def flip(models: Path) -> None:
         data = bytearray((models / "model.kpk").read_bytes())
         data[-5] ^= 0xFF
@@ -352,7 +357,7 @@ def test_the_predictor_refuses_a_model_changed_in_storage(
 
 
 def test_the_predictor_refuses_a_replaced_runtime(
-        tmp_path: Path, kfp_local: Callable[[Path], dict[str, list[str]]]) -> None:
+        tmp_path: Path, kfp_local: KfpLocal) -> None:
     def replace(models: Path) -> None:
         (models / RUNTIME_FILE).write_bytes(b"PK\x05\x06" + b"\0" * 18)
 
@@ -362,7 +367,7 @@ def test_the_predictor_refuses_a_replaced_runtime(
 
 def test_a_model_without_predict_fails_the_export_task_with_one_line(
         tmp_path: Path, capfd: pytest.CaptureFixture[str],
-        kfp_local: Callable[[Path], dict[str, list[str]]]) -> None:
+        kfp_local: KfpLocal) -> None:
     nb = notebook(tmp_path / "reg.ipynb", "sklearn", tags=("serve:X",))
     with pytest.raises(RuntimeError):
         kfp_local(nb)
@@ -718,3 +723,75 @@ def test_a_pipeline_account_that_may_not_make_secrets_is_told_what_to_name(
     assert "cannot write the Secret kale-py-serving-s3 that lets KServe read the model" in err
     assert "HTTP 403" in err and "(serving.service_account)" in err
     assert not cluster.inference_services
+
+
+def test_state_changed_in_the_artifact_store_is_refused_by_the_export_task(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], kfp_local: KfpLocal) -> None:
+    def damage(command: list[str]) -> None:
+        if "--export-model" in command:
+            state = Path(_arg(command, "--state-in"))
+            data = bytearray((state / "model.kpk").read_bytes())
+            data[-9] ^= 0xFF
+            (state / "model.kpk").write_bytes(bytes(data))
+
+    with pytest.raises(RuntimeError):
+        kfp_local(notebook(tmp_path / "reg.ipynb", "sklearn"), damage)
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "kale_py: cannot export 'model':" in text and "digest mismatch" in text
+    assert not list(tmp_path.glob("kfp/*/export-model/model/*"))
+
+
+def test_without_kserve_in_the_image_the_python_predictor_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from kale_py.serving import export
+
+    class Scaled:
+        def predict(self, X: Any) -> Any:
+            return X
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "kserve" else real(name, *a))
+    problem = export.predictor_problem(Scaled(), export.PYTHON, None)
+    assert problem is not None
+    assert "Scaled: kale_py serves it with its Python predictor, in this step's image, which " \
+        "lacks KServe's model server" in problem and "(serving.image)" in problem
+    # another image named for the predictor, or a built-in runtime: nothing to refuse here
+    assert export.predictor_problem(Scaled(), export.PYTHON, "team/serve:1") is None
+    assert export.predictor_problem(Scaled(), export.SKLEARN, None) is None
+
+
+def _shift(X: Any) -> Any:
+    return X + 1
+
+
+def test_which_runtime_serves_which_model() -> None:
+    import lightgbm as lgb
+    import numpy as np
+    import xgboost as xgb
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    from kale_py.serving.export import model_format
+
+    X, y = np.arange(40.0).reshape(20, 2), np.arange(20) % 2
+    pure = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    assert model_format(pure) == "sklearn"
+    assert model_format(RandomForestClassifier(n_estimators=3).fit(X, y)) == "sklearn"
+    # a function of the notebook's (here: of this module) cannot be loaded by the runtime
+    custom = make_pipeline(FunctionTransformer(_shift), LogisticRegression()).fit(X, y)
+    assert model_format(custom) == "kale-py"
+    assert model_format(make_pipeline(FunctionTransformer(lambda v: v),
+                                      LogisticRegression()).fit(X, y)) == "kale-py"
+    booster = xgb.train({"max_depth": 2}, xgb.DMatrix(X, y), num_boost_round=2)
+    assert model_format(booster) == "xgboost"
+    assert model_format(xgb.XGBClassifier(n_estimators=2).fit(X, y)) == "xgboost"
+    assert model_format(lgb.LGBMClassifier(n_estimators=2, verbose=-1,
+                                           min_child_samples=2).fit(X, y)) == "lightgbm"
+    # asked for: the Python predictor, whatever the model
+    assert model_format(pure, "python") == "kale-py"

@@ -30,7 +30,6 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import pickle
 import shutil
 import sys
@@ -119,14 +118,11 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--executor-output")
     p.add_argument("--predictor", choices=("auto", "python"), default="auto")
     p.add_argument("--image", help="the Python predictor's image, when it is not this one")
-    p.add_argument("--workdir")
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = _arguments(argv)
-    if args.workdir:
-        os.chdir(args.workdir)
     try:
         # the producer's imports and functions cells first: the model's classes may be theirs
         namespace = _prelude()
@@ -147,15 +143,17 @@ def main(argv: list[str]) -> int:
               "method: tag the trained model with serve:VAR", file=sys.stderr)
         return 1
     fmt = model_format(model, args.predictor)
-    if fmt == PYTHON and not args.image and importlib.util.find_spec("kserve") is None:
-        print(f"kale_py: {args.variable!r} is a {type(model).__module__}."
-              f"{type(model).__name__}: kale_py serves it with its Python predictor, in this "
-              "step's image, which lacks KServe's model server. Add kserve to the image (or "
-              "compile with --install-packages), or name an image that has it and the model's "
-              "libraries in the notebook metadata (serving.image)", file=sys.stderr)
+    problem = predictor_problem(model, fmt, args.image)
+    if problem:
+        print(f"kale_py: {args.variable!r} {problem}", file=sys.stderr)
         return 1
     out = Path(args.model_out)
-    digest = export_model(model, out, fmt)
+    try:
+        digest = export_model(model, out, fmt)
+    except marshal.StateError as exc:
+        print(f"kale_py: cannot export {args.variable!r} for the {fmt} runtime: {exc}",
+              file=sys.stderr)
+        return 1
     if fmt == PYTHON:
         _copy_runtime(out / RUNTIME_FILE)
     _write(args.format_out, fmt)
@@ -169,6 +167,18 @@ def main(argv: list[str]) -> int:
     print(f"kale_py: exported {args.variable!r} ({type(model).__name__}) for the {fmt} "
           f"runtime: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
+
+
+def predictor_problem(model: Any, fmt: str, image: str | None) -> str | None:
+    """Why the Python predictor could not serve ``model`` in this step's image, if it could
+    not: the image lacks KServe's model server (with ``image`` given, that image is used)."""
+    if fmt != PYTHON or image or importlib.util.find_spec("kserve") is not None:
+        return None
+    return (f"is a {type(model).__module__}.{type(model).__name__}: kale_py serves it with its "
+            "Python predictor, in this step's image, which lacks KServe's model server. Add "
+            "kserve to the image (a step image of an environment that has it, or base_image), "
+            "or name an image that has it and the model's libraries in the notebook metadata "
+            "(serving.image)")
 
 
 def _prelude() -> dict[str, Any]:
