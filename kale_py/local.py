@@ -357,19 +357,24 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def runner_alive(manifest: Mapping[str, Any]) -> bool:
     """Whether the runner that wrote a run.json still runs (False once it died)."""
     pid, started = manifest.get("runner_pid"), manifest.get("runner_started")
     if not isinstance(pid, int):
         return False
     if started is None:  # no /proc: ask the kernel whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_exists(pid)
     return _process_start(pid) == started and _state(pid) not in ("Z", "X", None)
 
 

@@ -34,6 +34,7 @@ from .local import (
     RunPlan,
     kale_py_environment,
     new_run_id,
+    pid_exists,
     plan_run,
     read_json,
     read_runs,
@@ -247,7 +248,7 @@ def _with_lost_runner(manifest: dict[str, Any], run_dir: Path) -> dict[str, Any]
 
         return settle_lost(manifest, run_dir)
     pid = _runner_pid(manifest, run_dir)
-    if pid is None or _alive(pid):
+    if pid is None or pid_exists(pid):
         return manifest
     lost = dict(manifest, status="failed")
     lost["error"] = (
@@ -264,12 +265,3 @@ def _runner_pid(manifest: Mapping[str, Any], run_dir: Path) -> int | None:
     text = (run_dir / "runner.pid").read_text() if (run_dir / "runner.pid").is_file() else ""
     return int(text) if text.strip().isdigit() else None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -40,11 +40,13 @@ import copy
 import json
 import random
 import ssl
+import subprocess
 import threading
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 Json = dict[str, Any]
@@ -73,6 +75,22 @@ def service_account_token(namespace: str = NAMESPACE, name: str = SERVICE_ACCOUN
 
 
 TOKEN = service_account_token()
+
+
+def pod_service_account(directory: Path, token: str = TOKEN) -> tuple[str, str]:
+    """A pod's service-account folder (``token``, ``namespace``, ``ca.crt``) and the API
+    server's TLS pair for :class:`FakeKubernetes`: a self-signed certificate for 127.0.0.1,
+    made with openssl, which is also the CA the pod trusts."""
+    directory.mkdir(parents=True)
+    key = directory.parent / f"{directory.name}-apiserver-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", "/CN=kubernetes", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(directory / "ca.crt")],
+                   check=True, capture_output=True)
+    (directory / "token").write_text(token)
+    (directory / "namespace").write_text(NAMESPACE)
+    return str(directory / "ca.crt"), str(key)
 
 
 def notebook_pod() -> Json:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,6 +21,7 @@ from fake_kubernetes import (
     TOKEN,
     WORKSPACE_CLAIM,
     FakeKubernetes,
+    pod_service_account,
 )
 
 from kale_py import cluster
@@ -355,18 +354,8 @@ def test_unreachable_api_server(k8s: FakeKubernetes) -> None:
 def test_in_cluster_discovery_over_tls_with_the_pod_service_account(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole in-cluster path: environment, service-account files, TLS checked with ca.crt."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
     sa = tmp_path / "serviceaccount"
-    sa.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=kubernetes", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(sa / "ca.crt")],
-                   check=True, capture_output=True)
-    (sa / "token").write_text(TOKEN)
-    (sa / "namespace").write_text(NAMESPACE)
-    fake = FakeKubernetes(tls=(str(sa / "ca.crt"), str(tmp_path / "key.pem"))).start()
+    fake = FakeKubernetes(tls=pod_service_account(sa)).start()
     try:
         monkeypatch.setattr(cluster, "SERVICE_ACCOUNT_DIR", sa)
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fake_kubernetes import NAMESPACE, FakeKubernetes
+from fake_kubernetes import NAMESPACE, FakeKubernetes, pod_service_account
 
 from kale_py.api import check_notebook, compile_notebook
 from kale_py.cli import main
@@ -426,19 +426,8 @@ def test_every_inference_service_validates_against_the_kserve_sdk(fmt: str) -> N
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubernetes]:
     """A fake API server over TLS, reached as a pod reaches it (service-account files)."""
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make a test certificate (.ci/install_system.sh)")
     sa = tmp_path / "serviceaccount"
-    sa.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=kubernetes", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(sa / "ca.crt")],
-                   check=True, capture_output=True)
-    fake = FakeKubernetes(tls=(str(sa / "ca.crt"), str(tmp_path / "key.pem")),
-                          isvc_ready_after=3)
-    (sa / "token").write_text(fake.token)
-    (sa / "namespace").write_text(NAMESPACE)
+    fake = FakeKubernetes(tls=pod_service_account(sa), isvc_ready_after=3)
     fake.secrets[(NAMESPACE, "mlpipeline-minio-artifact")] = {
         "apiVersion": "v1", "kind": "Secret", "metadata": {
             "name": "mlpipeline-minio-artifact", "namespace": NAMESPACE,

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from kale_py.diagnostics import CheckError, RunError, error
-from kale_py.local import STATE_DIR_NAME, kale_py_environment, read_json, write_json_atomic
+from kale_py.local import (
+    STATE_DIR_NAME,
+    kale_py_environment,
+    pid_exists,
+    read_json,
+    write_json_atomic,
+)
 
 _DIAGNOSTIC = re.compile(r"\b(NB\d{3}): (.*)$")
 #: the servers this process started, by pid: kept, so that they are reaped when they end
@@ -118,13 +124,7 @@ def _alive(pid: Any) -> bool:
             return True
         del _STARTED[pid]
         return False
-    try:  # started by another server process: only ask whether it exists
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)  # started by another server process: only ask whether it exists
 
 
 def _ready(port: int, name: str) -> bool:
