@@ -667,11 +667,32 @@ def _submit(args: argparse.Namespace) -> int:
         catchup=not args.no_catchup,
         username=args.username,
     )
+    if args.watch and result["state"] == "SUCCEEDED" and result["served"]:
+        _print_served_urls(args)
+        return 0
     _print_served(result["served"], "when the run ends" if not args.schedule
                   else "when each run ends", args.notebook)
     if args.watch:
         return 0 if result["state"] == "SUCCEEDED" else 1
     return 0
+
+
+def _print_served_urls(args: argparse.Namespace) -> None:
+    """After a watched run: where its served models are (the run itself succeeded, so a
+    Kubernetes API that cannot be read here is a note, not a failure)."""
+    from .api import serving_status
+    from .diagnostics import KalePyError
+
+    try:
+        answer = serving_status(args.notebook, args.namespace)
+    except KalePyError as exc:
+        print(f"the served models' URLs: nb2pipe serve {args.notebook} --cluster (not read "
+              f"here: {exc})")
+        return
+    for s in answer["services"]:
+        detail = s["url"] if s["state"] == "ready" else f"{s['state']}: {s['message']}"
+        print(f"{s['variable']} is served as InferenceService {s['name']} in "
+              f"{answer['namespace']}: {detail}")
 
 
 def _param_arg(parser: argparse.ArgumentParser, help: str) -> None:

@@ -784,3 +784,26 @@ def test_which_runtime_serves_which_model() -> None:
                                            min_child_samples=2).fit(X, y)) == "lightgbm"
     # asked for: the Python predictor, whatever the model
     assert model_format(pure, "python") == "kale-py"
+
+
+def test_a_watched_run_prints_where_its_model_is_served(
+        tmp_path: Path, kfp: Any, kubeconfig: FakeKubernetes,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    kfp.run_states = ("RUNNING", "SUCCEEDED")
+    nb = notebook(tmp_path / "reg.ipynb", "sklearn")
+    _ready_service(kubeconfig)
+    assert main(["submit", str(nb), "--host", kfp.url, "--watch"]) == 0
+    out = capsys.readouterr().out
+    assert (f"model is served as InferenceService model in {NAMESPACE}: "
+            f"http://model.{NAMESPACE}.kubeflow.example.com/v2/models/model/infer") in out
+
+
+def test_a_watched_run_without_kubernetes_credentials_still_succeeds(
+        tmp_path: Path, kfp: Any, clean_kfp_environment: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    kfp.run_states = ("SUCCEEDED",)
+    nb = notebook(tmp_path / "reg.ipynb", "sklearn")
+    assert main(["submit", str(nb), "--host", kfp.url, "--watch"]) == 0
+    out = capsys.readouterr().out
+    assert f"the served models' URLs: nb2pipe serve {nb} --cluster (not read here:" in out
+    assert "no Kubernetes API to read the InferenceServices from" in out
