@@ -1333,6 +1333,7 @@ class _Blocks:
             while not self._cancelled and self._next < self.count:
                 if self._ready >= min((self._next + 1) * _HASH_BLOCK, self.size):
                     self._next += 1
+                    self._changed.notify_all()  # the reader may be waiting for room
                     return self._next - 1
                 if not wait:
                     break
@@ -1343,14 +1344,18 @@ class _Blocks:
         """Blocks read ahead and not yet claimed."""
         return max(0, self._ready // _HASH_BLOCK - self._next)
 
+    def room(self, offset: int) -> bool:
+        """Wait until reading on from ``offset`` stays within _READ_AHEAD_MAX of the hashing
+        (a file larger than the page cache would otherwise be read twice); False: stop."""
+        with self._changed:
+            while not self._cancelled and offset - self._next * _HASH_BLOCK >= _READ_AHEAD_MAX:
+                self._changed.wait()
+            return not self._cancelled
+
     def read_up_to(self, offset: int) -> None:
         with self._changed:
             self._ready = max(self._ready, offset)
             self._changed.notify_all()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
 
     def cancel(self) -> None:
         with self._changed:
@@ -1359,6 +1364,7 @@ class _Blocks:
 
 
 _READ_AHEAD_CHUNK = 8 * 1024 * 1024
+_READ_AHEAD_MAX = 256 * 1024 * 1024  # how far the reading may run ahead of the hashing
 
 
 class _ReadAhead:
@@ -1386,7 +1392,7 @@ class _ReadAhead:
                 return
             sink = os.open(os.devnull, os.O_WRONLY | _O_FLAGS)
             try:
-                while offset < self._size and not self._blocks.cancelled:
+                while offset < self._size and self._blocks.room(offset):
                     sent = sendfile(sink, self._fd, offset,
                                     min(_READ_AHEAD_CHUNK, self._size - offset))
                     if sent <= 0:
