@@ -261,3 +261,45 @@ def test_verification_reads_the_file_once_and_accepts_both_algorithms(tmp_path: 
     loaded = marshal.load_variable(replace(record, hash=sha), tmp_path / "s",
                                    allowed_root=tmp_path)
     assert loaded == list(range(10))
+
+
+@pytest.mark.parametrize("read_ahead", ["sendfile", "no sendfile", "sendfile fails"])
+def test_large_files_verify_block_by_block_however_they_are_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_ahead: str) -> None:
+    """Files of several hash blocks (the last one partial) verify while they are read ahead,
+    and the same when the read-ahead is missing or fails: a damaged last block is caught."""
+    np = pytest.importorskip("numpy")
+    sent: list[int] = []
+    if read_ahead == "sendfile":
+        sendfile = os.sendfile
+
+        def counted(out: int, source: int, offset: int, count: int) -> int:
+            sent.append(count)
+            return sendfile(out, source, offset, count)
+        monkeypatch.setattr(os, "sendfile", counted)
+    elif read_ahead == "no sendfile":
+        monkeypatch.delattr(os, "sendfile", raising=False)
+    elif read_ahead == "sendfile fails":
+        def refuse(*args: object) -> int:
+            raise OSError(22, "Invalid argument")
+        monkeypatch.setattr(os, "sendfile", refuse)
+    array = np.arange(5_000_000, dtype=np.float64)  # 40 MB: 3 blocks, the last one partial
+    state = tmp_path / "s"
+    record = marshal.save_variable("big", array, state)
+    path = state / record.file
+    assert record.bytes > 2 * 16 * 1024 * 1024
+    assert record.hash == marshal.hash_file(path) == marshal.digest_buffer(path.read_bytes())
+    with open(path, "rb") as f:
+        assert marshal.digest_buffer(path.read_bytes(), source=f.fileno()) == record.hash
+    loaded = marshal.load_variable(record, state, allowed_root=tmp_path)
+    assert np.array_equal(loaded, array)
+    del loaded
+    assert sum(sent) >= (2 * record.bytes if read_ahead == "sendfile" else 0)  # read ahead twice
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 1
+    path.write_bytes(data)
+    with pytest.raises(marshal.StateError, match="digest mismatch"):
+        marshal.load_variable(record, state, allowed_root=tmp_path)
+    with pytest.raises(marshal.StateError, match="digest mismatch"):
+        marshal.check_state(state, {"variables": {"big": marshal._entry(record)}},
+                            allowed_root=tmp_path)
