@@ -365,22 +365,25 @@ class _GraphBuilder:
             )
         # Calling a builtin, an imports/functions-cell name or a function defined with `def`
         # does not change it (its global writes are counted separately): no data to pass.
+        # (a set made as before: the order of its names matters to ShareGroups.closure)
         mutated = {n for n in a.mutates if not self._is_code(n)}
         writes = a.binds | mutated | function_writes(called, self.functions)
         writes |= self._shared_writes(state, a, mutated, writes, needed)
         state.writes = writes
         state.reads = frozenset(needed).union(use.name for use in a.callback_free)
-        for name in writes:
-            self.last_writer[name] = step.name
-            self.deleted_by.pop(name, None)
+        self.last_writer.update(dict.fromkeys(writes, step.name))
+        if self.deleted_by:
+            for name in writes & self.deleted_by.keys():
+                del self.deleted_by[name]
         for name in a.deletes:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self._learn_code(a, located)
         self.returns.update(a.returns or {})
         self.undisplayed.append(step)
-        for name in writes:
-            self.carried.pop(name, None)
+        if self.carried:
+            for name in writes & self.carried.keys():
+                del self.carried[name]
         self.carried.update(a.carries)
         if state.hazards:  # functions this step defines that later steps may call
             self.function_touches.update(_function_touches(list(step.cells)))
@@ -476,24 +479,35 @@ class _GraphBuilder:
         groups = self.groups
         state.clock = groups.clock
         shares = [g - self.parameter_names for g in a.shares]
-        shares = [g for g in shares if len(g) > 1 and not any(self._is_code(n) for n in g)]
+        shares = [g for g in shares if len(g) > 1 and self._no_code(g)]
         extra: set[str] = set()
         if mutated and (shares or any(groups.token(n) is not None for n in mutated)):
-            for name in groups.closure(mutated, shares) - writes:
-                provider = self.last_writer.get(name)
-                if provider is not None and provider != PARAMETER and not self._is_code(name):
-                    extra.add(name)
-                    state.partial.setdefault(name, provider)
-        for name in (*needed, *extra, *a.partial_binds):
-            token = groups.token(name)
-            if token is not None:
-                state.start_groups[name] = token
+            last_writer = self.last_writer
+            extra = self._not_code(groups.closure(mutated, shares) - writes)
+            extra = extra & last_writer.keys()  # the names some step or a parameter provides
+            if self.parameter_names:  # (those of the pipeline parameters: not data to load)
+                extra -= {n for n in extra & self.parameter_names if last_writer[n] == PARAMETER}
+            if extra:
+                # They may be changed on some paths only: the step starts from their values.
+                providers: dict[str, str | None] = {name: last_writer[name] for name in extra}
+                providers.update(state.partial)
+                state.partial = providers
+        state.start_groups.update(groups.tokens((*needed, *extra, *a.partial_binds)))
         groups.update(a.rebound, shares)  # ``x += 1`` keeps x's object: not a rebinding
-        for name in writes | extra:
-            token = groups.token(name)
-            if token is not None:
-                state.end_groups[name] = token
+        state.end_groups.update(groups.tokens(writes | extra))
         return extra
+
+    def _not_code(self, names: set[str]) -> set[str]:
+        """Those of ``names`` that are not code (see _is_code), in place."""
+        names -= AMBIENT_NAMES
+        names -= self.prelude_names
+        names.difference_update([n for n in names if n in self.functions])
+        return names
+
+    def _no_code(self, names: frozenset[str]) -> bool:
+        """Whether none of ``names`` is code (see _is_code)."""
+        return (names.isdisjoint(AMBIENT_NAMES) and names.isdisjoint(self.prelude_names)
+                and self.functions.keys().isdisjoint(names))
 
     def _unify_shared_loads(self) -> bool:
         """Names that may share objects come from one step, so they arrive sharing them.
@@ -508,8 +522,10 @@ class _GraphBuilder:
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
             by_group: dict[int, list[str]] = {}
-            for name, token in state.start_groups.items():
-                if name in state.loads:
+            start_groups = state.start_groups
+            for name in state.loads:
+                token = start_groups.get(name)
+                if token is not None:
                     by_group.setdefault(token, []).append(name)
             for names in by_group.values():
                 if len({state.loads[n] for n in names}) > 1:
@@ -763,19 +779,25 @@ class _GraphBuilder:
         together: dict[str, list[list[str]]] = {name: [] for name in self.state}
         for consumer in self.state.values():
             by_group: dict[tuple[str, int], list[str]] = {}
-            for name, token in consumer.start_groups.items():
-                provider = consumer.loads.get(name)
-                if provider is not None and provider in together:
+            start_groups = consumer.start_groups
+            for name, provider in consumer.loads.items():
+                token = start_groups.get(name)
+                if token is not None and provider in together:
                     by_group.setdefault((provider, token), []).append(name)
             for (provider, _), names in by_group.items():
-                together[provider].append(names)
+                if len(names) > 1:
+                    together[provider].append(names)
         result = {}
         for step, state in self.state.items():
             by_token: dict[int, list[str]] = {}
-            for name, token in state.end_groups.items():
-                if name in state.saves:
+            end_groups = state.end_groups
+            for name in state.saves:
+                token = end_groups.get(name)
+                if token is not None:
                     by_token.setdefault(token, []).append(name)
-            result[step] = _partition(state.saves, [*by_token.values(), *together[step]])
+            joined = [names for names in by_token.values() if len(names) > 1]
+            joined += together[step]
+            result[step] = _partition(state.saves, joined) if joined else ()
         return result
 
     def edges(self) -> tuple[Edge, ...]:
@@ -794,7 +816,7 @@ class _GraphBuilder:
 
 def _partition(names: set[str], joined: list[list[str]]) -> tuple[tuple[str, ...], ...]:
     """The groups of two or more of ``names`` that the ``joined`` lists connect."""
-    parent = {name: name for name in names}
+    parent: dict[str, str] = {}  # the names of a list of two or more of them
 
     def find(name: str) -> str:
         while parent[name] != name:
@@ -803,15 +825,16 @@ def _partition(names: set[str], joined: list[list[str]]) -> tuple[tuple[str, ...
         return name
 
     for listed in joined:
-        members = [m for m in listed if m in parent]
+        members = [m for m in listed if m in names]
         if len(members) < 2:
             continue
+        for member in members:
+            parent.setdefault(member, member)
         first = find(members[0])
         for other in members[1:]:
-            parent[find(other)] = first
-            first = find(first)
+            parent[find(other)] = first  # (first stays a root)
     found: dict[str, list[str]] = {}
-    for name in sorted(names):
+    for name in sorted(parent):
         found.setdefault(find(name), []).append(name)
     return tuple(tuple(g) for g in found.values() if len(g) > 1)
 def _string_notes(located: _Located, step: str | None, problems: list[Diagnostic]) -> None:
