@@ -27,10 +27,10 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import string_reads
-from .string_reads import StringNote
+if TYPE_CHECKING:
+    from .string_reads import StringNote
 
 __all__ = [
     "CodeAnalysis",
@@ -715,6 +715,18 @@ def _parameter_list(args: ast.arguments) -> tuple[str, ...]:
 _KEEPING_CALLS = _words(
     "partial partialmethod map filter vectorize lru_cache cache wraps update_wrapper "
     "property staticmethod classmethod singledispatch cached_property"
+)
+
+
+# The callees whose string arguments string_reads.call_reads reads (its CALLEES, which a
+# test keeps equal): formula functions and pandas' query and eval.
+_STRING_CALLEES = _words(
+    """
+    conditional_logit conditional_mnlogit conditional_poisson gee glm glmgam gls glsar
+    logit mixedlm mnlogit negativebinomial nominal_gee ols ordinal_gee phreg poisson probit
+    quantreg rlm wls dmatrix dmatrices incr_dbuilder incr_dbuilders model_matrix Formula
+    query eval from_formula
+    """
 )
 
 
@@ -2238,7 +2250,7 @@ class _Analyser:
         else:
             arguments_safe = False
         callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if callee in string_reads.CALLEES:
+        if callee in _STRING_CALLEES:
             self._string_reads(node)
         if arguments_safe:
             return
@@ -2284,6 +2296,8 @@ class _Analyser:
 
         A name that may be a column of the data (``certain`` false) is read when some step
         binds it and is no error otherwise: a maybe-read, only where it runs now."""
+        from . import string_reads  # (loaded only for notebooks with such calls)
+
         found = string_reads.call_reads(node)
         if found is None:
             return

@@ -36,7 +36,6 @@ from .notebook import Cell, Notebook
 from .output_names import HISTORY, displaying_counts, execution_counts, reads_output_name
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
-from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, is_settings, rng_name, settings_name
 from .settings import NotebookSettings
 from .sharing import Returns, ShareGroups
 
@@ -447,9 +446,12 @@ class _GraphBuilder:
             if provider is not None and provider != PARAMETER:
                 state.loads[name] = provider
                 self.state[provider].saves.add(name)
-        for name in writes:
-            self.last_writer[name] = step.name
-        self.settings_written |= {n for n in writes if is_settings(n)}
+        if writes:
+            from .process_state import is_settings  # (the runtime half: loaded when needed)
+
+            for name in writes:
+                self.last_writer[name] = step.name
+            self.settings_written |= {n for n in writes if is_settings(n)}
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -936,6 +938,10 @@ def _touches(hazards: list[tuple[Hazard, int, int]]) -> tuple[set[str], set[str]
     """The pseudo-variables (settings, generators) hazards read and write."""
     reads: set[str] = set()
     writes: set[str] = set()
+    if not hazards:
+        return reads, writes
+    from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, rng_name, settings_name
+
     for hazard, _, _ in hazards:
         if hazard.kind == "seed" and hazard.detail in RNG_FAMILIES:
             writes.add(rng_name(hazard.detail))
@@ -986,6 +992,7 @@ def _check_hazards(
         if h.kind == "seed"
     }
     ancestors = _ancestors(steps, edges())
+    from .process_state import RNG_FAMILIES
     seeded: dict[str, tuple[str, int]] = {}
     written: dict[str, tuple[str, int]] = {}
     for i, step in enumerate(steps):
