@@ -122,6 +122,7 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None,
     :func:`function_returns` of ``tree`` when the caller has it already.
     """
     found: list[set[str]] = []
+    in_found: set[str] = set()  # the names of the groups in found
     rebound: set[str] = set()
     storing = _storing_lines(source)
     if own is None:
@@ -131,34 +132,68 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None,
         for statement, top in _module_statements(tree.body):
             fresh: set[str] = set()
             try:
-                # The names the value may share, worked out once for both uses below.
-                value = _assigned_value(statement) if top else None
-                shared = None if value is None else may_share(value)
-                groups = [g for g in _statement_shares(statement, storing, shared)
-                          if len(g) > 1]
-                if top:
-                    bound = set(_bound_names(statement))
-                    if bound:
-                        # ``a = a[0]`` or ``a = [a]``: the new value still holds what a held
-                        fresh = bound - (_value_names(statement) if shared is None else shared)
+                kind = type(statement)
+                if kind not in _BINDING:  # groups from storing calls only, nothing rebound
+                    if storing is None or (storing and not storing.isdisjoint(
+                            range(statement.lineno,
+                                  (statement.end_lineno or statement.lineno) + 1))):
+                        groups = [g for g in map(_storing_call, _calls_in(statement))
+                                  if len(g) > 1]
+                        for group in groups:
+                            in_found |= group
+                        found += groups
+                    continue
+                if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                        and isinstance(target := statement.targets[0], ast.Name)):
+                    # ``name = value``, the most frequent statement, as the general case below
+                    value_shares = may_share(statement.value)
+                    group = {target.id, *value_shares}
+                    groups = [group] if len(group) > 1 else []
+                    if storing is None or (storing and not storing.isdisjoint(
+                            range(statement.lineno,
+                                  (statement.end_lineno or statement.lineno) + 1))):
+                        groups += [g for g in map(_storing_call, _calls_in(statement))
+                                   if len(g) > 1]
+                    if top and target.id not in value_shares:
+                        fresh = {target.id}
+                else:
+                    # The names the value may share, worked out once for both uses below.
+                    value = _assigned_value(statement) if top else None
+                    shared = None if value is None else may_share(value)
+                    groups = [g for g in _statement_shares(statement, storing, shared)
+                              if len(g) > 1]
+                    if top:
+                        bound = set(_bound_names(statement))
+                        if bound:
+                            # ``a = a[0]``, ``a = [a]``: the new value holds what a held
+                            fresh = bound - (_value_names(statement) if shared is None
+                                             else shared)
             except RecursionError:  # a very long method chain: every name in it may share
                 groups = [{n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}]
             if fresh:
                 # What shared with the value a name had when the source started still
                 # does: that value is named INCOMING + name from here on.
-                incoming = {INCOMING + n for n in fresh - rebound}
-                rebound |= fresh
-                touched = [g for g in found if not g.isdisjoint(fresh)]
-                if touched:  # (an empty group is left out: it would never count)
+                if not fresh.isdisjoint(in_found):  # (else no group is touched)
+                    incoming = {INCOMING + n for n in fresh - rebound}
+                    touched = [g for g in found if not g.isdisjoint(fresh)]
                     found = [g for g in found if g.isdisjoint(fresh)]
                     union = _union(touched)
                     joined = union - fresh | {INCOMING + n for n in union & fresh} & incoming
-                    if joined:
+                    if joined:  # (an empty group is left out: it would never count)
                         found.append(joined)
+                    in_found = _union(found)
+                rebound |= fresh
+            for group in groups:
+                in_found |= group
             found += groups
     finally:
         _KNOWN.reset(context)
     return tuple(frozenset(g) for g in found if len(g) > 1), frozenset(rebound)
+
+
+# The statements that may bind names or share objects other than by a storing call.
+_BINDING = frozenset({ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor,
+                      ast.With, ast.AsyncWith})
 
 
 def _assigned_value(statement: ast.stmt) -> ast.expr | None:
@@ -268,13 +303,12 @@ def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
 
     Iterative: a long ``elif`` chain nests as deep as it is long.
     """
-    top = {id(s) for s in body}
-    pending = list(reversed(body))
+    pending = [(statement, True) for statement in reversed(body)]
     while pending:
-        statement = pending.pop()
+        statement, top = pending.pop()
         if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        yield statement, id(statement) in top
+        yield statement, top
         if type(statement) not in _COMPOUND:
             continue
         nested: list[ast.stmt] = []
@@ -286,7 +320,7 @@ def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
             nested += handler.body
         for case in getattr(statement, "cases", ()):
             nested += case.body
-        pending += reversed(nested)
+        pending += [(inner, False) for inner in reversed(nested)]
 
 
 def _statement_shares(node: ast.stmt, storing: set[int] | None = None,
@@ -313,14 +347,31 @@ def _statement_shares(node: ast.stmt, storing: set[int] | None = None,
     return found
 
 
-def _calls_in(statement: ast.stmt) -> Iterator[ast.Call]:
-    """The calls in a statement's own expressions (nested blocks are statements too)."""
+def _calls_in(statement: ast.stmt) -> list[ast.Call]:
+    """The calls in a statement's own expressions (nested blocks are statements too), each
+    expression's breadth first (as ``ast.walk`` visits them)."""
+    calls: list[ast.Call] = []
     for _, value in ast.iter_fields(statement):
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, ast.expr):
-                yield from (n for n in ast.walk(item) if isinstance(n, ast.Call))
+                queue: list[ast.AST] = [item]
             elif isinstance(item, ast.withitem):
-                yield from (n for n in ast.walk(item.context_expr) if isinstance(n, ast.Call))
+                queue = [item.context_expr]
+            else:
+                continue
+            for node in queue:  # (the queue grows as it is walked)
+                kind = type(node)
+                if kind is ast.Name or kind is ast.Constant:
+                    continue  # (no expressions below)
+                if isinstance(node, ast.Call):
+                    calls.append(node)
+                for field in node._fields:
+                    child = getattr(node, field, None)
+                    if isinstance(child, ast.AST):
+                        queue.append(child)
+                    elif isinstance(child, list):
+                        queue += [c for c in child if isinstance(c, ast.AST)]
+    return calls
 
 
 def _assignment_shares(targets: list[ast.expr], value: ast.expr, found: list[set[str]],
