@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import gc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 
 from .analysis import (
@@ -234,10 +234,12 @@ class _StepState:
     # if the step provides such a name, it must start from the earlier value
     partial: dict[str, str | None] = field(default_factory=dict)
     # may-share group tokens (see ShareGroups) of the names it loads, as they were when
-    # the step started, and of the names it writes, when it ended (names in a group only)
+    # the step started (names in a group only, of those it reads, may change through a
+    # group or binds on some paths: start_keys); those of the names it writes, when it
+    # ended, are ShareGroups.token_at(name, clock + 1)
     start_groups: dict[str, int] = field(default_factory=dict)
+    start_keys: tuple[Container[str], ...] = ()
     clock: int = 0  # the groups' clock when it started (ShareGroups.token_at)
-    end_groups: dict[str, int] = field(default_factory=dict)
 
 
 class _GraphBuilder:
@@ -470,6 +472,14 @@ class _GraphBuilder:
                 elif provider is not None and name not in state.loads:
                     state.loads[name] = provider
                     self.state[provider].saves.add(name)
+                    self._start_group(state, name)
+
+    def _start_group(self, state: _StepState, name: str) -> None:
+        """A name the step loads from now on: its token as the step started, if it has one."""
+        if any(name in keys for keys in state.start_keys):
+            token = self.groups.token_at(name, state.clock)
+            if token is not None:
+                state.start_groups[name] = token
 
     def _shared_writes(self, state: _StepState, a: CodeAnalysis, mutated: set[str],
                        writes: frozenset[str], needed: Mapping[str, int]) -> set[str]:
@@ -494,9 +504,12 @@ class _GraphBuilder:
                 providers: dict[str, str | None] = {name: last_writer[name] for name in extra}
                 providers.update(state.partial)
                 state.partial = providers
-        state.start_groups.update(groups.tokens((*needed, *extra, *a.partial_binds)))
+        # (the tokens of the names it loads so far; those it loads later are added then)
+        state.start_keys = (needed, extra, a.partial_binds)
+        partial_binds = a.partial_binds
+        state.start_groups.update(groups.tokens(
+            [n for n in state.loads if n in needed or n in extra or n in partial_binds]))
         groups.update(a.rebound, shares)  # ``x += 1`` keeps x's object: not a rebinding
-        state.end_groups.update(groups.tokens(writes | extra))
         return extra
 
     def _not_code(self, names: set[str]) -> set[str]:
@@ -792,9 +805,10 @@ class _GraphBuilder:
         result = {}
         for step, state in self.state.items():
             by_token: dict[int, list[str]] = {}
-            end_groups = state.end_groups
+            writes, end = state.writes, state.clock + 1
+            token_at = self.groups.token_at
             for name in state.saves:
-                token = end_groups.get(name)
+                token = token_at(name, end) if name in writes else None
                 if token is not None:
                     by_token.setdefault(token, []).append(name)
             joined = [names for names in by_token.values() if len(names) > 1]

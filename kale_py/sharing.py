@@ -584,12 +584,13 @@ class ShareGroups:
 
     def token_at(self, name: str, clock: int) -> int | None:
         """``name``'s group number when ``clock`` updates had been made."""
-        found = None
-        for when, token in self._history.get(name, ()):
-            if when > clock:
-                break
-            found = token
-        return found
+        history = self._history.get(name)
+        if history is None:
+            return None
+        for when, token in reversed(history):  # (in the order of the updates)
+            if when <= clock:
+                return token
+        return None
 
     def tokens(self, names: Iterable[str]) -> dict[str, int]:
         """The group numbers of those of ``names`` that share with something, in order."""
