@@ -1555,7 +1555,9 @@ class _Analyser:
         again, so a step receiving ``fit`` needs what the formula read. So does a copy of it
         (``m = fit``) or a model fitted from it (``fit = model.fit()``)."""
         carry, self.carry = self.carry, saved
-        if not carry and self.carries:
+        if not carry and not self.carries:
+            return  # (most notebooks fit no formula model)
+        if not carry:
             source = value.func.value if isinstance(value, ast.Call) and isinstance(
                 value.func, ast.Attribute) and value.func.attr.startswith("fit") else value
             if isinstance(source, ast.Name) and source.id in self.carries:
@@ -2001,6 +2003,8 @@ class _Analyser:
 
     def _gathered(self, mark: int) -> set[str]:
         self.collecting -= 1
+        if len(self.held) == mark:  # (mostly: no code in the value)
+            return set()
         found = set(self.held[mark:])
         del self.held[mark:]
         return found

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import gc
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from .analysis import (
@@ -134,12 +134,44 @@ def build_pipeline(notebook: Notebook) -> Pipeline:
         settings=blocks.settings,
         blocks=blocks,
         steps=blocks.steps,
-        io=builder.io(),
+        io=_LazyIO(builder.io),
         edges=edges,
         levels=_levels(blocks.steps, edges),
         diagnostics=tuple(diagnostics),
         served=dict(builder.served),
     )
+
+
+class _LazyIO(Mapping[str, StepIO]):
+    """``Pipeline.io``, worked out when first read: checking a notebook does not need it.
+    It pickles and copies as a dict."""
+
+    __slots__ = ("_make", "_io")
+
+    def __init__(self, make: Callable[[], dict[str, StepIO]]) -> None:
+        self._make = make
+        self._io: dict[str, StepIO] | None = None
+
+    def _value(self) -> dict[str, StepIO]:
+        io = self._io
+        if io is None:
+            io = self._io = self._make()
+        return io
+
+    def __getitem__(self, name: str) -> StepIO:
+        return self._value()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+    def __repr__(self) -> str:
+        return repr(self._value())
+
+    def __reduce__(self) -> tuple[type[dict[str, StepIO]], tuple[dict[str, StepIO]]]:
+        return dict, (self._value(),)
 
 
 # --- analysis of cell groups --------------------------------------------------------------
