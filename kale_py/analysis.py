@@ -834,11 +834,16 @@ class _Flow:
         self.dead = state.dead
 
 
-@dataclass
 class _State:
-    must: set[str]
-    may: set[str]
-    dead: bool
+    """A flow state saved at one point (see _Flow). (Plain classes, not dataclasses, for
+    the private records: making a dataclass costs as much as compiling a small module.)"""
+
+    __slots__ = ("must", "may", "dead")
+
+    def __init__(self, must: set[str], may: set[str], dead: bool) -> None:
+        self.must = must
+        self.may = may
+        self.dead = dead
 
 
 def _join(states: Iterable[_State]) -> _State:
@@ -917,14 +922,17 @@ class _Scope:
         return scope
 
 
-@dataclass
 class _Globals:
     """Module-level names a function body (or a lambda) reads and writes."""
 
-    reads: dict[str, ast.AST]
-    mutated: set[str]
-    written: set[str]
-    later: set[str] = field(default_factory=set)  # read only by nested code
+    __slots__ = ("reads", "mutated", "written", "later")
+
+    def __init__(self, reads: dict[str, ast.AST], mutated: set[str], written: set[str]
+                 ) -> None:
+        self.reads = reads
+        self.mutated = mutated
+        self.written = written
+        self.later: set[str] = set()  # read only by nested code
 
 
 class _Owner:

@@ -177,13 +177,17 @@ class _LazyIO(Mapping[str, StepIO]):
 # --- analysis of cell groups --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Located:
-    """An analysis of several cells joined together, with a map back to cells."""
+    """An analysis of several cells joined together, with a map back to cells. (A plain
+    class: making a dataclass costs as much as compiling a small module.)"""
 
-    analysis: CodeAnalysis
-    starts: tuple[tuple[int, int], ...]  # (first joined line, cell index)
-    magics: tuple[MagicLine, ...]  # with joined line numbers
+    __slots__ = ("analysis", "starts", "magics")
+
+    def __init__(self, analysis: CodeAnalysis, starts: tuple[tuple[int, int], ...],
+                 magics: tuple[MagicLine, ...]) -> None:
+        self.analysis = analysis
+        self.starts = starts  # (first joined line, cell index)
+        self.magics = magics  # with joined line numbers
 
     def where(self, line: int) -> tuple[int, int]:
         cell, first = self.starts[0][1], 1
@@ -253,25 +257,30 @@ def _analyse_cells(
 # --- the provider rule ---------------------------------------------------------------------
 
 
-@dataclass
 class _StepState:
-    loads: dict[str, str] = field(default_factory=dict)
-    parameters: list[str] = field(default_factory=list)
-    saves: set[str] = field(default_factory=set)
-    metrics: list[Metric] = field(default_factory=list)
-    writes: frozenset[str] = frozenset()
-    reads: frozenset[str] = frozenset()
-    hazards: list[tuple[Hazard, int, int]] = field(default_factory=list)  # (hazard, cell, line)
-    # names the step binds only on some paths, with their provider when the step ran:
-    # if the step provides such a name, it must start from the earlier value
-    partial: dict[str, str | None] = field(default_factory=dict)
-    # may-share group tokens (see ShareGroups) of the names it loads, as they were when
-    # the step started (names in a group only, of those it reads, may change through a
-    # group or binds on some paths: start_keys); those of the names it writes, when it
-    # ended, are ShareGroups.token_at(name, clock + 1)
-    start_groups: dict[str, int] = field(default_factory=dict)
-    start_keys: tuple[Container[str], ...] = ()
-    clock: int = 0  # the groups' clock when it started (ShareGroups.token_at)
+    """What the graph builder learns about a step (a plain class, as _Located)."""
+
+    __slots__ = ("loads", "parameters", "saves", "metrics", "writes", "reads", "hazards",
+                 "partial", "start_groups", "start_keys", "clock")
+
+    def __init__(self) -> None:
+        self.loads: dict[str, str] = {}
+        self.parameters: list[str] = []
+        self.saves: set[str] = set()
+        self.metrics: list[Metric] = []
+        self.writes: frozenset[str] = frozenset()
+        self.reads: frozenset[str] = frozenset()
+        self.hazards: list[tuple[Hazard, int, int]] = []  # (hazard, cell, line)
+        # names the step binds only on some paths, with their provider when the step ran:
+        # if the step provides such a name, it must start from the earlier value
+        self.partial: dict[str, str | None] = {}
+        # may-share group tokens (see ShareGroups) of the names it loads, as they were when
+        # the step started (names in a group only, of those it reads, may change through a
+        # group or binds on some paths: start_keys); those of the names it writes, when it
+        # ended, are ShareGroups.token_at(name, clock + 1)
+        self.start_groups: dict[str, int] = {}
+        self.start_keys: tuple[Container[str], ...] = ()
+        self.clock = 0  # the groups' clock when it started (ShareGroups.token_at)
 
 
 class _GraphBuilder:
