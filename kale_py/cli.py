@@ -8,6 +8,7 @@ escaping is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -31,12 +32,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nb2pipe`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["check"], ["graph"]):
-        # The commands that only analyse the notebook: the others' code is not loaded.
-        args = _parser(analysis_only=True).parse_args(argv)
-    else:
-        from .runs_command import with_default_verb
+        # The commands that only analyse the notebook: the others' code is not loaded. They
+        # make many objects and no cycles worth collecting: as for the analysis itself (see
+        # build_pipeline), the cyclic collector pauses until they are done.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return _run(_parser(analysis_only=True).parse_args(argv))
+        finally:
+            if collecting:
+                gc.enable()
+    from .runs_command import with_default_verb
 
-        args = _parser().parse_args(with_default_verb(argv))
+    return _run(_parser().parse_args(with_default_verb(argv)))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names: its exit code, its errors as diagnostics."""
     command: Command = args.command
     try:
         try:
