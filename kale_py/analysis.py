@@ -1001,6 +1001,7 @@ class _Analyser:
         self.imported: set[str] = set()
         self.aliases: dict[str, set[str]] = {}
         self.functions: dict[str, FunctionInfo] = {}
+        self.writes_of: dict[str, frozenset[str]] = {}  # function_writes, until a new def
         self.star_imports: list[NameUse] = []
         self.star_seen = False
         self.owner: _Owner | None = None
@@ -1235,7 +1236,9 @@ class _Analyser:
     def _use_writer(self, name: str) -> None:
         if name in self.functions:
             # A function of this source writing globals: they may be written from here.
-            writes = function_writes([name], self.functions)
+            writes = self.writes_of.get(name)
+            if writes is None:
+                writes = self.writes_of[name] = function_writes([name], self.functions)
             self.binds |= writes
             self.flow.may |= writes
             for written in writes:
@@ -1552,6 +1555,7 @@ class _Analyser:
                          line: int) -> None:
         self._new_code(name)
         self.read_nodes[name] = globals_.reads
+        self.writes_of.clear()
         self.functions[name] = FunctionInfo(
             name, frozenset(globals_.reads), frozenset(globals_.mutated | globals_.written),
             line, _parameter_list(value.args), self.lambda_parameters.get(value),
@@ -1984,6 +1988,7 @@ class _Analyser:
         self._new_code(node.name)
         self.read_nodes[node.name] = owner.reads
         is_class = isinstance(node, ast.ClassDef)
+        self.writes_of.clear()
         self.functions[node.name] = FunctionInfo(
             node.name, frozenset(owner.reads), frozenset(owner.writes), node.lineno,
             parameters, mutated, read_at=_read_lines(owner.reads), is_class=is_class,

@@ -297,19 +297,21 @@ _COMPOUND = frozenset(getattr(ast, name) for name in (
     if hasattr(ast, name))
 
 
-def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
+def _module_statements(body: list[ast.stmt]) -> list[tuple[ast.stmt, bool]]:
     """Statements that run at module level, nested blocks included, bodies of defs not;
     with whether the statement is at the top (not inside another statement).
 
     Iterative: a long ``elif`` chain nests as deep as it is long.
     """
+    found: list[tuple[ast.stmt, bool]] = []
     pending = [(statement, True) for statement in reversed(body)]
     while pending:
         statement, top = pending.pop()
-        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        kind = type(statement)
+        if kind in _DEFINITIONS:
             continue
-        yield statement, top
-        if type(statement) not in _COMPOUND:
+        found.append((statement, top))
+        if kind not in _COMPOUND:
             continue
         nested: list[ast.stmt] = []
         for field in ("body", "orelse", "finalbody"):
@@ -321,6 +323,10 @@ def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
         for case in getattr(statement, "cases", ()):
             nested += case.body
         pending += [(inner, False) for inner in reversed(nested)]
+    return found
+
+
+_DEFINITIONS = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef})
 
 
 def _statement_shares(node: ast.stmt, storing: set[int] | None = None,
