@@ -177,6 +177,9 @@ class _LazyIO(Mapping[str, StepIO]):
 # --- analysis of cell groups --------------------------------------------------------------
 
 
+_LAST_INDEX = float("inf")  # sorts after every cell index, for _Located.where
+
+
 class _Located:
     """An analysis of several cells joined together, with a map back to cells. (A plain
     class: making a dataclass costs as much as compiling a small module.)"""
@@ -190,11 +193,11 @@ class _Located:
         self.magics = magics  # with joined line numbers
 
     def where(self, line: int) -> tuple[int, int]:
-        cell, first = self.starts[0][1], 1
-        for start, index in self.starts:
-            if start > line:
-                break
-            cell, first = index, start
+        """The cell and the line in it of a joined line (the last cell starting before)."""
+        found = bisect.bisect_right(self.starts, (line, _LAST_INDEX)) - 1
+        if found < 0:
+            return self.starts[0][1], line
+        first, cell = self.starts[found]
         return cell, line - first + 1
 
 
@@ -506,6 +509,7 @@ class _GraphBuilder:
             state = self.state[step.name]
             # a display shifts the history: saving `__` needs the `_` from before
             history = {n for s in state.saves & HISTORY.keys() for n in HISTORY[s]}
+            keys = state.start_keys
             for name in sorted((state.saves | history) & state.partial.keys()):
                 provider = state.partial[name]
                 if provider == PARAMETER:
@@ -513,14 +517,11 @@ class _GraphBuilder:
                 elif provider is not None and name not in state.loads:
                     state.loads[name] = provider
                     self.state[provider].saves.add(name)
-                    self._start_group(state, name)
-
-    def _start_group(self, state: _StepState, name: str) -> None:
-        """A name the step loads from now on: its token as the step started, if it has one."""
-        if any(name in keys for keys in state.start_keys):
-            token = self.groups.token_at(name, state.clock)
-            if token is not None:
-                state.start_groups[name] = token
+                    # (its may-share token as the step started, as for its other loads)
+                    if keys and (name in keys[0] or name in keys[1] or name in keys[2]):
+                        token = self.groups.token_at(name, state.clock)
+                        if token is not None:
+                            state.start_groups[name] = token
 
     def _shared_writes(self, state: _StepState, a: CodeAnalysis, mutated: set[str],
                        writes: frozenset[str], needed: Mapping[str, int]) -> set[str]:
