@@ -27,10 +27,10 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import string_reads
-from .string_reads import StringNote
+if TYPE_CHECKING:
+    from .string_reads import StringNote
 
 __all__ = [
     "CodeAnalysis",
@@ -178,8 +178,12 @@ class CodeSyntaxError(Exception):
 # IPython syntax
 # --------------------------------------------------------------------------------------
 
-# A quick filter: sources without any of these cannot contain IPython syntax.
-_MAYBE_MAGIC = re.compile(r"^[ \t\f]*[%!?]|\?[ \t]*$|=[ \t]*[!%]", re.MULTILINE)
+# A quick filter: sources without any of these cannot contain IPython syntax (see
+# _maybe_magic).
+_MAGIC_FIRST_LINE = re.compile(r"[ \t\f]*[%!?]")
+_MAGIC_LINE = re.compile(r"\n[ \t\f]*[%!?]")
+_HELP_AT_END = re.compile(r"\?[ \t]*$", re.MULTILINE)
+_ASSIGNED_MAGIC = re.compile(r"=[ \t]*[!%]")
 _NEWLINE = re.compile(r"(\r\n|\r|\n)")
 _INTERESTING = re.compile(r"[\"'#()\[\]{}\\]")
 _STRING_END = {q: re.compile(r"\\.|" + re.escape(q)) for q in ("'", '"', "'''", '"""')}
@@ -204,7 +208,7 @@ def strip_magics(source: str) -> tuple[str, tuple[MagicLine, ...]]:
     %%prun, %%debug) and blanks it otherwise. Only lines that start a logical statement
     are transformed: strings, bracketed and backslash continuations are left alone.
     """
-    if not _MAYBE_MAGIC.search(source):
+    if not _maybe_magic(source):
         return source, ()
     parts = _NEWLINE.split(source)
     lines = parts[0::2]
@@ -224,6 +228,16 @@ def strip_magics(source: str) -> tuple[str, tuple[MagicLine, ...]]:
         depth, quote, continued = _scan_line(line, depth, quote)
         i += 1
     return _join_lines(parts, lines), tuple(magics)
+
+
+def _maybe_magic(source: str) -> bool:
+    """A quick filter: whether ``source`` may hold IPython syntax, as the search for
+    ``^[ \\t\\f]*[%!?]|\\?[ \\t]*$|=[ \\t]*[!%]`` (multiline) would say; one pattern at a
+    time, each starting with a fixed character, is much faster to search."""
+    return (_MAGIC_FIRST_LINE.match(source) is not None
+            or _MAGIC_LINE.search(source) is not None
+            or ("?" in source and _HELP_AT_END.search(source) is not None)
+            or _ASSIGNED_MAGIC.search(source) is not None)
 
 
 def _join_lines(parts: list[str], lines: list[str]) -> str:
@@ -718,6 +732,18 @@ _KEEPING_CALLS = _words(
 )
 
 
+# The callees whose string arguments string_reads.call_reads reads (its CALLEES, which a
+# test keeps equal): formula functions and pandas' query and eval.
+_STRING_CALLEES = _words(
+    """
+    conditional_logit conditional_mnlogit conditional_poisson gee glm glmgam gls glsar
+    logit mixedlm mnlogit negativebinomial nominal_gee ols ordinal_gee phreg poisson probit
+    quantreg rlm wls dmatrix dmatrices incr_dbuilder incr_dbuilders model_matrix Formula
+    query eval from_formula
+    """
+)
+
+
 # Builtins that run the functions handed to them before returning (``key=``); pandas-style
 # methods in _PURE_METHODS (apply, map, agg, ...) do too.
 _RUNS_ARGUMENTS = _words("sorted min max")
@@ -808,11 +834,16 @@ class _Flow:
         self.dead = state.dead
 
 
-@dataclass
 class _State:
-    must: set[str]
-    may: set[str]
-    dead: bool
+    """A flow state saved at one point (see _Flow). (Plain classes, not dataclasses, for
+    the private records: making a dataclass costs as much as compiling a small module.)"""
+
+    __slots__ = ("must", "may", "dead")
+
+    def __init__(self, must: set[str], may: set[str], dead: bool) -> None:
+        self.must = must
+        self.may = may
+        self.dead = dead
 
 
 def _join(states: Iterable[_State]) -> _State:
@@ -891,14 +922,17 @@ class _Scope:
         return scope
 
 
-@dataclass
 class _Globals:
     """Module-level names a function body (or a lambda) reads and writes."""
 
-    reads: dict[str, ast.AST]
-    mutated: set[str]
-    written: set[str]
-    later: set[str] = field(default_factory=set)  # read only by nested code
+    __slots__ = ("reads", "mutated", "written", "later")
+
+    def __init__(self, reads: dict[str, ast.AST], mutated: set[str], written: set[str]
+                 ) -> None:
+        self.reads = reads
+        self.mutated = mutated
+        self.written = written
+        self.later: set[str] = set()  # read only by nested code
 
 
 class _Owner:
@@ -967,6 +1001,7 @@ class _Analyser:
         self.imported: set[str] = set()
         self.aliases: dict[str, set[str]] = {}
         self.functions: dict[str, FunctionInfo] = {}
+        self.writes_of: dict[str, frozenset[str]] = {}  # function_writes, until a new def
         self.star_imports: list[NameUse] = []
         self.star_seen = False
         self.owner: _Owner | None = None
@@ -1201,7 +1236,9 @@ class _Analyser:
     def _use_writer(self, name: str) -> None:
         if name in self.functions:
             # A function of this source writing globals: they may be written from here.
-            writes = function_writes([name], self.functions)
+            writes = self.writes_of.get(name)
+            if writes is None:
+                writes = self.writes_of[name] = function_writes([name], self.functions)
             self.binds |= writes
             self.flow.may |= writes
             for written in writes:
@@ -1518,6 +1555,7 @@ class _Analyser:
                          line: int) -> None:
         self._new_code(name)
         self.read_nodes[name] = globals_.reads
+        self.writes_of.clear()
         self.functions[name] = FunctionInfo(
             name, frozenset(globals_.reads), frozenset(globals_.mutated | globals_.written),
             line, _parameter_list(value.args), self.lambda_parameters.get(value),
@@ -1529,7 +1567,9 @@ class _Analyser:
         again, so a step receiving ``fit`` needs what the formula read. So does a copy of it
         (``m = fit``) or a model fitted from it (``fit = model.fit()``)."""
         carry, self.carry = self.carry, saved
-        if not carry and self.carries:
+        if not carry and not self.carries:
+            return  # (most notebooks fit no formula model)
+        if not carry:
             source = value.func.value if isinstance(value, ast.Call) and isinstance(
                 value.func, ast.Attribute) and value.func.attr.startswith("fit") else value
             if isinstance(source, ast.Name) and source.id in self.carries:
@@ -1948,6 +1988,7 @@ class _Analyser:
         self._new_code(node.name)
         self.read_nodes[node.name] = owner.reads
         is_class = isinstance(node, ast.ClassDef)
+        self.writes_of.clear()
         self.functions[node.name] = FunctionInfo(
             node.name, frozenset(owner.reads), frozenset(owner.writes), node.lineno,
             parameters, mutated, read_at=_read_lines(owner.reads), is_class=is_class,
@@ -1975,6 +2016,8 @@ class _Analyser:
 
     def _gathered(self, mark: int) -> set[str]:
         self.collecting -= 1
+        if len(self.held) == mark:  # (mostly: no code in the value)
+            return set()
         found = set(self.held[mark:])
         del self.held[mark:]
         return found
@@ -2238,7 +2281,7 @@ class _Analyser:
         else:
             arguments_safe = False
         callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if callee in string_reads.CALLEES:
+        if callee in _STRING_CALLEES:
             self._string_reads(node)
         if arguments_safe:
             return
@@ -2284,6 +2327,8 @@ class _Analyser:
 
         A name that may be a column of the data (``certain`` false) is read when some step
         binds it and is no error otherwise: a maybe-read, only where it runs now."""
+        from . import string_reads  # (loaded only for notebooks with such calls)
+
         found = string_reads.call_reads(node)
         if found is None:
             return

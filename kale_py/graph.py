@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import gc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from .analysis import (
@@ -36,7 +36,6 @@ from .notebook import Cell, Notebook
 from .output_names import HISTORY, displaying_counts, execution_counts, reads_output_name
 from .parameters import Metric, Parameter
 from .pipeline import Blocks, Step, split_notebook
-from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, is_settings, rng_name, settings_name
 from .settings import NotebookSettings
 from .sharing import Returns, ShareGroups
 
@@ -135,7 +134,7 @@ def build_pipeline(notebook: Notebook) -> Pipeline:
         settings=blocks.settings,
         blocks=blocks,
         steps=blocks.steps,
-        io=builder.io(),
+        io=_LazyIO(builder.io),
         edges=edges,
         levels=_levels(blocks.steps, edges),
         diagnostics=tuple(diagnostics),
@@ -143,23 +142,62 @@ def build_pipeline(notebook: Notebook) -> Pipeline:
     )
 
 
+class _LazyIO(Mapping[str, StepIO]):
+    """``Pipeline.io``, worked out when first read: checking a notebook does not need it.
+    It pickles and copies as a dict."""
+
+    __slots__ = ("_make", "_io")
+
+    def __init__(self, make: Callable[[], dict[str, StepIO]]) -> None:
+        self._make = make
+        self._io: dict[str, StepIO] | None = None
+
+    def _value(self) -> dict[str, StepIO]:
+        io = self._io
+        if io is None:
+            io = self._io = self._make()
+        return io
+
+    def __getitem__(self, name: str) -> StepIO:
+        return self._value()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+    def __repr__(self) -> str:
+        return repr(self._value())
+
+    def __reduce__(self) -> tuple[type[dict[str, StepIO]], tuple[dict[str, StepIO]]]:
+        return dict, (self._value(),)
+
+
 # --- analysis of cell groups --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Located:
-    """An analysis of several cells joined together, with a map back to cells."""
+_LAST_INDEX = float("inf")  # sorts after every cell index, for _Located.where
 
-    analysis: CodeAnalysis
-    starts: tuple[tuple[int, int], ...]  # (first joined line, cell index)
-    magics: tuple[MagicLine, ...]  # with joined line numbers
+
+class _Located:
+    """An analysis of several cells joined together, with a map back to cells. (A plain
+    class: making a dataclass costs as much as compiling a small module.)"""
+
+    __slots__ = ("analysis", "starts", "magics")
+
+    def __init__(self, analysis: CodeAnalysis, starts: tuple[tuple[int, int], ...],
+                 magics: tuple[MagicLine, ...]) -> None:
+        self.analysis = analysis
+        self.starts = starts  # (first joined line, cell index)
+        self.magics = magics  # with joined line numbers
 
     def where(self, line: int) -> tuple[int, int]:
-        cell, first = self.starts[0][1], 1
-        for start, index in self.starts:
-            if start > line:
-                break
-            cell, first = index, start
+        """The cell and the line in it of a joined line (the last cell starting before)."""
+        found = bisect.bisect_right(self.starts, (line, _LAST_INDEX)) - 1
+        if found < 0:
+            return self.starts[0][1], line
+        first, cell = self.starts[found]
         return cell, line - first + 1
 
 
@@ -222,23 +260,30 @@ def _analyse_cells(
 # --- the provider rule ---------------------------------------------------------------------
 
 
-@dataclass
 class _StepState:
-    loads: dict[str, str] = field(default_factory=dict)
-    parameters: list[str] = field(default_factory=list)
-    saves: set[str] = field(default_factory=set)
-    metrics: list[Metric] = field(default_factory=list)
-    writes: frozenset[str] = frozenset()
-    reads: frozenset[str] = frozenset()
-    hazards: list[tuple[Hazard, int, int]] = field(default_factory=list)  # (hazard, cell, line)
-    # names the step binds only on some paths, with their provider when the step ran:
-    # if the step provides such a name, it must start from the earlier value
-    partial: dict[str, str | None] = field(default_factory=dict)
-    # may-share group tokens (see ShareGroups) of the names it loads, as they were when
-    # the step started, and of the names it writes, when it ended (names in a group only)
-    start_groups: dict[str, int] = field(default_factory=dict)
-    clock: int = 0  # the groups' clock when it started (ShareGroups.token_at)
-    end_groups: dict[str, int] = field(default_factory=dict)
+    """What the graph builder learns about a step (a plain class, as _Located)."""
+
+    __slots__ = ("loads", "parameters", "saves", "metrics", "writes", "reads", "hazards",
+                 "partial", "start_groups", "start_keys", "clock")
+
+    def __init__(self) -> None:
+        self.loads: dict[str, str] = {}
+        self.parameters: list[str] = []
+        self.saves: set[str] = set()
+        self.metrics: list[Metric] = []
+        self.writes: frozenset[str] = frozenset()
+        self.reads: frozenset[str] = frozenset()
+        self.hazards: list[tuple[Hazard, int, int]] = []  # (hazard, cell, line)
+        # names the step binds only on some paths, with their provider when the step ran:
+        # if the step provides such a name, it must start from the earlier value
+        self.partial: dict[str, str | None] = {}
+        # may-share group tokens (see ShareGroups) of the names it loads, as they were when
+        # the step started (names in a group only, of those it reads, may change through a
+        # group or binds on some paths: start_keys); those of the names it writes, when it
+        # ended, are ShareGroups.token_at(name, clock + 1)
+        self.start_groups: dict[str, int] = {}
+        self.start_keys: tuple[Container[str], ...] = ()
+        self.clock = 0  # the groups' clock when it started (ShareGroups.token_at)
 
 
 class _GraphBuilder:
@@ -365,22 +410,25 @@ class _GraphBuilder:
             )
         # Calling a builtin, an imports/functions-cell name or a function defined with `def`
         # does not change it (its global writes are counted separately): no data to pass.
+        # (a set made as before: the order of its names matters to ShareGroups.closure)
         mutated = {n for n in a.mutates if not self._is_code(n)}
         writes = a.binds | mutated | function_writes(called, self.functions)
         writes |= self._shared_writes(state, a, mutated, writes, needed)
         state.writes = writes
         state.reads = frozenset(needed).union(use.name for use in a.callback_free)
-        for name in writes:
-            self.last_writer[name] = step.name
-            self.deleted_by.pop(name, None)
+        self.last_writer.update(dict.fromkeys(writes, step.name))
+        if self.deleted_by:
+            for name in writes & self.deleted_by.keys():
+                del self.deleted_by[name]
         for name in a.deletes:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
         self._learn_code(a, located)
         self.returns.update(a.returns or {})
         self.undisplayed.append(step)
-        for name in writes:
-            self.carried.pop(name, None)
+        if self.carried:
+            for name in writes & self.carried.keys():
+                del self.carried[name]
         self.carried.update(a.carries)
         if state.hazards:  # functions this step defines that later steps may call
             self.function_touches.update(_function_touches(list(step.cells)))
@@ -444,9 +492,12 @@ class _GraphBuilder:
             if provider is not None and provider != PARAMETER:
                 state.loads[name] = provider
                 self.state[provider].saves.add(name)
-        for name in writes:
-            self.last_writer[name] = step.name
-        self.settings_written |= {n for n in writes if is_settings(n)}
+        if writes:
+            from .process_state import is_settings  # (the runtime half: loaded when needed)
+
+            for name in writes:
+                self.last_writer[name] = step.name
+            self.settings_written |= {n for n in writes if is_settings(n)}
 
     def _load_partial_bindings(self) -> None:
         """A step that binds ``x`` on some paths only saves the earlier ``x`` on the others.
@@ -458,6 +509,7 @@ class _GraphBuilder:
             state = self.state[step.name]
             # a display shifts the history: saving `__` needs the `_` from before
             history = {n for s in state.saves & HISTORY.keys() for n in HISTORY[s]}
+            keys = state.start_keys
             for name in sorted((state.saves | history) & state.partial.keys()):
                 provider = state.partial[name]
                 if provider == PARAMETER:
@@ -465,6 +517,11 @@ class _GraphBuilder:
                 elif provider is not None and name not in state.loads:
                     state.loads[name] = provider
                     self.state[provider].saves.add(name)
+                    # (its may-share token as the step started, as for its other loads)
+                    if keys and (name in keys[0] or name in keys[1] or name in keys[2]):
+                        token = self.groups.token_at(name, state.clock)
+                        if token is not None:
+                            state.start_groups[name] = token
 
     def _shared_writes(self, state: _StepState, a: CodeAnalysis, mutated: set[str],
                        writes: frozenset[str], needed: Mapping[str, int]) -> set[str]:
@@ -476,24 +533,38 @@ class _GraphBuilder:
         groups = self.groups
         state.clock = groups.clock
         shares = [g - self.parameter_names for g in a.shares]
-        shares = [g for g in shares if len(g) > 1 and not any(self._is_code(n) for n in g)]
+        shares = [g for g in shares if len(g) > 1 and self._no_code(g)]
         extra: set[str] = set()
         if mutated and (shares or any(groups.token(n) is not None for n in mutated)):
-            for name in groups.closure(mutated, shares) - writes:
-                provider = self.last_writer.get(name)
-                if provider is not None and provider != PARAMETER and not self._is_code(name):
-                    extra.add(name)
-                    state.partial.setdefault(name, provider)
-        for name in (*needed, *extra, *a.partial_binds):
-            token = groups.token(name)
-            if token is not None:
-                state.start_groups[name] = token
+            last_writer = self.last_writer
+            extra = self._not_code(groups.closure(mutated, shares) - writes)
+            extra = extra & last_writer.keys()  # the names some step or a parameter provides
+            if self.parameter_names:  # (those of the pipeline parameters: not data to load)
+                extra -= {n for n in extra & self.parameter_names if last_writer[n] == PARAMETER}
+            if extra:
+                # They may be changed on some paths only: the step starts from their values.
+                providers: dict[str, str | None] = {name: last_writer[name] for name in extra}
+                providers.update(state.partial)
+                state.partial = providers
+        # (the tokens of the names it loads so far; those it loads later are added then)
+        state.start_keys = (needed, extra, a.partial_binds)
+        partial_binds = a.partial_binds
+        state.start_groups.update(groups.tokens(
+            [n for n in state.loads if n in needed or n in extra or n in partial_binds]))
         groups.update(a.rebound, shares)  # ``x += 1`` keeps x's object: not a rebinding
-        for name in writes | extra:
-            token = groups.token(name)
-            if token is not None:
-                state.end_groups[name] = token
         return extra
+
+    def _not_code(self, names: set[str]) -> set[str]:
+        """Those of ``names`` that are not code (see _is_code), in place."""
+        names -= AMBIENT_NAMES
+        names -= self.prelude_names
+        names.difference_update([n for n in names if n in self.functions])
+        return names
+
+    def _no_code(self, names: frozenset[str]) -> bool:
+        """Whether none of ``names`` is code (see _is_code)."""
+        return (names.isdisjoint(AMBIENT_NAMES) and names.isdisjoint(self.prelude_names)
+                and self.functions.keys().isdisjoint(names))
 
     def _unify_shared_loads(self) -> bool:
         """Names that may share objects come from one step, so they arrive sharing them.
@@ -508,8 +579,10 @@ class _GraphBuilder:
         for step in reversed(self.blocks.steps):
             state = self.state[step.name]
             by_group: dict[int, list[str]] = {}
-            for name, token in state.start_groups.items():
-                if name in state.loads:
+            start_groups = state.start_groups
+            for name in state.loads:
+                token = start_groups.get(name)
+                if token is not None:
                     by_group.setdefault(token, []).append(name)
             for names in by_group.values():
                 if len({state.loads[n] for n in names}) > 1:
@@ -763,19 +836,26 @@ class _GraphBuilder:
         together: dict[str, list[list[str]]] = {name: [] for name in self.state}
         for consumer in self.state.values():
             by_group: dict[tuple[str, int], list[str]] = {}
-            for name, token in consumer.start_groups.items():
-                provider = consumer.loads.get(name)
-                if provider is not None and provider in together:
+            start_groups = consumer.start_groups
+            for name, provider in consumer.loads.items():
+                token = start_groups.get(name)
+                if token is not None and provider in together:
                     by_group.setdefault((provider, token), []).append(name)
             for (provider, _), names in by_group.items():
-                together[provider].append(names)
+                if len(names) > 1:
+                    together[provider].append(names)
         result = {}
         for step, state in self.state.items():
             by_token: dict[int, list[str]] = {}
-            for name, token in state.end_groups.items():
-                if name in state.saves:
+            writes, end = state.writes, state.clock + 1
+            token_at = self.groups.token_at
+            for name in state.saves:
+                token = token_at(name, end) if name in writes else None
+                if token is not None:
                     by_token.setdefault(token, []).append(name)
-            result[step] = _partition(state.saves, [*by_token.values(), *together[step]])
+            joined = [names for names in by_token.values() if len(names) > 1]
+            joined += together[step]
+            result[step] = _partition(state.saves, joined) if joined else ()
         return result
 
     def edges(self) -> tuple[Edge, ...]:
@@ -794,7 +874,7 @@ class _GraphBuilder:
 
 def _partition(names: set[str], joined: list[list[str]]) -> tuple[tuple[str, ...], ...]:
     """The groups of two or more of ``names`` that the ``joined`` lists connect."""
-    parent = {name: name for name in names}
+    parent: dict[str, str] = {}  # the names of a list of two or more of them
 
     def find(name: str) -> str:
         while parent[name] != name:
@@ -803,15 +883,16 @@ def _partition(names: set[str], joined: list[list[str]]) -> tuple[tuple[str, ...
         return name
 
     for listed in joined:
-        members = [m for m in listed if m in parent]
+        members = [m for m in listed if m in names]
         if len(members) < 2:
             continue
+        for member in members:
+            parent.setdefault(member, member)
         first = find(members[0])
         for other in members[1:]:
-            parent[find(other)] = first
-            first = find(first)
+            parent[find(other)] = first  # (first stays a root)
     found: dict[str, list[str]] = {}
-    for name in sorted(names):
+    for name in sorted(parent):
         found.setdefault(find(name), []).append(name)
     return tuple(tuple(g) for g in found.values() if len(g) > 1)
 def _string_notes(located: _Located, step: str | None, problems: list[Diagnostic]) -> None:
@@ -913,6 +994,10 @@ def _touches(hazards: list[tuple[Hazard, int, int]]) -> tuple[set[str], set[str]
     """The pseudo-variables (settings, generators) hazards read and write."""
     reads: set[str] = set()
     writes: set[str] = set()
+    if not hazards:
+        return reads, writes
+    from .process_state import RNG_FAMILIES, SETTINGS_FAMILIES, rng_name, settings_name
+
     for hazard, _, _ in hazards:
         if hazard.kind == "seed" and hazard.detail in RNG_FAMILIES:
             writes.add(rng_name(hazard.detail))
@@ -963,6 +1048,7 @@ def _check_hazards(
         if h.kind == "seed"
     }
     ancestors = _ancestors(steps, edges())
+    from .process_state import RNG_FAMILIES
     seeded: dict[str, tuple[str, int]] = {}
     written: dict[str, tuple[str, int]] = {}
     for i, step in enumerate(steps):

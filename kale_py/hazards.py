@@ -15,11 +15,15 @@ import ast
 import re
 from dataclasses import dataclass
 
-# Cheap pre-check: only cells mentioning one of these are parsed again.
+# Cheap pre-check: only cells mentioning one of these are parsed again: seed, random,
+# environ, putenv, chdir, open(, to_*(, read_*(, save, load, write, set_, seterr, rcParams,
+# rc(, style, warn, basicConfig, disable, options, sample, split, rand, shuffle, resample,
+# normal, bernoulli, multinomial, setrecursionlimit, setlocale. Written by first letters
+# (random and resample contain rand and sample), so that each position is tried fast.
 _PREFILTER = re.compile(
-    r"seed|random|environ|putenv|chdir|open\(|to_\w+\(|read_\w+\(|save|load|write"
-    r"|set_|seterr|rcParams|rc\(|style|warn|basicConfig|disable|options|sample|split"
-    r"|rand|shuffle|resample|normal|bernoulli|multinomial|setrecursionlimit|setlocale"
+    r"s(?:e(?:ed|t(?:_|err|recursionlimit|locale))|ave|tyle|ample|plit|huffle)"
+    r"|r(?:and|ead_\w+\(|c(?:\(|Params))|environ|putenv|chdir|o(?:pen\(|ptions)|to_\w+\("
+    r"|load|w(?:rite|arn)|b(?:asicConfig|ernoulli)|disable|normal|multinomial"
 )
 
 _SEED_CALLS = {"seed", "manual_seed", "set_seed", "manual_seed_all", "setstate", "set_state",

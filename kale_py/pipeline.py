@@ -60,26 +60,35 @@ class Blocks:
     serves: tuple[tuple[str, int], ...] = ()
 
 
-@dataclass
 class _StepDraft:
-    name: str
-    cells: list[Cell]
-    prev: list[tuple[str, int]]  # (step name, cell carrying the tag)
-    settings: StepSettings
-    implicit: bool = False
+    # (plain classes, not dataclasses, for these records: making a dataclass costs as much
+    # as compiling a small module, at every start of the command line)
+    __slots__ = ("name", "cells", "prev", "settings", "implicit")
+
+    def __init__(self, name: str, cells: list[Cell], prev: list[tuple[str, int]],
+                 settings: StepSettings, implicit: bool = False) -> None:
+        self.name = name
+        self.cells = cells
+        self.prev = prev  # (step name, cell carrying the tag)
+        self.settings = settings
+        self.implicit = implicit
 
 
-@dataclass
 class _Grouping:
-    imports: list[Cell] = field(default_factory=list)
-    functions: list[Cell] = field(default_factory=list)
-    parameter_cells: list[Cell] = field(default_factory=list)
-    metric_cells: list[Cell] = field(default_factory=list)
-    skipped: list[Cell] = field(default_factory=list)
-    steps: dict[str, _StepDraft] = field(default_factory=dict)
-    block: str | None = None  # "imports" | "functions" | "parameters" | "metrics" | "step"
-    step: _StepDraft | None = None
-    problems: list[Diagnostic] = field(default_factory=list)
+    __slots__ = ("imports", "functions", "parameter_cells", "metric_cells", "skipped", "steps",
+                 "block", "step", "problems")
+
+    def __init__(self, problems: list[Diagnostic]) -> None:
+        self.imports: list[Cell] = []
+        self.functions: list[Cell] = []
+        self.parameter_cells: list[Cell] = []
+        self.metric_cells: list[Cell] = []
+        self.skipped: list[Cell] = []
+        self.steps: dict[str, _StepDraft] = {}
+        # "imports" | "functions" | "parameters" | "metrics" | "step"
+        self.block: str | None = None
+        self.step: _StepDraft | None = None
+        self.problems = problems
 
 
 def split_notebook(notebook: Notebook) -> Blocks:

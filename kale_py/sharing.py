@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
+from typing import Any
 
 from .analysis import (
     _ARGUMENT_SAFE_METHODS,
@@ -70,17 +71,28 @@ _READERS = frozenset({"load", "loadtxt", "genfromtxt", "fromfile", "imread", "op
 # Attributes that describe an object rather than hold its contents (``X.shape[0]``).
 _DESCRIPTIVE = frozenset({"shape", "size", "ndim", "dtype", "dtypes", "nbytes", "itemsize",
                           "name", "__name__", "__class__", "__doc__"})
-_STORING_TEXT = re.compile(r"setattr|\.(?:" + "|".join(sorted(_STORING_METHODS)) + r")\b")
+# ``.append(`` and the like (a pattern starting with a fixed character is searched fast).
+_STORING_TEXT = re.compile(r"\.(?:" + "|".join(sorted(_STORING_METHODS)) + r")\b")
 
 
 def _storing_lines(source: str | None) -> set[int] | None:
     """The line numbers where a storing call may be (None when the source is unknown)."""
     if source is None:
         return None
-    if _STORING_TEXT.search(source) is None:
-        return set()
-    return {number for number, line in enumerate(source.split("\n"), 1)
-            if _STORING_TEXT.search(line)}
+    starts = [match.start() for match in _STORING_TEXT.finditer(source)]
+    if "setattr" in source:
+        found = source.find("setattr")
+        while found >= 0:
+            starts.append(found)
+            found = source.find("setattr", found + 1)
+        starts.sort()
+    lines: set[int] = set()
+    line, position = 1, 0
+    for start in starts:  # neither text spans a line end
+        line += source.count("\n", position, start)
+        position = start
+        lines.add(line)
+    return lines
 
 
 # Builtins returning one of their positional arguments or an element of it.
@@ -110,6 +122,7 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None,
     :func:`function_returns` of ``tree`` when the caller has it already.
     """
     found: list[set[str]] = []
+    in_found: set[str] = set()  # the names of the groups in found
     rebound: set[str] = set()
     storing = _storing_lines(source)
     if own is None:
@@ -119,25 +132,77 @@ def module_shares(tree: ast.Module, known: Mapping[str, Returns] | None = None,
         for statement, top in _module_statements(tree.body):
             fresh: set[str] = set()
             try:
-                groups = [g for g in _statement_shares(statement, storing) if len(g) > 1]
-                if top:
-                    # ``a = a[0]`` or ``a = [a]``: the new value still holds what a held
-                    fresh = set(_bound_names(statement)) - _value_names(statement)
+                kind = type(statement)
+                if kind not in _BINDING:  # groups from storing calls only, nothing rebound
+                    if storing is None or (storing and not storing.isdisjoint(
+                            range(statement.lineno,
+                                  (statement.end_lineno or statement.lineno) + 1))):
+                        groups = [g for g in map(_storing_call, _calls_in(statement))
+                                  if len(g) > 1]
+                        for group in groups:
+                            in_found |= group
+                        found += groups
+                    continue
+                if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                        and isinstance(target := statement.targets[0], ast.Name)):
+                    # ``name = value``, the most frequent statement, as the general case below
+                    value_shares = may_share(statement.value)
+                    group = {target.id, *value_shares}
+                    groups = [group] if len(group) > 1 else []
+                    if storing is None or (storing and not storing.isdisjoint(
+                            range(statement.lineno,
+                                  (statement.end_lineno or statement.lineno) + 1))):
+                        groups += [g for g in map(_storing_call, _calls_in(statement))
+                                   if len(g) > 1]
+                    if top and target.id not in value_shares:
+                        fresh = {target.id}
+                else:
+                    # The names the value may share, worked out once for both uses below.
+                    value = _assigned_value(statement) if top else None
+                    shared = None if value is None else may_share(value)
+                    groups = [g for g in _statement_shares(statement, storing, shared)
+                              if len(g) > 1]
+                    if top:
+                        bound = set(_bound_names(statement))
+                        if bound:
+                            # ``a = a[0]``, ``a = [a]``: the new value holds what a held
+                            fresh = bound - (_value_names(statement) if shared is None
+                                             else shared)
             except RecursionError:  # a very long method chain: every name in it may share
                 groups = [{n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}]
             if fresh:
                 # What shared with the value a name had when the source started still
                 # does: that value is named INCOMING + name from here on.
-                incoming = {INCOMING + n for n in fresh - rebound}
+                if not fresh.isdisjoint(in_found):  # (else no group is touched)
+                    incoming = {INCOMING + n for n in fresh - rebound}
+                    touched = [g for g in found if not g.isdisjoint(fresh)]
+                    found = [g for g in found if g.isdisjoint(fresh)]
+                    union = _union(touched)
+                    joined = union - fresh | {INCOMING + n for n in union & fresh} & incoming
+                    if joined:  # (an empty group is left out: it would never count)
+                        found.append(joined)
+                    in_found = _union(found)
                 rebound |= fresh
-                touched = [g for g in found if g & fresh]
-                found = [g for g in found if not g & fresh]
-                found.append(_union(touched) - fresh | {INCOMING + n for n in
-                                                        _union(touched) & fresh} & incoming)
+            for group in groups:
+                in_found |= group
             found += groups
     finally:
         _KNOWN.reset(context)
     return tuple(frozenset(g) for g in found if len(g) > 1), frozenset(rebound)
+
+
+# The statements that may bind names or share objects other than by a storing call.
+_BINDING = frozenset({ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor,
+                      ast.With, ast.AsyncWith})
+
+
+def _assigned_value(statement: ast.stmt) -> ast.expr | None:
+    """The value of an assignment or the iterable of a ``for`` (None for other statements)."""
+    if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+        return statement.value
+    if isinstance(statement, (ast.For, ast.AsyncFor)):
+        return statement.iter
+    return None
 
 
 def _value_names(statement: ast.stmt) -> set[str]:
@@ -224,19 +289,30 @@ def _returned_names(function: ast.FunctionDef | ast.AsyncFunctionDef,
             result.add(name)
             todo += local.get(name, ())
     return result
-def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
+
+
+# The statements that hold other statements (besides definitions).
+_COMPOUND = frozenset(getattr(ast, name) for name in (
+    "If", "For", "AsyncFor", "While", "With", "AsyncWith", "Try", "TryStar", "Match")
+    if hasattr(ast, name))
+
+
+def _module_statements(body: list[ast.stmt]) -> list[tuple[ast.stmt, bool]]:
     """Statements that run at module level, nested blocks included, bodies of defs not;
     with whether the statement is at the top (not inside another statement).
 
     Iterative: a long ``elif`` chain nests as deep as it is long.
     """
-    top = {id(s) for s in body}
-    pending = list(reversed(body))
+    found: list[tuple[ast.stmt, bool]] = []
+    pending = [(statement, True) for statement in reversed(body)]
     while pending:
-        statement = pending.pop()
-        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        statement, top = pending.pop()
+        kind = type(statement)
+        if kind in _DEFINITIONS:
             continue
-        yield statement, id(statement) in top
+        found.append((statement, top))
+        if kind not in _COMPOUND:
+            continue
         nested: list[ast.stmt] = []
         for field in ("body", "orelse", "finalbody"):
             block = getattr(statement, field, None)
@@ -246,56 +322,83 @@ def _module_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, bool]]:
             nested += handler.body
         for case in getattr(statement, "cases", ()):
             nested += case.body
-        pending += reversed(nested)
+        pending += [(inner, False) for inner in reversed(nested)]
+    return found
 
 
-def _statement_shares(node: ast.stmt, storing: set[int] | None = None
-                      ) -> Iterator[set[str]]:
-    """``storing``: the lines that may hold a storing call (None: any line may)."""
+_DEFINITIONS = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef})
+
+
+def _statement_shares(node: ast.stmt, storing: set[int] | None = None,
+                      shared: set[str] | None = None) -> list[set[str]]:
+    """``storing``: the lines that may hold a storing call (None: any line may).
+    ``shared``: ``may_share`` of the assigned value or iterable, when known already."""
+    found: list[set[str]] = []
     if isinstance(node, ast.Assign):
-        yield from _assignment_shares(node.targets, node.value)
+        _assignment_shares(node.targets, node.value, found, shared)
     elif isinstance(node, ast.AnnAssign) and node.value is not None:
-        yield from _assignment_shares([node.target], node.value)
+        _assignment_shares([node.target], node.value, found, shared)
     elif isinstance(node, ast.AugAssign) and isinstance(node.value, (ast.List, ast.Tuple)):
-        yield {*_target_roots(node.target), *may_share(node.value)}
+        found.append({*_target_roots(node.target), *may_share(node.value)})
     elif isinstance(node, (ast.For, ast.AsyncFor)):
-        yield from _assignment_shares([node.target], node.iter)
+        _assignment_shares([node.target], node.iter, found, shared)
     elif isinstance(node, (ast.With, ast.AsyncWith)):
         for item in node.items:
             if item.optional_vars is not None:
-                yield from _assignment_shares([item.optional_vars], item.context_expr)
-    if storing is None or not storing.isdisjoint(
-            range(node.lineno, (node.end_lineno or node.lineno) + 1)):
+                _assignment_shares([item.optional_vars], item.context_expr, found)
+    if storing is None or (storing and not storing.isdisjoint(
+            range(node.lineno, (node.end_lineno or node.lineno) + 1))):
         for call in _calls_in(node):  # ``models.append(m)``, anywhere in the statement
-            yield _storing_call(call)
+            found.append(_storing_call(call))
+    return found
 
 
-def _calls_in(statement: ast.stmt) -> Iterator[ast.Call]:
-    """The calls in a statement's own expressions (nested blocks are statements too)."""
+def _calls_in(statement: ast.stmt) -> list[ast.Call]:
+    """The calls in a statement's own expressions (nested blocks are statements too), each
+    expression's breadth first (as ``ast.walk`` visits them)."""
+    calls: list[ast.Call] = []
     for _, value in ast.iter_fields(statement):
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, ast.expr):
-                yield from (n for n in ast.walk(item) if isinstance(n, ast.Call))
+                queue: list[ast.AST] = [item]
             elif isinstance(item, ast.withitem):
-                yield from (n for n in ast.walk(item.context_expr) if isinstance(n, ast.Call))
+                queue = [item.context_expr]
+            else:
+                continue
+            for node in queue:  # (the queue grows as it is walked)
+                kind = type(node)
+                if kind is ast.Name or kind is ast.Constant:
+                    continue  # (no expressions below)
+                if isinstance(node, ast.Call):
+                    calls.append(node)
+                for field in node._fields:
+                    child = getattr(node, field, None)
+                    if isinstance(child, ast.AST):
+                        queue.append(child)
+                    elif isinstance(child, list):
+                        queue += [c for c in child if isinstance(c, ast.AST)]
+    return calls
 
 
-def _assignment_shares(targets: list[ast.expr], value: ast.expr) -> Iterator[set[str]]:
-    shared = may_share(value)
+def _assignment_shares(targets: list[ast.expr], value: ast.expr, found: list[set[str]],
+                       shared: set[str] | None = None) -> None:
+    """Appends to ``found`` the names an assignment of ``value`` to ``targets`` may join."""
+    if shared is None:
+        shared = may_share(value)
     names = [t.id for t in targets if isinstance(t, ast.Name)]
     # ``a = b = []``: every plain target holds the value itself.
-    yield {*names, *shared}
+    found.append({*names, *shared})
     for target in targets:
         if isinstance(target, (ast.Tuple, ast.List)):
             elements = [set(_target_roots(e)) for e in target.elts]
             if shared:
                 for element in elements:
-                    yield element | shared
+                    found.append(element | shared)
             elif isinstance(value, ast.Call) and not _returns_new(value):
                 # ``fig, ax = plt.subplots()``: the parts of one unknown result may share.
-                yield set().union(*elements)
+                found.append(set().union(*elements))
         elif not isinstance(target, ast.Name):
-            yield {*_target_roots(target), *shared}  # ``obj.attr = x``, ``d[k] = x``
+            found.append({*_target_roots(target), *shared})  # ``obj.attr = x``, ``d[k] = x``
 
 
 def _target_roots(node: ast.expr) -> Iterator[str]:
@@ -348,33 +451,25 @@ def _returns_new(call: ast.Call) -> bool:
 
 def may_share(node: ast.expr) -> set[str]:
     """Variables whose objects the value of ``node`` may be, hold or be held by."""
-    if isinstance(node, ast.Name):
-        return {node.id}
-    if isinstance(node, ast.Subscript):
-        return set() if _copies(node.slice) else may_share(node.value)
-    if isinstance(node, ast.Attribute):
-        return set() if node.attr in _DESCRIPTIVE else may_share(node.value)
-    if isinstance(node, (ast.Starred, ast.Await)):
-        return may_share(node.value)
-    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-        return _union(may_share(e) for e in node.elts)
-    if isinstance(node, ast.Dict):
-        return _union(may_share(v) for v in node.values)
-    if isinstance(node, ast.Call):
-        return _call_shares(node)
-    if isinstance(node, ast.IfExp):
-        return may_share(node.body) | may_share(node.orelse)
-    if isinstance(node, ast.BoolOp):
-        return _union(may_share(v) for v in node.values)
-    if isinstance(node, ast.NamedExpr):
-        return {node.target.id, *may_share(node.value)}
-    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
-        return _comprehension_shares(node)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+    kind = type(node)
+    if kind is ast.Name:
+        return {node.id}  # type: ignore[attr-defined]
+    rule = _MAY_SHARE.get(kind)
+    return set() if rule is None else rule(node)
+
+
+def _elements_share(node: ast.List | ast.Tuple | ast.Set) -> set[str]:
+    return _union(may_share(e) for e in node.elts)
+
+
+def _binop_shares(node: ast.BinOp) -> set[str]:
+    if isinstance(node.op, (ast.Add, ast.Mult)):
         sequences = (ast.List, ast.Tuple, ast.ListComp)
         if isinstance(node.left, sequences) or isinstance(node.right, sequences):
             return may_share(node.left) | may_share(node.right)
     return set()
+
+
 
 
 def _comprehension_shares(node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
@@ -452,6 +547,28 @@ def _union(sets: Iterable[set[str]]) -> set[str]:
     return result
 
 
+# may_share's rule for each kind of expression (any other kind holds no variable's object)
+_MAY_SHARE: dict[type[ast.AST], Callable[[Any], set[str]]] = {
+    ast.Subscript: lambda node: set() if _copies(node.slice) else may_share(node.value),
+    ast.Attribute: lambda node: set() if node.attr in _DESCRIPTIVE else may_share(node.value),
+    ast.Starred: lambda node: may_share(node.value),
+    ast.Await: lambda node: may_share(node.value),
+    ast.List: _elements_share,
+    ast.Tuple: _elements_share,
+    ast.Set: _elements_share,
+    ast.Dict: lambda node: _union(may_share(v) for v in node.values),
+    ast.Call: _call_shares,
+    ast.IfExp: lambda node: may_share(node.body) | may_share(node.orelse),
+    ast.BoolOp: lambda node: _union(may_share(v) for v in node.values),
+    ast.NamedExpr: lambda node: {node.target.id, *may_share(node.value)},
+    ast.ListComp: _comprehension_shares,
+    ast.SetComp: _comprehension_shares,
+    ast.GeneratorExp: _comprehension_shares,
+    ast.DictComp: _comprehension_shares,
+    ast.BinOp: _binop_shares,
+}
+
+
 class ShareGroups:
     """The notebook's may-share groups as the steps run, in notebook order.
 
@@ -473,12 +590,18 @@ class ShareGroups:
 
     def token_at(self, name: str, clock: int) -> int | None:
         """``name``'s group number when ``clock`` updates had been made."""
-        found = None
-        for when, token in self._history.get(name, ()):
-            if when > clock:
-                break
-            found = token
-        return found
+        history = self._history.get(name)
+        if history is None:
+            return None
+        for when, token in reversed(history):  # (in the order of the updates)
+            if when <= clock:
+                return token
+        return None
+
+    def tokens(self, names: Iterable[str]) -> dict[str, int]:
+        """The group numbers of those of ``names`` that share with something, in order."""
+        token = self._token.get
+        return {name: found for name in names if (found := token(name)) is not None}
 
     def _members(self, name: str) -> set[str] | None:
         token = self._token.get(name)
@@ -490,6 +613,18 @@ class ShareGroups:
             self._token.pop(name, None)
         else:
             self._token[name] = token
+
+    def _set_all(self, names: Iterable[str], token: int) -> None:
+        """``_set`` for each of ``names``."""
+        when = (self.clock + 1, token)
+        history = self._history
+        for name in names:
+            found = history.get(name)
+            if found is None:
+                history[name] = [when]
+            else:
+                found.append(when)
+        self._token.update(dict.fromkeys(names, token))
 
     def closure(self, names: Iterable[str], shares: Iterable[frozenset[str]]) -> set[str]:
         """The names that may share with ``names``, counting ``shares`` too (not recorded).
@@ -511,9 +646,9 @@ class ShareGroups:
             token = self._token.get(name[1:] if name.startswith(INCOMING) else name)
             if token is not None and token not in seen:
                 seen.add(token)
-                members = self._sets[token]
-                result |= members - {name}
-                pending += (m for m in members if m in extra)
+                # (the members are in the result from here on: their own shares are
+                # not followed further)
+                result |= self._sets[token]
             for more in extra.get(name, ()):
                 if id(more) not in seen:
                     seen.add(id(more))
@@ -523,10 +658,16 @@ class ShareGroups:
     def update(self, rebound: Iterable[str], shares: Iterable[frozenset[str]]) -> None:
         """A step ran: ``rebound`` names hold new objects, and ``shares`` were made (where
         ``INCOMING + name`` is what shared with the name before it was rebound)."""
-        before = {name: set(self._members(name) or ()) - {name} for group in shares
-                  for name in (n[1:] for n in group if n.startswith(INCOMING))}
+        token_of = self._token
+        before: dict[str, set[str]] = {}
+        for group in shares:
+            for incoming in group:
+                if incoming.startswith(INCOMING):
+                    name = incoming[1:]
+                    token = token_of.get(name)
+                    before[name] = set() if token is None else self._sets[token] - {name}
         for name in rebound:
-            token = self._token.get(name)
+            token = token_of.get(name)
             if token is None:
                 continue
             members = self._sets[token]
@@ -540,12 +681,16 @@ class ShareGroups:
             tokens: set[int] = set()
             alone: set[str] = set()
             for name in names:
-                for member in before.get(name[1:], ()) if name.startswith(INCOMING) else [name]:
-                    token = self._token.get(member)
-                    if token is None:
-                        alone.add(member)
-                    else:
-                        tokens.add(token)
+                if name.startswith(INCOMING):
+                    # what shared with the name before: the names of one group, mostly
+                    members = before.get(name[1:], set())
+                    grouped = token_of.keys() & members
+                    tokens.update(map(token_of.__getitem__, grouped))
+                    alone |= members - grouped
+                elif name in token_of:
+                    tokens.add(token_of[name])
+                else:
+                    alone.add(name)
             if len(tokens) + len(alone) < 2 and not (tokens and alone):
                 continue
             if tokens:
@@ -556,10 +701,9 @@ class ShareGroups:
                 self._sets[base] = set()
             target = self._sets[base]
             for token in tokens - {base}:
-                for member in self._sets.pop(token):
-                    target.add(member)
-                    self._set(member, base)
-            for name in alone:
-                target.add(name)
-                self._set(name, base)
+                moved = self._sets.pop(token)
+                target |= moved
+                self._set_all(moved, base)
+            target |= alone
+            self._set_all(alone, base)
         self.clock += 1

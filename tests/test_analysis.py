@@ -901,3 +901,28 @@ def test_default_arguments_and_decorator_arguments_read_at_definition() -> None:
 def test_function_info_knows_where_each_global_is_read() -> None:
     a = analyse("def f():\n    x = 1\n    return x + late\n")
     assert a.functions["f"].read_at == (("late", 3),)
+
+
+def test_the_quick_filters_find_what_one_pattern_of_their_words_finds() -> None:
+    """The IPython and hazard pre-checks are written for speed: they must say what the
+    plain alternations of their words say."""
+    import random
+    import re
+
+    from kale_py.analysis import _maybe_magic
+    from kale_py.hazards import might_have_hazards
+
+    magic = re.compile(r"^[ \t\f]*[%!?]|\?[ \t]*$|=[ \t]*[!%]", re.MULTILINE)
+    hazard = re.compile(
+        r"seed|random|environ|putenv|chdir|open\(|to_\w+\(|read_\w+\(|save|load|write"
+        r"|set_|seterr|rcParams|rc\(|style|warn|basicConfig|disable|options|sample|split"
+        r"|rand|shuffle|resample|normal|bernoulli|multinomial|setrecursionlimit|setlocale"
+    )
+    words = [*hazard.pattern.replace("\\", "").replace("w+", "x").split("|"), "se", "set",
+             "rc", "to_", "read", "op", "wr", "ba", "é", "x", " ", "\n", "(", "_", "%", "!",
+             "?", "=", "\t", "\f", "\r", "  %x", "= %", "? \n", "\n !"]
+    rng = random.Random(7)
+    for _ in range(20000):
+        text = "".join(rng.choice(words) for _ in range(rng.randint(0, 10)))
+        assert _maybe_magic(text) == bool(magic.search(text)), repr(text)
+        assert might_have_hazards(text) == bool(hazard.search(text)), repr(text)

@@ -183,6 +183,13 @@ def test_function_body_formula_names_are_charged_to_callers() -> None:
     assert "x" not in a.functions["fit"].globals_read  # maybe a column: not charged
 
 
+def test_the_analysis_hands_every_callee_over() -> None:
+    from kale_py import string_reads
+    from kale_py.analysis import _STRING_CALLEES
+
+    assert string_reads.CALLEES == _STRING_CALLEES
+
+
 def test_notebooks_without_formulas_do_not_import_the_libraries() -> None:
     code = (
         "import sys\nfrom kale_py.analysis import analyse_source\n"
