@@ -15,12 +15,15 @@ differences.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
 import re
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,11 +209,35 @@ def _run_in_own_loop(coroutine: Any) -> None:
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             failure.append(exc)
 
-    thread = threading.Thread(target=target, name="kale_py-verify-kernel")
-    thread.start()
-    thread.join()
+    with quiet_closed_sockets():
+        thread = threading.Thread(target=target, name="kale_py-verify-kernel")
+        thread.start()
+        thread.join()
     if failure:
         raise failure[0]
+
+
+class _ClosedSocketNoise(logging.Filter):
+    """Drops the ZMQError ENOTSOCK that pyzmq logs, with a traceback, when one of its
+    streams runs a callback on a socket that the kernel client closed as the kernel shut
+    down: a harmless race at the end of every kernel run, not a failure of the notebook."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (type(exc).__name__ == "ZMQError"
+                    and getattr(exc, "errno", None) == errno.ENOTSOCK)
+
+
+@contextmanager
+def quiet_closed_sockets() -> Iterator[None]:
+    """While a kernel runs: pyzmq's (tornado's) log without the closed-socket race."""
+    noise = _ClosedSocketNoise()
+    logger = logging.getLogger("tornado.general")
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 def _kernel_notebook(

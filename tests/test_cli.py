@@ -340,3 +340,32 @@ def test_verify_reports_a_step_that_fails_only_in_the_pipeline(tmp_path: Path) -
     done = nb2pipe("verify", str(path))
     assert "step b failed: RecursionError" in done.stdout
     assert "differs: d (step b): kernel 5000; pipeline (step 'b' failed)" in done.stdout
+
+
+def test_verify_drops_only_pyzmqs_closed_socket_race_from_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At the end of a kernel run pyzmq may log a ZMQError ENOTSOCK (a stream's callback on a
+    socket just closed) with a traceback; verify drops that record and nothing else."""
+    import errno
+    import logging
+
+    import zmq
+
+    from kale_py.verify import quiet_closed_sockets
+
+    logger = logging.getLogger("tornado.general")
+
+    def log(exc: BaseException) -> None:
+        try:
+            raise exc
+        except BaseException:
+            logger.error("Uncaught exception in ZMQStream callback", exc_info=True)
+
+    with quiet_closed_sockets():
+        log(zmq.error.ZMQError(errno.ENOTSOCK))
+        log(zmq.error.ZMQError(errno.EAGAIN))
+        log(ValueError("a real problem"))
+    log(zmq.error.ZMQError(errno.ENOTSOCK))  # outside a kernel run: as pyzmq logs it
+    kept = [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+    assert kept == ["Resource temporarily unavailable", "a real problem",
+                    "Socket operation on non-socket"]
