@@ -567,7 +567,7 @@ def test_the_runtime_zip_holds_what_the_serving_tasks_import() -> None:
     names = set(zipfile.ZipFile(io.BytesIO(runtime_zip())).namelist())
     assert {"kale_py/serving/export.py", "kale_py/serving/deploy.py",
             "kale_py/serving/predictor.py", "kale_py/serving/model.py",
-            "kale_py/serving/__init__.py"} <= names
+            "kale_py/serving/__init__.py", "kale_py/kubeflow/cleanup.py"} <= names
 
 
 # --- where the served models stand: nb2pipe serve --cluster, the panel's route --------------

@@ -35,7 +35,7 @@ CREATED_BY = ("app.kubernetes.io/created-by", "kale-py")
 def main(argv: list[str]) -> int:
     run_id, suffixes, snapshots = _arguments(argv)
     sa_dir = os.environ.get("KALE_PY_SERVICE_ACCOUNT_DIR", SA_DIR)
-    api = os.environ.get("KALE_PY_KUBERNETES_API") or _in_cluster_api()
+    api = os.environ.get("KALE_PY_KUBERNETES_API") or in_cluster_api()
     if not api or not os.path.isfile(os.path.join(sa_dir, "token")):
         print("kale-py cleanup: not in a Kubernetes pod, nothing to delete")
         return 0
@@ -78,7 +78,7 @@ def _arguments(argv: list[str]) -> tuple[str, list[str], list[str]]:
     return run_id, suffixes, snapshots
 
 
-def _in_cluster_api() -> str | None:
+def in_cluster_api() -> str | None:
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     if not host:
         return None

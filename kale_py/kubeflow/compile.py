@@ -40,7 +40,9 @@ DEFAULT_IMAGE = "python:3.11"
 RUNTIME_MODULES = ("runtime.py", "marshal.py", "magics.py", "process_state.py", "digest.py",
                    # the tasks that serve a serve:VAR model, and kale_py's Python predictor
                    "serving/__init__.py", "serving/export.py", "serving/deploy.py",
-                   "serving/predictor.py", "serving/model.py")
+                   "serving/predictor.py", "serving/model.py",
+                   # the in-cluster API address and labels the deploy task shares with it
+                   "kubeflow/__init__.py", "kubeflow/cleanup.py")
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 

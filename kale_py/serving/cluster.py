@@ -12,9 +12,10 @@ from typing import Any
 
 from kale_py.diagnostics import SubmitError, error
 from kale_py.graph import Pipeline
+from kale_py.kubeflow.cleanup import CREATED_BY
 from kale_py.kubeflow.client import kubernetes_configuration
 from kale_py.serving import service_name
-from kale_py.serving.deploy import CREATED_BY, infer_url
+from kale_py.serving.deploy import infer_url
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 

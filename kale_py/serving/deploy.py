@@ -36,10 +36,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+# the step runtime carries the exit task's module too: the same pod, the same API
+from kale_py.kubeflow.cleanup import CREATED_BY, SA_DIR, in_cluster_api
+
 GROUP_VERSION = "serving.kserve.io/v1beta1"
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices"
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-CREATED_BY = ("app.kubernetes.io/created-by", "kale-py")
 SERVING_ACCOUNT = "kale-py-serving"
 SERVING_SECRET = "kale-py-serving-s3"
 KFP_ARTIFACT_SECRET = "mlpipeline-minio-artifact"
@@ -117,7 +118,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = _arguments(argv)
     sa_dir = os.environ.get("KALE_PY_SERVICE_ACCOUNT_DIR", SA_DIR)
-    api = os.environ.get("KALE_PY_KUBERNETES_API") or _in_cluster_api()
+    api = os.environ.get("KALE_PY_KUBERNETES_API") or in_cluster_api()
     storage = storage_uri(args.model_uri)
     labels = {"pipelines.kubeflow.org/run-id": args.run_id} if _label_value(args.run_id) else {}
     if not api or not os.path.isfile(os.path.join(sa_dir, "token")):
@@ -279,14 +280,6 @@ def _message(answer: Any) -> str:
 def _label_value(text: str) -> bool:
     return 0 < len(text) <= 63 and all(c.isalnum() or c in "-_." for c in text) \
         and text[0].isalnum() and text[-1].isalnum()
-
-
-def _in_cluster_api() -> str | None:
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    if not host:
-        return None
-    host = f"[{host}]" if ":" in host else host
-    return f"https://{host}:{os.environ.get('KUBERNETES_SERVICE_PORT') or '443'}"
 
 
 def _write(path: str, text: str) -> None:
