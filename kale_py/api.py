@@ -104,7 +104,7 @@ def _served(pipeline: Pipeline) -> list[dict[str, str]]:
     """The ``serve:VAR`` models and the InferenceServices the pipeline deploys them as."""
     if not pipeline.served:
         return []
-    from .serving.cluster import served_services
+    from .serving import served_services
 
     return served_services(pipeline)
 

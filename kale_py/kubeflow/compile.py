@@ -267,7 +267,7 @@ def pipeline_to_definition(
 
 def _serves(pipeline: Pipeline, kfp_names: Mapping[str, str]) -> tuple[ServeDef, ...]:
     """The ``serve:VAR`` models, each named after its variable unless the metadata names it."""
-    from ..serving import service_name
+    from ..serving import served_services
 
     serving = pipeline.settings.serving
     if serving.name and len(pipeline.served) > 1:
@@ -275,11 +275,11 @@ def _serves(pipeline: Pipeline, kfp_names: Mapping[str, str]) -> tuple[ServeDef,
                                  "several variables are tagged serve:VAR ("
                                  + ", ".join(sorted(pipeline.served)) + ")"))
     return tuple(
-        ServeDef(variable=variable, producer=kfp_names[step],
-                 name=serving.name or service_name(variable), image=serving.image,
+        ServeDef(variable=s["variable"], producer=kfp_names[pipeline.served[s["variable"]]],
+                 name=s["name"], image=serving.image,
                  service_account=serving.service_account, s3_endpoint=serving.s3_endpoint,
                  timeout=serving.timeout, predictor=serving.predictor)
-        for variable, step in sorted(pipeline.served.items()))
+        for s in served_services(pipeline))
 
 
 def _packages(pipeline: Pipeline, step: Step, problems: list[Diagnostic] | None) -> tuple[str, ...]:

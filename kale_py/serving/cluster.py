@@ -14,17 +14,10 @@ from kale_py.diagnostics import SubmitError, error
 from kale_py.graph import Pipeline
 from kale_py.kubeflow.cleanup import CREATED_BY
 from kale_py.kubeflow.client import kubernetes_configuration
-from kale_py.serving import service_name
+from kale_py.serving import served_services
 from kale_py.serving.deploy import infer_url
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-
-
-def served_services(pipeline: Pipeline) -> list[dict[str, str]]:
-    """Each ``serve:VAR`` model's variable and InferenceService name."""
-    name = pipeline.settings.serving.name
-    return [{"variable": variable, "name": name or service_name(variable)}
-            for variable in sorted(pipeline.served)]
 
 
 def service_status(pipeline: Pipeline, namespace: str | None = None) -> dict[str, Any]:
