@@ -410,7 +410,6 @@ class _GraphBuilder:
             )
         # Calling a builtin, an imports/functions-cell name or a function defined with `def`
         # does not change it (its global writes are counted separately): no data to pass.
-        # (a set made as before: the order of its names matters to ShareGroups.closure)
         mutated = {n for n in a.mutates if not self._is_code(n)}
         writes = a.binds | mutated | function_writes(called, self.functions)
         writes |= self._shared_writes(state, a, mutated, writes, needed)

@@ -643,16 +643,20 @@ class ShareGroups:
             if name in result:
                 continue
             result.add(name)
+            reached = [name] if name.startswith(INCOMING) else [name, INCOMING + name]
             token = self._token.get(name[1:] if name.startswith(INCOMING) else name)
             if token is not None and token not in seen:
                 seen.add(token)
-                # (the members are in the result from here on: their own shares are
-                # not followed further)
-                result |= self._sets[token]
-            for more in extra.get(name, ()):
-                if id(more) not in seen:
-                    seen.add(id(more))
-                    pending += more
+                members = self._sets[token] - result
+                result |= members
+                if extra:  # the shares of the members are followed as well
+                    reached += [key for key in extra
+                                if (key[1:] if key.startswith(INCOMING) else key) in members]
+            for found in reached:
+                for more in extra.get(found, ()):
+                    if id(more) not in seen:
+                        seen.add(id(more))
+                        pending += more
         return result
 
     def update(self, rebound: Iterable[str], shares: Iterable[frozenset[str]]) -> None:

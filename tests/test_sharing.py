@@ -14,7 +14,7 @@ import pytest
 
 from kale_py.graph import Pipeline, build_pipeline
 from kale_py.notebook import percent_script_to_notebook
-from kale_py.sharing import ShareGroups, function_returns, module_shares
+from kale_py.sharing import INCOMING, ShareGroups, function_returns, module_shares
 
 
 def shares(source: str, known: str = "") -> set[frozenset[str]]:
@@ -93,6 +93,16 @@ def test_share_groups_merge_and_split() -> None:
     assert groups.closure({"e"}, [frozenset({"e", "f"})]) == {"e", "f"}
     groups.update({"a", "b", "c"}, [])
     assert groups.token("d") is None and groups.closure({"d"}, []) == {"d"}
+
+
+@pytest.mark.parametrize("order", [["x", "y"], ["y", "x"]])
+def test_closure_follows_the_shares_of_every_member(order: list[str]) -> None:
+    """A member reached through its group has its own new shares followed too, whatever
+    the order of the names (a set's order changes from process to process)."""
+    groups = ShareGroups()
+    groups.update((), [frozenset({"x", "y"})])
+    assert groups.closure(order, [frozenset({"y", "z"})]) == {"x", "y", "z"}
+    assert groups.closure(order[:1], [frozenset({INCOMING + "y", "w"})]) >= {"x", "y", "w"}
 
 
 def pipeline(*cells: str) -> Pipeline:
