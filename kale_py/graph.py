@@ -542,7 +542,8 @@ class _GraphBuilder:
                 extra -= {n for n in extra & self.parameter_names if last_writer[n] == PARAMETER}
             if extra:
                 # They may be changed on some paths only: the step starts from their values.
-                providers: dict[str, str | None] = {name: last_writer[name] for name in extra}
+                providers: dict[str, str | None] = dict(
+                    zip(extra, map(last_writer.__getitem__, extra)))
                 providers.update(state.partial)
                 state.partial = providers
         # (the tokens of the names it loads so far; those it loads later are added then)
@@ -557,7 +558,7 @@ class _GraphBuilder:
         """Those of ``names`` that are not code (see _is_code), in place."""
         names -= AMBIENT_NAMES
         names -= self.prelude_names
-        names.difference_update([n for n in names if n in self.functions])
+        names -= self.functions.keys() & names  # (walks the smaller of the two)
         return names
 
     def _no_code(self, names: frozenset[str]) -> bool:
