@@ -543,7 +543,7 @@ class _GraphBuilder:
             if extra:
                 # They may be changed on some paths only: the step starts from their values.
                 providers: dict[str, str | None] = dict(
-                    zip(extra, map(last_writer.__getitem__, extra)))
+                    zip(extra, map(last_writer.__getitem__, extra), strict=True))
                 providers.update(state.partial)
                 state.partial = providers
         # (the tokens of the names it loads so far; those it loads later are added then)
