@@ -75,6 +75,8 @@ def digest(obj: Any, depth: int = 0) -> Digest:
         return _sequence("dict", pairs)
     if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)):
         return ["code", getattr(obj, "__qualname__", repr(obj))]  # both runs ran the same code
+    if callable(getattr(obj, "cache_info", None)) and hasattr(obj, "__wrapped__"):
+        return ["code", getattr(obj, "__qualname__", repr(obj))]  # ``lru_cache``: code too
     return _object(obj, depth)
 
 

@@ -286,7 +286,7 @@ class _NotebookCodePickler(pickle.Pickler):
 
     def reducer_override(self, obj: object) -> Any:
         expected, self._instance_class = self._instance_class, None
-        if isinstance(obj, (type, types.FunctionType)):
+        if isinstance(obj, (type, types.FunctionType, _CACHED)):
             if obj.__module__ == _NOTEBOOK_MODULE and not self._by_name(obj, expected):
                 raise _NeedsByValue(obj)
         elif type(obj).__module__ == _NOTEBOOK_MODULE:
@@ -294,7 +294,7 @@ class _NotebookCodePickler(pickle.Pickler):
             self._instance_class = type(obj)
         return NotImplemented
 
-    def _by_name(self, obj: type | types.FunctionType, instance_class: type | None) -> bool:
+    def _by_name(self, obj: Any, instance_class: type | None) -> bool:
         """Whether the consumer can find ``obj`` by name in its own ``__main__``.
 
         With ``shared`` (the names every step defines: imports and functions cells) that is
@@ -305,8 +305,35 @@ class _NotebookCodePickler(pickle.Pickler):
         return obj is instance_class
 
 
+# ``functools.lru_cache`` and ``functools.cache`` wrap a function in this type.
+_CACHED = type(functools.lru_cache()(lambda: None))
+
+
+def _cached_by_value(cached: Any) -> tuple[Any, ...] | None:
+    """How to pickle a notebook function wrapped by ``lru_cache`` by value (None when
+    the wrapped function is not notebook code).
+
+    The wrapper pickles by name, so a step that does not define it could not load it:
+    it is rebuilt from the wrapped function (by value), with the same cache settings and
+    attributes (``__wrapped__``, ``__name__``...), and an empty cache, as a step starts
+    with. A recursive function refers to its wrapper through its globals: pickle's memo
+    makes that the same object again.
+    """
+    wrapped = getattr(cached, "__wrapped__", None)
+    if cached.__module__ != _NOTEBOOK_MODULE or not isinstance(wrapped, types.FunctionType):
+        return None
+    settings = cached.cache_parameters()
+    return _cached, (wrapped, settings["maxsize"], settings["typed"]), dict(vars(cached))
+
+
+def _cached(wrapped: Callable[..., Any], maxsize: int | None, typed: bool) -> Any:
+    """The consumer's half of _cached_by_value."""
+    return functools.lru_cache(maxsize, typed)(wrapped)
+
+
 def _guarded(base: type, check: Callable[[object], None]) -> type:
-    """A subclass of a by-value pickler that refuses resources before pickling them.
+    """A subclass of a by-value pickler that refuses resources before pickling them, and
+    that carries cached notebook functions by value too (see _cached_by_value).
 
     cloudpickle would turn an open file into a StringIO of its contents and dill would
     reopen it by name in the consumer: both silently change what the variable means.
@@ -315,6 +342,10 @@ def _guarded(base: type, check: Callable[[object], None]) -> type:
 
     def reducer_override(self: Any, obj: object) -> Any:
         check(obj)
+        if type(obj) is _CACHED:
+            reduced = _cached_by_value(obj)
+            if reduced is not None:
+                return reduced
         return NotImplemented if parent is None else parent(self, obj)
 
     return type(f"Guarded{base.__name__}", (base,), {"reducer_override": reducer_override})

@@ -138,3 +138,22 @@ def test_modules_are_left_out_and_a_broken_value_is_digested_by_type() -> None:
     out = digest_all({"np": np, "b": Broken(), "x": 1})
     assert set(out) == {"b", "x"}
     assert out["b"][0] == "type"
+
+
+def test_a_cached_function_is_code_whatever_its_cache_holds() -> None:
+    """``lru_cache`` wrappers compare as the code they run, like functions: a step that
+    loads one starts with an empty cache, the kernel's is warm."""
+    import functools
+
+    def make() -> object:
+        @functools.cache
+        def area(side: int) -> int:
+            return side * side
+        return area
+
+    warm, cold = make(), make()
+    warm(3)  # type: ignore[operator]
+    assert digest(warm) == ["code", "test_a_cached_function_is_code_whatever_its_cache_holds"
+                            ".<locals>.make.<locals>.area"]
+    assert _same(warm, cold)
+    assert digest(functools.partial(len, "ab"))[0] != "code"  # a wrapper without a cache

@@ -311,6 +311,57 @@ print("consumer ok", "dill" in sys.modules)
     assert run_python(tmp_path, "consumer.py", consumer).split() == ["consumer", "ok", "False"]
 
 
+CACHED_PRODUCER = """
+import functools, json
+from kale_py import marshal
+
+@functools.lru_cache(maxsize=None)
+def fib(k):
+    return k if k < 2 else fib(k - 1) + fib(k - 2)
+
+@functools.lru_cache(maxsize=7, typed=True)
+def square(x):
+    'Squares.'
+    return x * x
+
+fib(25)
+square.note = "kept"
+values = {"fib": fib, "square": square, "both": [fib, square], "builtin_cached": len}
+records = marshal.save_variables(values, "state", step="p")
+marshal.write_manifest("state", "p", records)
+print(json.dumps({r.name: r.format for r in records}))
+"""
+
+
+@pytest.mark.parametrize("by_value", ["cloudpickle", "dill"])
+def test_cached_notebook_functions_travel_by_value(tmp_path: Path, by_value: str) -> None:
+    """``lru_cache`` pickles its wrapper by name: a step that does not define the function
+    could not load it. It travels by value, with its settings, its attributes and its
+    recursion through the same wrapper; the cache starts empty, as a step does."""
+    producer = CACHED_PRODUCER
+    if by_value == "dill":  # as where cloudpickle is not installed
+        producer = "import sys\nsys.modules['cloudpickle'] = None\n" + producer
+    formats = json.loads(run_python(tmp_path, "producer.py", producer))
+    assert formats == {"fib": by_value, "square": by_value, "both": by_value,
+                       "builtin_cached": "pickle5"}
+    consumer = """
+from kale_py import marshal
+
+def load(name):
+    return marshal.load_variable(name + ".kpk", "state", allowed_root=".")
+
+fib, square, both = load("fib"), load("square"), load("both")
+assert fib(40) == 102334155 and fib.__wrapped__.__globals__["fib"] is fib
+assert fib.cache_parameters() == {"maxsize": None, "typed": False}
+assert square(3) == 9 and square.cache_parameters() == {"maxsize": 7, "typed": True}
+assert square.__doc__ == "Squares." and square.note == "kept" and square.__name__ == "square"
+assert square.cache_info().currsize == 1
+assert both[0](10) == 55 and both[1](2) == 4
+print("consumer ok")
+"""
+    assert run_python(tmp_path, "consumer.py", consumer).split() == ["consumer", "ok"]
+
+
 def test_instance_of_a_class_the_consumer_does_not_define(tmp_path: Path) -> None:
     run_python(tmp_path, "producer.py", PRODUCER)
     with pytest.raises(StateError) as caught:
