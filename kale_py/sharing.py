@@ -647,11 +647,11 @@ class ShareGroups:
             token = self._token.get(name[1:] if name.startswith(INCOMING) else name)
             if token is not None and token not in seen:
                 seen.add(token)
-                members = self._sets[token] - result
-                result |= members
+                members = self._sets[token]
                 if extra:  # the shares of the members are followed as well
                     reached += [key for key in extra
                                 if (key[1:] if key.startswith(INCOMING) else key) in members]
+                result |= members
             for found in reached:
                 for more in extra.get(found, ()):
                     if id(more) not in seen:
