@@ -259,20 +259,18 @@ def _returned_names(function: ast.FunctionDef | ast.AsyncFunctionDef,
     everything = {a.lstrip("*") for a in _parameter_list(function.args)}
     if generators and any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in ast.walk(function)):
         return everything  # a generator holds its frame
-    local: dict[str, set[str]] = {}
     returned: set[str] = set()
+    statements: list[ast.stmt] = []
+    definitions: list[str] = []
     pending: list[ast.stmt] = list(function.body)
     while pending:
         node = pending.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            # a closure or class made here may hold any parameter
-            local.setdefault(node.name, set()).update(everything)
+            definitions.append(node.name)
             continue
         if isinstance(node, ast.Return) and node.value is not None:
             returned |= may_share(node.value)
-        for group in _statement_shares(node, storing):
-            for name in group:
-                local.setdefault(name, set()).update(group)
+        statements.append(node)
         for field in ("body", "orelse", "finalbody"):
             block = getattr(node, field, None)
             if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
@@ -281,6 +279,15 @@ def _returned_names(function: ast.FunctionDef | ast.AsyncFunctionDef,
             pending += handler.body
         for case in getattr(node, "cases", ()):
             pending += case.body
+    if not returned:  # (what the function's names share no longer matters)
+        return returned
+    local: dict[str, set[str]] = {}
+    for name in definitions:  # a closure or class made here may hold any parameter
+        local.setdefault(name, set()).update(everything)
+    for node in statements:
+        for group in _statement_shares(node, storing):
+            for name in group:
+                local.setdefault(name, set()).update(group)
     result: set[str] = set()
     todo = list(returned)
     while todo:
