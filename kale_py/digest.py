@@ -17,6 +17,7 @@ runtime imports it when ``KALE_PY_EXPORT_DIGESTS`` asks for digests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,6 +27,8 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+# ``functools.lru_cache`` and ``functools.cache`` wrap a function in this type.
+_CACHED = type(functools.lru_cache()(lambda: None))
 MAX_DEPTH = 8
 MAX_ITEMS = 2000  # larger containers are digested by a hash of their items' digests
 MAX_FLOATS = 10000  # float arrays up to this size keep their values
@@ -75,7 +78,7 @@ def digest(obj: Any, depth: int = 0) -> Digest:
         return _sequence("dict", pairs)
     if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type, types.MethodType)):
         return ["code", getattr(obj, "__qualname__", repr(obj))]  # both runs ran the same code
-    if callable(getattr(obj, "cache_info", None)) and hasattr(obj, "__wrapped__"):
+    if isinstance(obj, _CACHED):
         return ["code", getattr(obj, "__qualname__", repr(obj))]  # ``lru_cache``: code too
     return _object(obj, depth)
 
