@@ -3,7 +3,10 @@
 The notebook runs top to bottom in a Jupyter kernel (nbclient) and as the local pipeline;
 every top-level name the steps bind is compared by a stable digest
 (:mod:`kale_py.digest`). The pipeline's value of a name is the one the step that last
-writes it (in notebook order, its provider for the rest of the notebook) had at its end.
+writes it (in notebook order, its provider for the rest of the notebook) had at its end. The
+pipeline run has one more step, reading every name compared, as a later step of the user's
+would: a step that may change a name through another name sharing its objects holds it only
+when a later step needs it.
 With ``runs`` > 1 the kernel runs again: names whose digests differ between kernel runs
 (the time, unseeded randomness) are *unstable*, reported apart and not counted as
 differences.
@@ -138,11 +141,46 @@ def verify_notebook(
     kernel = [_kernel_digests(pipeline, values, texts, sorted(writers)) for _ in range(runs)]
     kernel_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    outcome, produced = _pipeline_digests(pipeline, texts)
+    bound = [name for name in sorted(writers) if name in kernel[0]]
+    outcome, produced = _pipeline_digests(_with_reader(pipeline, bound), texts)
     pipeline_seconds = time.perf_counter() - started
     return _compare(
         pipeline, writers, kernel, produced, outcome, (kernel_seconds, pipeline_seconds)
     )
+
+
+# The step verify adds after the notebook's last one for the pipeline run.
+READER_STEP = "kale-py-verify-reads"
+
+
+def _with_reader(pipeline: Pipeline, names: list[str]) -> Pipeline:
+    """``pipeline`` with a last step that reads ``names``, as a later step reading them
+    would: each name's last writer then holds it at its end. (A step that may change a name
+    through another name of its group loads it only when a later step needs it.)
+
+    The reads are guarded: a name the pipeline cannot deliver shows as a difference at its
+    writer, not as a failure of this step.
+    """
+    from .graph import build_pipeline
+    from .notebook import Cell, Notebook
+
+    if not names:
+        return pipeline
+    notebook = pipeline.notebook
+    taken = {step.name for step in pipeline.steps}
+    step, count = READER_STEP, 1
+    while step in taken:
+        count += 1
+        step = f"{READER_STEP}-{count}"
+    reader = Cell(index=len(notebook.cells) + 1, kind="code", source=reader_source(names),
+                  tags=(f"step:{step}",))
+    return build_pipeline(Notebook(notebook.path, (*notebook.cells, reader), notebook.metadata,
+                                   notebook.format))
+
+
+def reader_source(names: list[str]) -> str:
+    """The code of the reading step (see _with_reader)."""
+    return "".join(f"try:\n    {name}\nexcept NameError:\n    pass\n" for name in names)
 
 
 def final_writers(pipeline: Pipeline) -> dict[str, str]:

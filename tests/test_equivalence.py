@@ -26,7 +26,7 @@ from nbclient import NotebookClient
 from kale_py import marshal
 from kale_py.api import check_notebook, compile_notebook
 from kale_py.graph import Pipeline
-from kale_py.verify import verify_notebook
+from kale_py.verify import READER_STEP, reader_source, verify_notebook
 
 SAMPLES = Path(__file__).parent.parent / "sample_notebooks"
 PATTERNS = Path(__file__).parent / "notebooks"
@@ -67,6 +67,15 @@ def _copy_notebook(source: Path, tmp_path: Path) -> Path:
         source.parent, target, ignore=shutil.ignore_patterns(".nb2pipe", "*.yaml", "*.py")
     )
     return target / source.name
+
+
+def _add_reader(path: Path, names: list[str]) -> None:
+    """A last step reading ``names``, as ``nb2pipe verify`` adds one: each name's last
+    writer then holds it, also one it may only change through another name."""
+    nb = nbformat.read(path, as_version=4)
+    tags = {"tags": [f"step:{READER_STEP}"]}
+    nb.cells.append(nbformat.v4.new_code_cell(reader_source(names), metadata=tags))
+    nbformat.write(nb, path)
 
 
 def _kernel_values(path: Path, names: list[str], out: Path) -> dict[str, Any]:
@@ -169,6 +178,7 @@ def test_compiled_yaml_on_kfp_local_matches_notebook(
 
     path = _copy_notebook(source, tmp_path)
     writers = _final_writers(check_notebook(path))
+    _add_reader(path, sorted(writers))
     expected = _kernel_values(path, sorted(writers), tmp_path / "kernel.pkl")
     compiled = compile_notebook(path, tmp_path / "pipeline.yaml")
     export = tmp_path / "export"
