@@ -168,6 +168,28 @@ def test_local_run_matches_notebook(source: Path, tmp_path: Path) -> None:
     assert path.read_bytes() == source.read_bytes()
 
 
+def test_a_generated_notebook_computes_what_the_kernel_computes(tmp_path: Path) -> None:
+    """The synthetic notebook of the analysis benchmarks (bench/gen_notebook.py): scoping
+    corner cases, functions from earlier steps (``lru_cache`` ones too), objects changed
+    through arguments and through other names of their groups. Every one of its ~550 names
+    must end as in the kernel."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "gen_notebook", Path(__file__).resolve().parents[1] / "bench" / "gen_notebook.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, generator)  # dataclasses look their module up
+    spec.loader.exec_module(generator)
+    path = tmp_path / "generated.ipynb"
+    path.write_text(json.dumps(generator.generate_notebook(100, seed=27)), encoding="utf-8")
+    result = verify_notebook(path)
+    assert result.pipeline_status == "succeeded", [s.error for s in result.steps if s.error]
+    assert result.compared > 500
+    assert [d.to_dict() for d in result.differences] == []
+
+
 @pytest.mark.parametrize("source", KFP_NOTEBOOKS, ids=lambda p: p.stem)
 def test_compiled_yaml_on_kfp_local_matches_notebook(
     source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
