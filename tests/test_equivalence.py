@@ -202,8 +202,8 @@ def test_compiled_yaml_on_kfp_local_matches_notebook(
 
     path = _copy_notebook(source, tmp_path)
     writers = _final_writers(check_notebook(path))
-    _add_reader(path, sorted(writers))
     expected = _kernel_values(path, sorted(writers), tmp_path / "kernel.pkl")
+    _add_reader(path, sorted(expected))  # (the names bound as the notebook ends)
     compiled = compile_notebook(path, tmp_path / "pipeline.yaml")
     export = tmp_path / "export"
     monkeypatch.setenv("KALE_PY_EXPORT_ALL", str(export))
