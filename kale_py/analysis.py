@@ -109,7 +109,9 @@ class CodeAnalysis:
     each, in source order. Builtins are not filtered.
     ``binds``: module-level names this source may (re)bind or delete.
     ``mutates``: module-level names whose objects this source may change in place.
-    ``deletes``: names ``del``-eted at module level that may be unbound at the end.
+    ``deletes``: names ``del``-eted at module level that may be unbound at the end, the
+    name of an ``except ... as name`` clause included (the clause deletes it as it ends):
+    those are also in ``clause_deletes``.
     ``functions``: module-level functions and classes defined here (last one wins);
     ``name = lambda ...`` counts as a function too.
     ``maybe_free``: the names in ``free`` that are bound on some path before every
@@ -141,6 +143,7 @@ class CodeAnalysis:
     magics: tuple[MagicLine, ...]
     maybe_free: frozenset[str] = frozenset()
     partial_binds: frozenset[str] = frozenset()
+    clause_deletes: frozenset[str] = frozenset()
     shares: tuple[frozenset[str], ...] = ()  # module-level names that may share objects
     rebound: frozenset[str] = frozenset()  # names whose earlier sharing ends here
     returns: Mapping[str, tuple[tuple[str, ...], frozenset[str]]] | None = None
@@ -998,6 +1001,7 @@ class _Analyser:
         self.binds: set[str] = set()
         self.mutates: set[str] = set()
         self.deleted: set[str] = set()
+        self.clause_deleted: set[str] = set()  # by the end of an ``except ... as`` clause
         self.imported: set[str] = set()
         self.aliases: dict[str, set[str]] = {}
         self.functions: dict[str, FunctionInfo] = {}
@@ -1033,6 +1037,7 @@ class _Analyser:
             binds=frozenset(self.binds),
             mutates=frozenset(self.mutates),
             deletes=frozenset(self.deleted - exit_must),
+            clause_deletes=frozenset(self.clause_deleted - exit_must),
             functions=self.functions,
             star_imports=tuple(self.star_imports),
             magics=magics,
@@ -1343,8 +1348,11 @@ class _Analyser:
         if scope is None or (name in scope.declared_global and scope.immediate):
             self.binds.add(name)
             self.imported.discard(name)
+            self.deleted.add(name)
             if explicit:
-                self.deleted.add(name)
+                self.clause_deleted.discard(name)
+            else:
+                self.clause_deleted.add(name)
             flow = self.flow
         elif name in scope.declared_global:
             scope.global_writes.add(name)

@@ -294,6 +294,7 @@ class _GraphBuilder:
         self.last_writer: dict[str, str] = {}
         self.functions: dict[str, FunctionInfo] = {}
         self.deleted_by: dict[str, str] = {}
+        self.deleted_by_clause: set[str] = set()  # by the end of an ``except ... as`` clause
         self.served: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
@@ -422,6 +423,10 @@ class _GraphBuilder:
         for name in a.deletes:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
+            if name in a.clause_deletes:
+                self.deleted_by_clause.add(name)
+            else:
+                self.deleted_by_clause.discard(name)
         self._learn_code(a, located)
         self.returns.update(a.returns or {})
         self.undisplayed.append(step)
@@ -756,6 +761,12 @@ class _GraphBuilder:
         if via is not None:
             return self._undefined_message(step, name).replace(
                 f"{name!r} is used", f"{name!r} is read by {via}", 1
+            )
+        if name in self.deleted_by_clause and name in self.deleted_by:
+            return (
+                f"{name!r} is used but step {self.deleted_by[name]!r} may have deleted it: "
+                f"Python deletes the name of `except ... as {name}` when the clause ends; "
+                f"keep the exception under another name in the clause (error = {name})"
             )
         if name in self.deleted_by:
             return (

@@ -573,6 +573,17 @@ def test_deletes() -> None:
     assert analyse("x = 1\ndel x\n").binds == {"x"}
 
 
+def test_the_end_of_an_except_clause_deletes_its_name() -> None:
+    source = "try:\n    f()\nexcept ValueError as exc:\n    message = str(exc)\n"
+    a = analyse(source)
+    assert a.deletes == a.clause_deletes == {"exc"} and "exc" in a.binds
+    assert analyse(source + "exc = None\n").deletes == frozenset()  # bound again
+    a = analyse(source + "del exc\n")
+    assert a.deletes == {"exc"} and a.clause_deletes == frozenset()
+    assert analyse("def g():\n    try:\n        f()\n    except E as e:\n        pass\n"
+                   ).deletes == frozenset()  # a function's local
+
+
 # --- results ---------------------------------------------------------------------------------
 
 
