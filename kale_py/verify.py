@@ -159,27 +159,37 @@ def _with_reader(pipeline: Pipeline, names: list[str]) -> Pipeline:
     through another name of its group loads it only when a later step needs it.)
 
     The reads are guarded: a name the pipeline cannot deliver shows as a difference at its
-    writer, not as a failure of this step.
+    writer, not as a failure of this step. A name the check says no step delivers (one a
+    step may have deleted) is not read.
     """
     from .graph import build_pipeline
     from .notebook import Cell, Notebook
 
-    if not names:
-        return pipeline
     notebook = pipeline.notebook
     taken = {step.name for step in pipeline.steps}
     step, count = READER_STEP, 1
     while step in taken:
         count += 1
         step = f"{READER_STEP}-{count}"
-    reader = Cell(index=len(notebook.cells) + 1, kind="code", source=reader_source(names),
-                  tags=(f"step:{step}",))
-    return build_pipeline(Notebook(notebook.path, (*notebook.cells, reader), notebook.metadata,
-                                   notebook.format))
+    index = len(notebook.cells) + 1
+    while names:
+        reader = Cell(index=index, kind="code", source=reader_source(names),
+                      tags=(f"step:{step}",))
+        built = build_pipeline(Notebook(notebook.path, (*notebook.cells, reader),
+                                        notebook.metadata, notebook.format))
+        refused = {names[(d.line - 1) // _READ_LINES] for d in built.diagnostics
+                   if d.is_error and d.cell == index and d.line}
+        if not refused:
+            return built
+        names = [name for name in names if name not in refused]
+    return pipeline
+
+
+_READ_LINES = 4  # the lines reader_source gives each name
 
 
 def reader_source(names: list[str]) -> str:
-    """The code of the reading step (see _with_reader)."""
+    """The code of the reading step (see _with_reader): ``_READ_LINES`` lines a name."""
     return "".join(f"try:\n    {name}\nexcept NameError:\n    pass\n" for name in names)
 
 

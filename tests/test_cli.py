@@ -220,6 +220,23 @@ def test_verify_passes_on_a_notebook_the_pipeline_computes(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]  # nothing left behind
 
 
+def test_verify_reads_every_name_as_a_later_step_would(tmp_path: Path) -> None:
+    """The last step changes ``pair`` only through ``a``: it loads ``pair`` only for a later
+    step, and verify's run has one. A name the check says a step may delete (the name of
+    an ``except`` clause that did not run) is left out of that reading step: verify still
+    runs, and names it."""
+    path = _write_notebook(tmp_path / "nb.ipynb", [
+        (["step:make"], "a = [1]\nb = [2]\npair = [a, b]\ne = 5"),
+        (["step:grow"], "a.append(3)\ntry:\n    n = 1\nexcept ValueError as e:\n    n = 0"),
+    ])
+    done = nb2pipe("verify", str(path), "--format", "json")
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["pipeline_status"] == "succeeded" and result["compared"] == 5
+    assert [(d["name"], d["step"]) for d in result["differences"]] == [("e", "grow")]
+    assert [s["step"] for s in result["steps"]] == ["make", "grow"]
+
+
 def test_verify_names_what_differs_and_its_step(tmp_path: Path) -> None:
     path = NOTEBOOKS / "process_setting_not_carried.ipynb"
     done = nb2pipe("verify", str(path))
