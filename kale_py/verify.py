@@ -180,7 +180,7 @@ def _with_reader(pipeline: Pipeline, names: list[str]) -> Pipeline:
         refused = {names[(d.line - 1) // _READ_LINES] for d in built.diagnostics
                    if d.is_error and d.cell == index and d.line}
         if not refused:
-            return built
+            return built if built.ok else pipeline  # (no other error is the reader's to fix)
         names = [name for name in names if name not in refused]
     return pipeline
 
