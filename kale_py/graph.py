@@ -294,7 +294,8 @@ class _GraphBuilder:
         self.last_writer: dict[str, str] = {}
         self.functions: dict[str, FunctionInfo] = {}
         self.deleted_by: dict[str, str] = {}
-        self.deleted_by_clause: set[str] = set()  # by the end of an ``except ... as`` clause
+        # those of deleted_by deleted by the end of an ``except ... as`` clause
+        self.deleted_by_clause: set[str] = set()
         self.served: dict[str, str] = {}
         self.prelude_names: frozenset[str] = frozenset()
         self.star_prelude = False
@@ -420,6 +421,7 @@ class _GraphBuilder:
         if self.deleted_by:
             for name in writes & self.deleted_by.keys():
                 del self.deleted_by[name]
+                self.deleted_by_clause.discard(name)
         for name in a.deletes:
             self.last_writer.pop(name, None)
             self.deleted_by[name] = step.name
@@ -762,7 +764,7 @@ class _GraphBuilder:
             return self._undefined_message(step, name).replace(
                 f"{name!r} is used", f"{name!r} is read by {via}", 1
             )
-        if name in self.deleted_by_clause and name in self.deleted_by:
+        if name in self.deleted_by_clause:
             return (
                 f"{name!r} is used but step {self.deleted_by[name]!r} may have deleted it: "
                 f"Python deletes the name of `except ... as {name}` when the clause ends; "
